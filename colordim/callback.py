@@ -1,0 +1,154 @@
+"""The fastai side: the `ActivationHistogram` callback and the `Learner.color_dim` patch."""
+from __future__ import annotations
+
+import weakref
+from functools import wraps
+
+from fastai.learner import Learner
+from fastai.callback.core import Callback
+from fastcore.basics import patch, store_attr
+
+from . import plot
+from .layers import find_layers
+from .recorder import HistogramRecorder, check_bins, check_range
+from .recording import Recording
+
+__all__ = ["ActivationHistogram"]
+
+# The engines each learner recorded with, so `learn.color_dim` also finds a callback passed to
+# `fit(cbs=...)`. Weak keys: forgetting a learner forgets its entry; nothing is stored on the learner.
+_ENGINES = weakref.WeakKeyDictionary()
+
+
+class ActivationHistogram(Callback):
+    "Record a histogram of each chosen layer's output for every batch, on the model's device."
+    order = -5  # after TrainEvalCallback (-10) has set `training`, before most others
+
+    def __init__(self,
+        layers=None,      # index, dotted name, glob, module class or module (or a list); None: leaves with params
+        bins: int = 100,  # rows of the picture
+        range=(-10, 10),  # values outside are counted in an underflow and an overflow row
+        valid: bool = True,  # record validation batches too, as the 'valid' phase
+    ):
+        check_bins(bins), check_range(range)  # fail now, not after the first batch
+        store_attr()
+        self.engine, self._fit, self._trained, self._active = None, -1, False, False
+
+    # --- fastai events -----------------------------------------------------------------------------
+    def before_fit(self):
+        "Hook the chosen layers (found now, so a bad spec fails before the first batch)."
+        self._trained = False
+        self._active = not hasattr(self.learn, "lr_finder")  # lr_find's sweep is not training
+        if not self._active:
+            return
+        modules = find_layers(self.learn.model, self.layers)
+        if self.engine is None or list(modules.values()) != list(self.engine.modules.values()):
+            self.engine = HistogramRecorder(modules, bins=self.bins, range=self.range)
+        self.engine.attach()
+        engines = _ENGINES.setdefault(self.learn, [])
+        if self.engine not in engines:
+            engines.append(self.engine)
+        _unhook_on_crash.add(self)
+
+    def before_epoch(self):
+        "Room for the whole epoch at once, so the device buffer never grows per batch."
+        if self._active:
+            self.engine.reserve(_length(self.dls.train) + (_length(self.dls.valid) if self.valid else 0))
+
+    def before_batch(self):
+        "Open a column for this batch (host bookkeeping only, nothing touches the device)."
+        if not self._active:
+            return
+        if self.training:
+            if not self._trained:  # the first training batch of this fit starts a new fit index
+                self._trained, self._fit = True, self._fit + 1
+        elif not (self.valid and self._trained):  # get_preds/validate outside a fit: not recorded
+            return
+        self.engine.begin_column("train" if self.training else "valid",
+                                 epoch=self.epoch, fit=self._fit, iteration=self.iter)
+
+    def after_batch(self):
+        if self._active: self.engine.end_column()
+
+    def after_cancel_batch(self):
+        "A cancelled batch is not a complete batch: drop its column."
+        if self._active: self.engine.abandon_column()
+
+    def after_epoch(self):
+        "The epoch's columns go to the host: one transfer per layer per epoch."
+        if self._active: self.engine.flush()
+
+    def after_fit(self):
+        "Remove the hooks; the recording stays."
+        self._unhook()
+
+    def _unhook(self):
+        if self.engine is not None:
+            self.engine.detach()
+        self._active = False
+        _unhook_on_crash.discard(self)
+
+    # --- results -----------------------------------------------------------------------------------
+    @property
+    def recording(self) -> Recording:
+        "Everything recorded so far, as a host-side `Recording`."
+        if self.engine is None:
+            raise ValueError("ActivationHistogram has recorded nothing yet: fit the learner first, "
+                             "e.g. `learn.fit(1)`")
+        return self.engine.recording
+
+    def __getstate__(self):
+        "Pickle (e.g. `learn.export()`) the settings, not the hooks or recorded buffers."
+        state = dict(self.__dict__)
+        state.update(engine=None, learn=None, _active=False)
+        return state
+
+
+def _length(loader) -> int:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable loader: the buffer grows geometrically instead
+        return 0
+
+
+# --- unhooking after a crash ---------------------------------------------------------------------
+# fastai skips `after_fit` when a fit dies of anything but CancelFitException (Ctrl-C included), which
+# would leave our hooks on the model. `Learner.fit` is wrapped once so they always come off.
+_unhook_on_crash = weakref.WeakSet()
+
+
+def _fit_then_unhook(fit):
+    @wraps(fit)
+    def fit_then_unhook(self, *args, **kwargs):
+        try:
+            return fit(self, *args, **kwargs)
+        finally:
+            for callback in list(_unhook_on_crash):
+                callback._unhook()  # only ours still hooked: after_fit already ran otherwise
+    fit_then_unhook._colordim = True
+    return fit_then_unhook
+
+
+if not getattr(Learner.fit, "_colordim", False):
+    Learner.fit = _fit_then_unhook(Learner.fit)
+
+
+# --- Learner patches -----------------------------------------------------------------------------
+def learner_recording(learn: Learner, layer=None) -> Recording:
+    "The recording of `learn`'s ActivationHistogram (the one that holds `layer`, if given by name)."
+    engines = [cb.engine for cb in learn.cbs if isinstance(cb, ActivationHistogram) and cb.engine]
+    engines += [engine for engine in _ENGINES.get(learn, []) if engine not in engines]
+    if not engines:
+        raise ValueError("no ActivationHistogram has recorded on this learner; add one, e.g. "
+                         "`Learner(..., cbs=ActivationHistogram())` or `learn.fit(1, cbs=ActivationHistogram())`, "
+                         "and fit first")
+    if isinstance(layer, str):
+        engines = [engine for engine in engines if layer in engine.names] or engines
+    return engines[0].recording
+
+
+@patch
+def color_dim(self: Learner, layer=0, epoch=None, phase="train", log=True, ax=None, figsize=None, **kwargs):
+    "Draw the colorful-dimension image of `layer` (index among the hooked layers, or name)."
+    return plot.color_dim(learner_recording(self, layer), layer, epoch=epoch, phase=phase, log=log,
+                          ax=ax, figsize=figsize, **kwargs)
