@@ -1,0 +1,161 @@
+"""The fastai callback: phases, epochs, fits, parity with fastai's ActivationStats, hooks after crashes."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from fastai.callback.core import Callback, CancelFitException, CancelBatchException
+from fastai.callback.hook import ActivationStats
+
+from colordim import ActivationHistogram
+from conftest import make_learner, tiny_cnn
+
+TRAIN_BATCHES, VALID_BATCHES = 6, 3
+
+
+def hook_counts(model):
+    return [len(module._forward_hooks) for module in model.modules()]
+
+
+def test_train_and_valid_batches_are_separate_phases_with_epoch_columns():
+    learn = make_learner(cbs=ActivationHistogram(layers=["0", "1"], bins=10, range=(-3, 3)))
+    learn.fit(2)
+    recording = learn.activation_histogram.recording
+    per_epoch = ["train"] * TRAIN_BATCHES + ["valid"] * VALID_BATCHES
+    assert recording.phase.tolist() == per_epoch * 2
+    assert recording.epoch.tolist() == [0] * 9 + [1] * 9
+    assert recording.iteration.tolist() == (list(range(6)) + list(range(3))) * 2
+    assert recording.fit.tolist() == [0] * 18
+    # every value of every batch is counted: layer "1" outputs (B, 6, 4, 4)
+    batch_sizes = [8] * 6 + [8, 8, 4]
+    assert recording.numel["1"].tolist() == [b * 96 for b in batch_sizes] * 2
+    totals = recording.hist["1"].sum(1) + recording.underflow["1"] + recording.overflow["1"]
+    assert totals.tolist() == recording.numel["1"].tolist()
+    assert recording.shapes["1"] == (4, 6, 4, 4)   # the last batch seen: the short validation batch
+
+
+def test_valid_false_records_training_only():
+    learn = make_learner(cbs=ActivationHistogram(valid=False))
+    learn.fit(1)
+    recording = learn.activation_histogram.recording
+    assert recording.phase.tolist() == ["train"] * TRAIN_BATCHES
+    assert recording.layer_names == ["0.0", "1.0", "1.1", "3"]   # leaves with parameters, like fastai
+
+
+def test_in_range_counts_equal_fastai_activation_stats_batch_for_batch():
+    model = tiny_cnn()
+    modules = [model[0][0], model[1][0], model[3]]
+    stats = ActivationStats(modules=modules, with_hist=True)
+    ours = ActivationHistogram(layers=modules, bins=40, range=(0, 10))
+    learn = make_learner(cbs=[stats, ours], model=model)
+    learn.fit(2, lr=0.1)
+    recording = ours.recording.select_phase("train")
+    assert len(recording) == 2 * TRAIN_BATCHES == len(stats.stats)
+    for index, name in enumerate(recording.layer_names):
+        theirs = torch.stack([batch[index]["hist"] for batch in stats.stats]).numpy()  # before their log1p
+        np.testing.assert_array_equal(recording.hist[name], theirs.astype(np.int64))
+        assert recording.hist[name].sum() > 0
+
+
+def test_repeated_fits_append_with_fit_index():
+    learn = make_learner(cbs=ActivationHistogram(layers=[0], valid=False))
+    learn.fit(1)
+    learn.fit(2)
+    recording = learn.activation_histogram.recording
+    assert recording.fit.tolist() == [0] * 6 + [1] * 12
+    assert recording.epoch.tolist() == [0] * 6 + [0] * 6 + [1] * 6
+    assert [(column, fit, epoch) for column, fit, epoch in recording.boundaries()] == [(0, 0, 0), (6, 1, 0), (12, 1, 1)]
+
+
+class FailAt(Callback):
+    "Raise `error` in after_loss of training batch `at`."
+    def __init__(self, error, at=3): self.error, self.at = error, at
+    def after_loss(self):
+        if self.training and self.iter == self.at: raise self.error
+
+
+def test_hooks_come_off_after_a_crash_and_complete_batches_stay():
+    model = tiny_cnn()
+    before = hook_counts(model)
+    learn = make_learner(cbs=[ActivationHistogram(), FailAt(RuntimeError("bad batch"))], model=model)
+    with pytest.raises(RuntimeError, match="bad batch"):
+        learn.fit(1)
+    assert hook_counts(model) == before
+    recording = learn.activation_histogram.recording
+    assert recording.iteration.tolist() == [0, 1, 2]   # batch 3 died after its forward pass: dropped
+    learn.remove_cb(FailAt)
+    learn.fit(1)                                     # the next fit works and appends
+    assert len(learn.activation_histogram.recording) == 3 + TRAIN_BATCHES + VALID_BATCHES
+    assert hook_counts(model) == before
+
+
+def test_keyboard_interrupt_and_cancel_fit_keep_complete_batches_and_unhook():
+    for error in (KeyboardInterrupt(), CancelFitException()):
+        model = tiny_cnn()
+        learn = make_learner(cbs=[ActivationHistogram(valid=False), FailAt(error, at=2)], model=model)
+        try:
+            learn.fit(1)
+        except KeyboardInterrupt:
+            pass
+        assert hook_counts(model) == [0] * len(hook_counts(model))
+        assert learn.activation_histogram.recording.iteration.tolist() == [0, 1]
+
+
+def test_cancelled_batch_is_dropped():
+    class SkipSecond(Callback):
+        def after_pred(self):
+            if self.training and self.iter == 1: raise CancelBatchException()
+    learn = make_learner(cbs=[ActivationHistogram(valid=False), SkipSecond()])
+    learn.fit(1)
+    assert learn.activation_histogram.recording.iteration.tolist() == [0, 2, 3, 4, 5]
+
+
+def test_callback_passed_to_fit_and_get_preds_records_nothing_extra():
+    learn = make_learner()
+    callback = ActivationHistogram(layers=nn.Conv2d)
+    learn.fit(1, cbs=callback)
+    assert not any(isinstance(cb, ActivationHistogram) for cb in learn.cbs)
+    assert len(callback.recording) == TRAIN_BATCHES + VALID_BATCHES
+    assert learn.color_dim("0.0").get_ylim() == (-10.0, 10.0)  # found after fit(cbs=...) too
+    learn.add_cb(callback)
+    learn.get_preds()
+    learn.validate()
+    assert len(callback.recording) == TRAIN_BATCHES + VALID_BATCHES
+    assert hook_counts(learn.model) == [0] * len(hook_counts(learn.model))
+
+
+def test_lr_find_is_not_recorded():
+    import fastai.callback.schedule  # noqa: F401
+    learn = make_learner(cbs=ActivationHistogram(layers=[0]))
+    learn.lr_find(num_it=5, show_plot=False)
+    with pytest.raises(ValueError, match="recorded nothing yet"):
+        learn.activation_histogram.recording
+    learn.fit(1)
+    assert len(learn.activation_histogram.recording) == TRAIN_BATCHES + VALID_BATCHES
+
+
+def test_bad_arguments_fail_at_construction_and_bad_layers_before_the_first_batch():
+    with pytest.raises(ValueError, match="bins: expected an int >= 1"):
+        ActivationHistogram(bins=0)
+    with pytest.raises(ValueError, match="range: expected finite low < high"):
+        ActivationHistogram(range=(3, -3))
+    seen = []
+    class Count(Callback):
+        def before_batch(self): seen.append(self.iter)
+    learn = make_learner(cbs=[ActivationHistogram(layers="conv9"), Count()])
+    with pytest.raises(ValueError, match="no module named 'conv9'"):
+        learn.fit(1)
+    assert seen == []
+
+
+def test_color_dim_without_a_callback_says_what_to_do():
+    learn = make_learner()
+    with pytest.raises(ValueError, match="no ActivationHistogram has recorded on this learner"):
+        learn.color_dim()
+
+
+def test_export_pickles_settings_not_hooks_or_buffers(tmp_path):
+    learn = make_learner(cbs=ActivationHistogram(layers=[0], bins=7))
+    learn.fit(1)
+    import pickle
+    callback = pickle.loads(pickle.dumps(learn.activation_histogram))
+    assert callback.bins == 7 and callback.engine is None

@@ -1,0 +1,90 @@
+"""No host-device synchronisation per batch: watched op by op, on the CPU and on fake CUDA tensors."""
+import pytest
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from colordim.layers import find_layers
+from colordim.recorder import HistogramRecorder
+from conftest import make_learner
+
+SYNC_OPS = {"aten._local_scalar_dense.default", "aten.item.default", "aten.nonzero.default"}
+
+
+class WatchOps(TorchDispatchMode):
+    "Count every op, and note each copy to the CPU."
+    def __init__(self):
+        super().__init__()
+        self.ops, self.to_host = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.ops.append(str(func))
+        device = kwargs.get("device")
+        if str(func).startswith("aten._to_copy") and device is not None and torch.device(device).type == "cpu":
+            self.to_host.append(str(func))
+        return func(*args, **kwargs)
+
+
+def syncs(ops):
+    return [op for op in ops if op in SYNC_OPS]
+
+
+def test_engine_batches_run_no_sync_op_until_flush():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    engine = HistogramRecorder(find_layers(model, [0, 1, 3]), bins=20, range=(-3, 3)).attach()
+    engine.reserve(4)
+    with WatchOps() as watch:
+        for iteration in range(4):
+            engine.begin_column("train", iteration=iteration)
+            model(torch.randn(8, 1, 8, 8))
+            engine.end_column()
+    assert "aten.histc.default" in watch.ops      # the watch sees our hook's ops
+    assert syncs(watch.ops) == [] and watch.to_host == []
+    with WatchOps() as watch:
+        engine.flush()                           # the one transfer, at the epoch's end
+    assert len(watch.to_host) == 3               # one per layer
+    engine.detach()
+
+
+def test_a_fastai_fit_with_the_callback_syncs_no_more_than_without():
+    from colordim import ActivationHistogram
+    counts = []
+    for cbs in ([], [ActivationHistogram()]):
+        learn = make_learner(cbs=cbs)
+        with WatchOps() as watch:
+            learn.fit(1)
+        counts.append((len(syncs(watch.ops)), len(watch.ops)))
+    (syncs_without, ops_without), (syncs_with, ops_with) = counts
+    assert syncs_with == syncs_without           # fastai's own (loss logging) and nothing of ours
+    assert ops_with > ops_without                # while our hooks did run
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_fake_cuda_forward_passes_never_wait_for_the_gpu(deterministic):
+    "Under FakeTensorMode any op that reads a CUDA value back raises; a copy to the host is counted."
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            model = nn.Sequential(nn.Conv2d(1, 4, 3, device="cuda"), nn.ReLU(), nn.Flatten(),
+                                  nn.Linear(4 * 6 * 6, 3, device="cuda"))
+            engine = HistogramRecorder(find_layers(model, [0, 1, 3]), bins=20, range=(-3, 3)).attach()
+            with WatchOps() as watch:
+                for iteration in range(3):
+                    engine.begin_column("train", iteration=iteration)
+                    model(torch.randn(8, 1, 8, 8, device="cuda"))
+                    engine.end_column()
+            with WatchOps() as control:
+                engine._buffers[0].to("cpu")       # what flush does: the watch must see it
+            assert len(control.to_host) == 1
+            assert all(buffer.device.type == "cuda" for buffer in engine._buffers)
+            for handle in engine._handles:         # not detach(): its flush would read fake values
+                handle.remove()
+            engine._handles, engine._index = [], []
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    histogram_op = "aten.index_put_.default" if deterministic else "aten.histc.default"
+    assert histogram_op in watch.ops
+    assert syncs(watch.ops) == [] and watch.to_host == []

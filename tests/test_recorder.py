@@ -1,0 +1,201 @@
+"""The engine: counts against numpy, edge bins, NaN, dtypes, chunks, columns and hook removal."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import colordim.recorder as recorder_module
+from colordim.layers import find_layers
+from colordim.recorder import HistogramRecorder, histogram_counts, _counts_by_index
+
+
+def capture(model, layers):
+    "Record outputs of `layers` by hand, to compare with the engine."
+    outputs = {name: [] for name in layers}
+    handles = [module.register_forward_hook(lambda m, i, o, name=name: outputs[name].append(o.detach().clone()))
+               for name, module in layers.items()]
+    return outputs, handles
+
+
+def run_batches(engine, model, batches, phase="train", epoch=0):
+    for iteration, batch in enumerate(batches):
+        engine.begin_column(phase, epoch=epoch, iteration=iteration)
+        model(batch)
+        engine.end_column()
+
+
+def test_counts_equal_numpy_histogram_on_captured_outputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 4))
+    layers = find_layers(model, [0, 1, 2])
+    outputs, handles = capture(model, layers)
+    batches = [torch.randn(32, 5) * 3 for _ in range(4)]
+    with HistogramRecorder(layers, bins=25, range=(-2, 3)) as engine:
+        run_batches(engine, model, batches)
+    for handle in handles: handle.remove()
+    recording = engine.recording
+    assert len(recording) == 4 and recording.layer_names == ["0", "1", "2"]
+    for name in layers:
+        for column, output in enumerate(outputs[name]):
+            values = output.numpy().ravel()
+            expected, edges = np.histogram(values, bins=25, range=(-2, 3))
+            np.testing.assert_array_equal(recording.hist[name][column], expected)
+            assert recording.underflow[name][column] == (values < -2).sum()
+            assert recording.overflow[name][column] == (values > 3).sum()
+            assert recording.numel[name][column] == values.size
+        np.testing.assert_allclose(recording.edges[name], edges)
+    assert recording.shapes["0"] == (32, 16)
+    assert recording.hist[0].shape == (4, 25)
+
+
+def test_every_value_lands_in_a_bin_and_nan_is_counted():
+    model = nn.Identity()
+    engine = HistogramRecorder({"x": model}, bins=4, range=(-1, 1)).attach()
+    nan, inf = float("nan"), float("inf")
+    values = torch.tensor([nan, nan, inf, -inf, -1.0, 1.0, -1.5, 2.0, 0.0, 0.49, 0.5])
+    run_batches(engine, model, [values])
+    engine.detach()
+    recording = engine.recording
+    # bins [-1,-.5) [-.5,0) [0,.5) [.5,1]: -1 -> first, 1 -> last (right edge closed, as histc)
+    assert recording.hist["x"][0].tolist() == [1, 0, 2, 2]
+    assert recording.underflow["x"][0] == 2   # -inf, -1.5
+    assert recording.overflow["x"][0] == 2    # inf, 2.0
+    assert recording.nan["x"][0] == 2
+    assert recording.numel["x"][0] == 11
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_dtypes_are_counted_as_float32(dtype):
+    values = ((torch.arange(-50, 50) + 0.5) / 10).to(dtype)   # -4.95 .. 4.95, off the bin edges
+    out = torch.zeros(12, dtype=torch.int64)
+    histogram_counts(values, 10, -4.0, 4.0, out)
+    expected, _ = np.histogram(values.float().numpy(), bins=10, range=(-4, 4))
+    assert out[1:-1].tolist() == expected.tolist()
+    assert out[0] == 10 and out[-1] == 10         # -4.95..-4.05 below, 4.05..4.95 above
+    assert out.sum() == 100
+
+
+def test_big_outputs_are_counted_in_exact_chunks(monkeypatch):
+    values = torch.randn(10_000, generator=torch.Generator().manual_seed(1)) * 4
+    whole = torch.zeros(22, dtype=torch.int64)
+    histogram_counts(values, 20, -5.0, 5.0, whole)
+    monkeypatch.setattr(recorder_module, "CHUNK", 999)   # 11 chunks, the last one short
+    chunked = torch.zeros(22, dtype=torch.int64)
+    histogram_counts(values, 20, -5.0, 5.0, chunked)
+    assert torch.equal(whole, chunked) and chunked.sum() == 10_000
+
+
+def test_index_path_for_deterministic_cuda_matches_histc():
+    values = torch.cat([torch.randn(5000, generator=torch.Generator().manual_seed(2)) * 3,
+                        torch.tensor([-2.0, 2.0, float("nan"), float("inf"), -float("inf")])])
+    with_histc = torch.zeros(18, dtype=torch.int64)
+    histogram_counts(values, 16, -2.0, 2.0, with_histc)
+    by_index = _counts_by_index(values, 16, -2.0, 2.0)
+    assert by_index.tolist() == with_histc.tolist()
+    assert by_index.sum() == values.numel() - 1   # all but the NaN
+
+
+def test_hooks_removed_on_exit_and_after_an_exception_leaving_user_hooks():
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    user_handle = model[0].register_forward_hook(lambda *args: None)
+    before = [dict(module._forward_hooks) for module in model]
+    engine = HistogramRecorder(find_layers(model, [0, 1]))
+    with pytest.raises(RuntimeError, match="boom"):
+        with engine:
+            engine.begin_column()
+            model(torch.randn(3, 2))
+            engine.end_column()
+            engine.begin_column()
+            model(torch.randn(3, 2))
+            raise RuntimeError("boom")  # mid-batch: this column is not complete
+    assert [dict(module._forward_hooks) for module in model] == before
+    assert len(engine.recording) == 1      # the complete column stays, the broken one is dropped
+    assert engine.recording.numel["0"].tolist() == [6]
+    engine.detach()  # twice is fine
+    user_handle.remove()
+
+
+def test_attach_twice_hooks_once():
+    model = nn.Sequential(nn.Linear(2, 2))
+    engine = HistogramRecorder(find_layers(model)).attach().attach()
+    assert len(model[0]._forward_hooks) == 1
+    engine.detach()
+    assert len(model[0]._forward_hooks) == 0
+
+
+def test_nothing_is_recorded_outside_a_column():
+    model = nn.Linear(2, 2)
+    engine = HistogramRecorder({"fc": model}).attach()
+    model(torch.randn(4, 2))                 # no column open: ignored
+    run_batches(engine, model, [torch.randn(4, 2)])
+    model(torch.randn(4, 2))
+    engine.detach()
+    assert len(engine.recording) == 1 and engine.recording.numel["fc"].tolist() == [8]
+
+
+def test_columns_grow_past_any_capacity_and_keep_their_index():
+    model = nn.Linear(3, 3)
+    engine = HistogramRecorder({"fc": model}, bins=5, range=(-1, 1)).attach()
+    engine.reserve(2)   # fewer than we will write: the buffer must grow
+    for epoch in range(3):
+        run_batches(engine, model, [torch.full((2, 3), 0.1 * epoch)] * 7, epoch=epoch)
+        run_batches(engine, model, [torch.zeros(1, 3)] * 2, phase="valid", epoch=epoch)
+        if epoch == 1:
+            engine.flush()  # an epoch end in the middle
+    engine.detach()
+    recording = engine.recording
+    assert len(recording) == 27
+    assert recording.phase.tolist() == (["train"] * 7 + ["valid"] * 2) * 3
+    assert recording.epoch.tolist() == [e for e in range(3) for _ in range(9)]
+    assert recording.iteration.tolist() == (list(range(7)) + [0, 1]) * 3
+    totals = recording.hist["fc"].sum(1)
+    assert totals.tolist() == ([6] * 7 + [3] * 2) * 3   # every value of every column, none lost in growth
+    assert len(recording.select_phase("valid")) == 6
+    assert recording.select_epoch(2).iteration.tolist() == list(range(7)) + [0, 1]
+
+
+def test_a_module_called_twice_in_a_batch_adds_up():
+    shared = nn.Linear(2, 2)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    engine = HistogramRecorder({"shared": shared}).attach()
+    run_batches(engine, model, [torch.randn(5, 2)])
+    engine.detach()
+    assert engine.recording.numel["shared"].tolist() == [20]
+    assert engine.recording.hist["shared"].sum() + engine.recording.underflow["shared"].sum() \
+        + engine.recording.overflow["shared"].sum() == 20
+
+
+def test_non_float_and_non_tensor_outputs_are_skipped_with_a_reason():
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x, x
+    class Argmax(nn.Module):
+        def forward(self, x):
+            return x.argmax(1)
+    pair, argmax = Pair(), Argmax()
+    engine = HistogramRecorder({"pair": pair, "argmax": argmax}).attach()
+    engine.begin_column()
+    pair(torch.randn(2, 2)), argmax(torch.randn(2, 2))
+    engine.end_column()
+    engine.detach()
+    assert engine.recording.skipped == {"pair": "output is a tuple, not a tensor",
+                                        "argmax": "output dtype torch.int64 is not floating point"}
+    assert engine.recording.numel["pair"].tolist() == [0]
+
+
+@pytest.mark.parametrize("bins", [0, -3, 2.5, "100", True])
+def test_bad_bins(bins):
+    with pytest.raises(ValueError, match=r"bins: expected an int >= 1"):
+        HistogramRecorder({"fc": nn.Linear(1, 1)}, bins=bins)
+
+
+@pytest.mark.parametrize("value", [(1, 1), (2, -2), (0, float("inf")), (float("nan"), 1), 5, (1, 2, 3), "ab"])
+def test_bad_range(value):
+    with pytest.raises(ValueError, match=r"range: expected"):
+        HistogramRecorder({"fc": nn.Linear(1, 1)}, range=value)
+
+
+def test_bad_phase():
+    engine = HistogramRecorder({"fc": nn.Linear(1, 1)})
+    with pytest.raises(ValueError, match=r"phase: 'test' is not a phase; use one of \('train', 'valid'\)"):
+        engine.begin_column("test")
