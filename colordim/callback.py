@@ -32,7 +32,7 @@ class ActivationHistogram(Callback):
     ):
         check_bins(bins), check_range(range)  # fail now, not after the first batch
         store_attr()
-        self.engine, self._fit, self._trained, self._active = None, -1, False, False
+        self.engine, self._fit, self._trained, self._active, self._hooked_for = None, -1, False, False, None
 
     # --- fastai events -----------------------------------------------------------------------------
     def before_fit(self):
@@ -48,6 +48,7 @@ class ActivationHistogram(Callback):
         engines = _ENGINES.setdefault(self.learn, [])
         if self.engine not in engines:
             engines.append(self.engine)
+        self._hooked_for = id(self.learn)  # the learner whose fit must take our hooks off
         _unhook_on_crash.add(self)
 
     def before_epoch(self):
@@ -100,7 +101,7 @@ class ActivationHistogram(Callback):
     def __getstate__(self):
         "Pickle (e.g. `learn.export()`) the settings, not the hooks or recorded buffers."
         state = dict(self.__dict__)
-        state.update(engine=None, learn=None, _active=False)
+        state.update(engine=None, _active=False, _hooked_for=None)
         return state
 
 
@@ -123,8 +124,9 @@ def _fit_then_unhook(fit):
         try:
             return fit(self, *args, **kwargs)
         finally:
-            for callback in list(_unhook_on_crash):
-                callback._unhook()  # only ours still hooked: after_fit already ran otherwise
+            for callback in list(_unhook_on_crash):  # still hooked: after_fit did not run
+                if callback._hooked_for == id(self):
+                    callback._unhook()
     fit_then_unhook._colordim = True
     return fit_then_unhook
 

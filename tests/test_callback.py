@@ -7,7 +7,7 @@ from fastai.callback.core import Callback, CancelFitException, CancelBatchExcept
 from fastai.callback.hook import ActivationStats
 
 from colordim import ActivationHistogram
-from conftest import make_learner, tiny_cnn
+from conftest import make_dls, make_learner, tiny_cnn
 
 TRAIN_BATCHES, VALID_BATCHES = 6, 3
 
@@ -159,3 +159,19 @@ def test_export_pickles_settings_not_hooks_or_buffers(tmp_path):
     import pickle
     callback = pickle.loads(pickle.dumps(learn.activation_histogram))
     assert callback.bins == 7 and callback.engine is None
+
+
+def test_export_then_load_learner_fits_and_records_again(tmp_path):
+    from fastai.learner import load_learner
+    learn = make_learner(cbs=ActivationHistogram(layers=["0", "1"], bins=9))
+    learn.fit(1)
+    learn.path = tmp_path
+    learn.dls.new_empty = make_dls  # TensorDataset has no new_empty; export only needs empty-ish loaders
+    learn.export("model.pkl")
+    loaded = load_learner(tmp_path / "model.pkl")
+    callback = loaded.activation_histogram
+    assert callback.engine is None and callback.bins == 9     # settings travel, buffers do not
+    assert all(not module._forward_hooks for module in loaded.model.modules())
+    loaded.fit(1)
+    assert len(callback.recording) == TRAIN_BATCHES + VALID_BATCHES
+    assert callback.recording.hist["1"].shape == (9, 9)
