@@ -38,7 +38,7 @@ def histogram_counts(x: torch.Tensor, bins: int, low: float, high: float, out: t
     "Add the counts of `x` to `out` (bins + 2,): underflow, `bins` bins over [low, high], overflow."
     x = x.detach().reshape(-1)
     deterministic_cuda = x.is_cuda and torch.are_deterministic_algorithms_enabled()
-    for chunk in x.split(CHUNK):
+    for chunk in (x,) if x.numel() <= CHUNK else x.split(CHUNK):
         chunk = chunk.float()  # histc counts in the input's dtype; CPU bf16 histc does not exist
         if deterministic_cuda:  # CUDA histc has no deterministic kernel and raises
             out.add_(_counts_by_index(chunk, bins, low, high))
@@ -124,7 +124,8 @@ class HistogramRecorder:
             return
         histogram_counts(output, self.bins, self.low, self.high, self._buffer(slot, output.device)[row])
         self._numel[row, slot] += output.numel()  # shape metadata: known on the host, no sync
-        self.shapes[name] = tuple(output.shape)
+        if self._pending[2] == "train" or name not in self.shapes:  # a training batch's shape is the one to show
+            self.shapes[name] = tuple(output.shape)
 
     def _buffer(self, slot, device) -> torch.Tensor:
         "Layer `slot`'s buffer, allocated (or grown) on `device` when it must be."

@@ -27,7 +27,7 @@ class Recording:
     counts: dict          # name -> (columns, bins + 2) int64: underflow, the bins, overflow
     numel: dict           # name -> (columns,) int64: values seen (NaN = numel - counts.sum(1))
     edges: dict           # name -> (bins + 1,) float64 bin edges, the first and last are `range`
-    shapes: dict          # name -> output shape last seen, () if the layer never ran
+    shapes: dict          # name -> output shape of the last training batch, () if the layer never ran
     fit: np.ndarray       # (columns,) which fit call of the learner, from 0
     epoch: np.ndarray     # (columns,) epoch within that fit, from 0
     phase: np.ndarray     # (columns,) 'train' or 'valid'

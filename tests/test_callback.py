@@ -30,7 +30,7 @@ def test_train_and_valid_batches_are_separate_phases_with_epoch_columns():
     assert recording.numel["1"].tolist() == [b * 96 for b in batch_sizes] * 2
     totals = recording.hist["1"].sum(1) + recording.underflow["1"] + recording.overflow["1"]
     assert totals.tolist() == recording.numel["1"].tolist()
-    assert recording.shapes["1"] == (4, 6, 4, 4)   # the last batch seen: the short validation batch
+    assert recording.shapes["1"] == (8, 6, 4, 4)   # a training batch's, not the short validation batch's
 
 
 def test_valid_false_records_training_only():
