@@ -194,14 +194,7 @@ class HistogramRecorder:
         self._numel[:used + 1] = 0
         if open_numel is not None:
             self._numel[0], self._row = open_numel, 0
-        fit, epoch, phase, iteration = zip(*self._index)
-        self._host.append(Recording(
-            counts=counts, numel={name: numel[:, slot] for slot, name in enumerate(self.names)},
-            edges={name: self.edges for name in self.names},
-            shapes={name: self.shapes.get(name, ()) for name in self.names},
-            fit=np.array(fit, dtype=np.int64), epoch=np.array(epoch, dtype=np.int64),
-            phase=np.array(phase, dtype="<U5"), iteration=np.array(iteration, dtype=np.int64),
-            skipped=dict(self.skipped)))
+        self._host.append(self._to_recording(counts, numel, self._index))
         self._index = []
 
     @property
@@ -209,11 +202,12 @@ class HistogramRecorder:
         "Everything recorded so far, on the host (copies what is still on the device)."
         self.flush()
         if not self._host:
-            return self._empty()
+            return self._to_recording({name: np.zeros((0, self.bins + 2), dtype=np.int64) for name in self.names},
+                                      np.zeros((0, len(self.names)), dtype=np.int64), [])
         if len(self._host) > 1:
             self._host = [Recording.concat(self._host)]
         recording = self._host[0]
-        recording.shapes.update({name: shape for name, shape in self.shapes.items()})
+        recording.shapes.update(self.shapes)
         recording.skipped.update(self.skipped)
         return recording
 
@@ -222,11 +216,13 @@ class HistogramRecorder:
         self.abandon_column()
         self._index, self._host = [], []
 
-    def _empty(self) -> Recording:
-        no_columns = np.zeros(0, dtype=np.int64)
+    def _to_recording(self, counts: dict, numel: np.ndarray, index: list) -> Recording:
+        "A host Recording of some columns: `counts` per layer, `numel` (columns, layers), `index` per column."
+        fit, epoch, phase, iteration = zip(*index) if index else ((), (), (), ())
         return Recording(
-            counts={name: np.zeros((0, self.bins + 2), dtype=np.int64) for name in self.names},
-            numel={name: no_columns for name in self.names}, edges={name: self.edges for name in self.names},
+            counts=counts, numel={name: numel[:, slot] for slot, name in enumerate(self.names)},
+            edges={name: self.edges for name in self.names},
             shapes={name: self.shapes.get(name, ()) for name in self.names},
-            fit=no_columns, epoch=no_columns, phase=np.zeros(0, dtype="<U5"), iteration=no_columns,
+            fit=np.array(fit, dtype=np.int64), epoch=np.array(epoch, dtype=np.int64),
+            phase=np.array(phase, dtype="<U5"), iteration=np.array(iteration, dtype=np.int64),
             skipped=dict(self.skipped))

@@ -199,3 +199,9 @@ def test_bad_phase():
     engine = HistogramRecorder({"fc": nn.Linear(1, 1)})
     with pytest.raises(ValueError, match=r"phase: 'test' is not a phase; use one of \('train', 'valid'\)"):
         engine.begin_column("test")
+
+
+def test_recording_before_any_column_is_empty_but_well_formed():
+    recording = HistogramRecorder({"fc": nn.Linear(2, 2)}, bins=3).recording
+    assert len(recording) == 0 and recording.hist["fc"].shape == (0, 3) and recording.nan["fc"].shape == (0,)
+    assert recording.boundaries() == [] and "0 train, 0 valid" in repr(recording)
