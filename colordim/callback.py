@@ -10,7 +10,7 @@ from fastcore.basics import patch, store_attr
 
 from . import plot
 from .layers import find_layers
-from .recorder import HistogramRecorder, check_bins, check_range
+from .recorder import HistogramRecorder, check_bins, check_near_zero, check_range
 from .recording import Recording
 
 __all__ = ["ActivationHistogram"]
@@ -29,8 +29,10 @@ class ActivationHistogram(Callback):
         bins: int = 100,  # rows of the picture
         range=(-10, 10),  # values outside are counted in an underflow and an overflow row
         valid: bool = True,  # record validation batches too, as the 'valid' phase
+        stats: bool = True,  # also mean, std, near-zero share, min, max and dead-unit rate per batch
+        near_zero: float = 0.05,  # |x| <= near_zero counts as near zero (fastai counts x <= 0.05)
     ):
-        check_bins(bins), check_range(range)  # fail now, not after the first batch
+        check_bins(bins), check_range(range), check_near_zero(near_zero)  # fail now, not at the first batch
         store_attr()
         self.engine, self._fit, self._trained, self._active, self._hooked_for = None, -1, False, False, None
 
@@ -43,7 +45,8 @@ class ActivationHistogram(Callback):
             return
         modules = find_layers(self.learn.model, self.layers)
         if self.engine is None or list(modules.values()) != list(self.engine.modules.values()):
-            self.engine = HistogramRecorder(modules, bins=self.bins, range=self.range)
+            self.engine = HistogramRecorder(modules, bins=self.bins, range=self.range, stats=self.stats,
+                                            near_zero=self.near_zero)
         self.engine.attach()
         engines = _ENGINES.setdefault(self.learn, [])
         if self.engine not in engines:

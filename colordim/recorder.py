@@ -1,4 +1,4 @@
-"""`HistogramRecorder`: hooks on chosen modules that histogram each output on its own device, no sync."""
+"""`HistogramRecorder`: hooks on chosen modules that summarise each output on its own device, no sync."""
 from __future__ import annotations
 
 import math
@@ -6,14 +6,11 @@ from functools import partial
 
 import numpy as np
 import torch
-from torch import nn
 
-from .recording import PHASES, Recording
+from .recording import MOMENTS, PHASES, Recording
+from .summaries import add_moments, channel_count, histogram_counts
 
-__all__ = ["HistogramRecorder", "check_bins", "check_range", "histogram_counts"]
-
-# histc counts in float32: a bin is exact up to 2**24, so bigger outputs are counted in chunks.
-CHUNK = 2 ** 24
+__all__ = ["HistogramRecorder", "check_bins", "check_range", "check_near_zero"]
 
 
 def check_bins(bins) -> int:
@@ -34,38 +31,56 @@ def check_range(value) -> tuple[float, float]:
     return low, high
 
 
-def histogram_counts(x: torch.Tensor, bins: int, low: float, high: float, out: torch.Tensor) -> None:
-    "Add the counts of `x` to `out` (bins + 2,): underflow, `bins` bins over [low, high], overflow."
-    x = x.detach().reshape(-1)
-    deterministic_cuda = x.is_cuda and torch.are_deterministic_algorithms_enabled()
-    for chunk in (x,) if x.numel() <= CHUNK else x.split(CHUNK):
-        chunk = chunk.float()  # histc counts in the input's dtype; CPU bf16 histc does not exist
-        if deterministic_cuda:  # CUDA histc has no deterministic kernel and raises
-            out.add_(_counts_by_index(chunk, bins, low, high))
-            continue
-        # Always pass low and high: with min == max, CUDA histc reads the range back to the host.
-        out[1:-1].add_(torch.histc(chunk, bins, low, high).long())
-        # histc ignores values outside the range; count them ourselves. NaN lands in neither.
-        outside = torch.stack([(chunk < low).sum(dtype=torch.int32), (chunk > high).sum(dtype=torch.int32)])
-        out[0::bins + 1].add_(outside)
+def check_near_zero(value) -> float:
+    "`near_zero` as a finite float >= 0, or a ValueError that says so."
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"near_zero: expected a finite number >= 0 such as 0.05, got {value!r}")
+    return float(value)
 
 
-def _counts_by_index(x: torch.Tensor, bins: int, low: float, high: float) -> torch.Tensor:
-    "Histogram by bin index and a deterministic accumulate: (bins + 2,) counts, like histc plus edges."
-    index = ((x - low) * (bins / (high - low))).floor_().clamp_(-1, bins).add_(1)  # under: 0, over: bins + 1
-    index = torch.where(x == high, bins, index)  # the top edge belongs to the last bin, as in histc
-    index = index.nan_to_num_(bins + 2).long()  # NaN goes to an extra bin that is dropped
-    counts = torch.zeros(bins + 3, dtype=torch.int64, device=x.device)
-    counts.index_put_((index,), torch.ones((), dtype=torch.int64, device=x.device), accumulate=True)
-    return counts[:-1]
+class _DeviceRows:
+    "One layer's rows on its device: histogram counts (rows, bins + 2) and moments (rows, 6)."
+    def __init__(self, rows: int, bins: int, device):
+        moments_dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64  # MPS has no float64
+        self.counts = torch.zeros(rows, bins + 2, dtype=torch.int64, device=device)
+        self.moments = torch.empty(rows, len(MOMENTS), dtype=moments_dtype, device=device)
+        self.clear(slice(None))
+
+    def __len__(self): return self.counts.shape[0]
+
+    def grown(self, rows: int) -> "_DeviceRows":
+        bigger = _DeviceRows(rows, self.counts.shape[1] - 2, self.counts.device)
+        bigger.counts[:len(self)].copy_(self.counts)
+        bigger.moments[:len(self)].copy_(self.moments)
+        return bigger
+
+    def clear(self, rows) -> None:
+        "Empty `rows` (an int or a slice): zero counts and sums, min +inf, max -inf."
+        self.counts[rows] = 0
+        self.moments[rows, :4] = 0
+        self.moments[rows, 4] = math.inf
+        self.moments[rows, 5] = -math.inf
+
+    def move(self, source: int, target: int) -> None:
+        self.counts[target].copy_(self.counts[source])
+        self.moments[target].copy_(self.moments[source])
+        self.clear(source)
+
+    def to_host(self, used: int) -> tuple[np.ndarray, np.ndarray]:
+        "Copies of the first `used` rows as numpy (a copy: on the CPU `.cpu()` would alias)."
+        return (self.counts[:used].to("cpu", copy=True).numpy(),
+                self.moments[:used].to("cpu", dtype=torch.float64, copy=True).numpy())
 
 
 class HistogramRecorder:
-    "Record a histogram of each module's output per column (batch), kept on the output's device."
+    "Record a histogram (and statistics) of each module's output per column (batch), on the output's device."
     def __init__(self,
         modules: dict,        # {name: module}, e.g. from `colordim.layers.find_layers`
         bins: int = 100,      # rows of the picture
         range=(-10, 10),      # values outside are counted in an underflow and an overflow bin
+        stats: bool = True,   # also mean, std, near-zero share, min, max and dead-unit rate per batch
+        near_zero: float = 0.05,  # |x| <= near_zero counts as near zero
     ):
         if not modules:
             raise ValueError("modules: nothing to record; pass at least one {name: module}")
@@ -73,22 +88,24 @@ class HistogramRecorder:
         self.names = list(self.modules)
         self.bins = check_bins(bins)
         self.low, self.high = check_range(range)
+        self.stats, self.near_zero = bool(stats), check_near_zero(near_zero)
         self.edges = np.linspace(self.low, self.high, self.bins + 1)
         self.shapes, self.skipped = {}, {}
         self._handles = []
-        self._buffers = [None] * len(self.names)  # per layer (capacity, bins + 2) int64, on its device
-        self._capacity = 0                        # rows every buffer will have
-        self._numel = np.zeros((0, len(self.names)), dtype=np.int64)  # host: values seen per row
-        self._index = []                          # host: (fit, epoch, phase, iteration) per committed row
-        self._row = None                          # the row hooks write into now, or None: not recording
-        self._pending = None                      # its (fit, epoch, phase, iteration)
-        self._host = []                           # Recordings already copied to the host
+        self._rows = [None] * len(self.names)  # per layer: its _DeviceRows, made on the first output's device
+        self._capacity = 0                     # rows every layer will have
+        self._numel = np.zeros((0, len(self.names)), dtype=np.int64)     # host: values seen per row
+        self._channels = np.zeros((0, len(self.names)), dtype=np.int64)  # host: units seen per row
+        self._index = []                       # host: (fit, epoch, phase, iteration) per committed row
+        self._row = None                       # the row hooks write into now, or None: not recording
+        self._pending = None                   # its (fit, epoch, phase, iteration)
+        self._host = []                        # Recordings already copied to the host
 
     # --- hooks -------------------------------------------------------------------------------------
     def attach(self) -> "HistogramRecorder":
         "Hook every module (after removing any hooks of ours still there)."
         self.detach()
-        self._buffers = [None] * len(self.names)  # allocated again on the device of the next output
+        self._rows = [None] * len(self.names)  # made again on the device of the next output
         self._handles = [module.register_forward_hook(partial(self._hook, slot))
                          for slot, module in enumerate(self.modules.values())]
         return self
@@ -122,20 +139,27 @@ class HistogramRecorder:
         if not output.is_floating_point():
             self.skipped[name] = f"output dtype {output.dtype} is not floating point"
             return
-        histogram_counts(output, self.bins, self.low, self.high, self._buffer(slot, output.device)[row])
-        self._numel[row, slot] += output.numel()  # shape metadata: known on the host, no sync
         if self._pending[2] == "train" or name not in self.shapes:  # a training batch's shape is the one to show
             self.shapes[name] = tuple(output.shape)
+        if not output.numel():
+            return
+        # One float32 view or copy for everything: histc and sums of fp16/bf16 would count in that dtype.
+        values = output.detach().float()
+        rows = self._device_rows(slot, values.device)
+        histogram_counts(values, self.bins, self.low, self.high, rows.counts[row])
+        if self.stats:
+            add_moments(values, self.near_zero, rows.moments[row])
+            self._channels[row, slot] += channel_count(values.shape)
+        self._numel[row, slot] += values.numel()  # shape metadata: known on the host, no sync
 
-    def _buffer(self, slot, device) -> torch.Tensor:
-        "Layer `slot`'s buffer, allocated (or grown) on `device` when it must be."
-        buffer = self._buffers[slot]
-        if buffer is None or buffer.shape[0] < self._capacity:
-            grown = torch.zeros(self._capacity, self.bins + 2, dtype=torch.int64, device=device)
-            if buffer is not None:
-                grown[:buffer.shape[0]].copy_(buffer)
-            self._buffers[slot] = buffer = grown
-        return buffer
+    def _device_rows(self, slot, device) -> _DeviceRows:
+        "Layer `slot`'s device rows, made (or grown) on `device` when they must be."
+        rows = self._rows[slot]
+        if rows is None:
+            rows = self._rows[slot] = _DeviceRows(self._capacity, self.bins, device)
+        elif len(rows) < self._capacity:
+            rows = self._rows[slot] = rows.grown(self._capacity)
+        return rows
 
     # --- columns (called by the host between batches) ----------------------------------------------
     def reserve(self, columns: int) -> None:
@@ -159,42 +183,46 @@ class HistogramRecorder:
             self._row = self._pending = None
 
     def abandon_column(self) -> None:
-        "Drop the open column (an interrupted batch): its slot is cleared for the next one."
+        "Drop the open column (an interrupted batch): its row is cleared for the next one."
         if self._row is None:
             return
-        for buffer in self._buffers:
-            if buffer is not None:
-                buffer[self._row].zero_()
-        self._numel[self._row] = 0
+        for rows in self._rows:
+            if rows is not None:
+                rows.clear(self._row)
+        self._numel[self._row] = self._channels[self._row] = 0
         self._row = self._pending = None
 
     def _set_capacity(self, rows: int) -> None:
-        if rows > self._capacity:  # device buffers follow in `_buffer`, on their own device
-            self._numel = np.concatenate([self._numel, np.zeros((rows - self._capacity, len(self.names)), np.int64)])
+        if rows > self._capacity:  # device rows follow in `_device_rows`, on their own device
+            more = np.zeros((rows - self._capacity, len(self.names)), np.int64)
+            self._numel, self._channels = np.concatenate([self._numel, more]), np.concatenate([self._channels, more])
             self._capacity = rows
 
     # --- to the host -------------------------------------------------------------------------------
     def flush(self) -> None:
-        "Copy the finished columns to the host (one transfer per layer) and reuse the device rows."
+        "Copy the finished columns to the host (one transfer per layer and kind) and reuse the device rows."
         used = len(self._index)
         if not used:
             return
-        counts = {}
+        counts, moments = {}, {}
         for slot, name in enumerate(self.names):
-            buffer = self._buffers[slot]
-            if buffer is None:  # this layer never ran
+            rows = self._rows[slot]
+            if rows is None:  # this layer never ran
                 counts[name] = np.zeros((used, self.bins + 2), dtype=np.int64)
+                moments[name] = np.full((used, len(MOMENTS)), np.nan)
                 continue
-            counts[name] = buffer[:used].to("cpu", copy=True).numpy()  # a copy: on the CPU, .cpu() aliases
-            buffer[:used].zero_()
-            if self._row is not None:  # a column is open: move it to the first row
-                buffer[0].copy_(buffer[self._row])
-                buffer[self._row].zero_()
-        numel, open_numel = self._numel[:used].copy(), self._numel[self._row].copy() if self._row is not None else None
-        self._numel[:used + 1] = 0
-        if open_numel is not None:
-            self._numel[0], self._row = open_numel, 0
-        self._host.append(self._to_recording(counts, numel, self._index))
+            counts[name], moments[name] = rows.to_host(used)
+            rows.clear(slice(0, used))
+            if self._row is not None:  # a column is open: it becomes the first row
+                rows.move(self._row, 0)
+        sizes = self._numel[:used].copy(), self._channels[:used].copy()
+        if self._row is not None:
+            self._numel[0], self._channels[0] = self._numel[self._row], self._channels[self._row]
+            self._numel[1:used + 1] = self._channels[1:used + 1] = 0
+            self._row = 0
+        else:
+            self._numel[:used] = self._channels[:used] = 0
+        self._host.append(self._to_recording(counts, moments, *sizes, self._index))
         self._index = []
 
     @property
@@ -202,8 +230,10 @@ class HistogramRecorder:
         "Everything recorded so far, on the host (copies what is still on the device)."
         self.flush()
         if not self._host:
+            no_sizes = np.zeros((0, len(self.names)), dtype=np.int64)
             return self._to_recording({name: np.zeros((0, self.bins + 2), dtype=np.int64) for name in self.names},
-                                      np.zeros((0, len(self.names)), dtype=np.int64), [])
+                                      {name: np.zeros((0, len(MOMENTS))) for name in self.names},
+                                      no_sizes, no_sizes, [])
         if len(self._host) > 1:
             self._host = [Recording.concat(self._host)]
         recording = self._host[0]
@@ -216,13 +246,15 @@ class HistogramRecorder:
         self.abandon_column()
         self._index, self._host = [], []
 
-    def _to_recording(self, counts: dict, numel: np.ndarray, index: list) -> Recording:
-        "A host Recording of some columns: `counts` per layer, `numel` (columns, layers), `index` per column."
+    def _to_recording(self, counts: dict, moments: dict, numel: np.ndarray, channels: np.ndarray,
+                      index: list) -> Recording:
+        "A host Recording of some columns: per layer `counts`, `moments`; `numel`, `channels` (columns, layers)."
         fit, epoch, phase, iteration = zip(*index) if index else ((), (), (), ())
+        by_layer = lambda table: {name: table[:, slot] for slot, name in enumerate(self.names)}
         return Recording(
-            counts=counts, numel={name: numel[:, slot] for slot, name in enumerate(self.names)},
-            edges={name: self.edges for name in self.names},
+            counts=counts, numel=by_layer(numel), edges={name: self.edges for name in self.names},
             shapes={name: self.shapes.get(name, ()) for name in self.names},
             fit=np.array(fit, dtype=np.int64), epoch=np.array(epoch, dtype=np.int64),
             phase=np.array(phase, dtype="<U5"), iteration=np.array(iteration, dtype=np.int64),
-            skipped=dict(self.skipped))
+            moments=moments if self.stats else None, channels=by_layer(channels),
+            near_zero_threshold=self.near_zero, skipped=dict(self.skipped))

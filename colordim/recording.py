@@ -5,9 +5,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Recording", "LayerDict", "PHASES"]
+__all__ = ["Recording", "LayerDict", "PHASES", "MOMENTS"]
 
 PHASES = ("train", "valid")
+# Per-column statistics as recorded (sums add up, min and max merge); see `colordim.summaries`.
+MOMENTS = ("sum", "sum_sq", "near_zero", "dead", "min", "max")
 
 
 class LayerDict(dict):
@@ -32,10 +34,18 @@ class Recording:
     epoch: np.ndarray     # (columns,) epoch within that fit, from 0
     phase: np.ndarray     # (columns,) 'train' or 'valid'
     iteration: np.ndarray  # (columns,) batch index within the epoch and phase
+    moments: dict = None  # name -> (columns, 6) float64, as MOMENTS; None: statistics were off (all NaN)
+    channels: dict = None  # name -> (columns,) int64: units the dead-unit rate is over
+    near_zero_threshold: float = 0.05  # |x| <= this counted as near zero
     skipped: dict = field(default_factory=dict)  # name -> why nothing was recorded
 
     def __post_init__(self):
-        for name in ("counts", "numel", "edges", "shapes"):
+        columns = len(self.phase)
+        if self.moments is None:
+            self.moments = {name: np.full((columns, len(MOMENTS)), np.nan) for name in self.counts}
+        if self.channels is None:
+            self.channels = {name: np.zeros(columns, dtype=np.int64) for name in self.counts}
+        for name in ("counts", "numel", "edges", "shapes", "moments", "channels"):
             setattr(self, name, LayerDict(getattr(self, name)))
 
     @property
@@ -66,6 +76,42 @@ class Recording:
     def nan(self) -> LayerDict:
         "Per layer and column, how many values were NaN: seen but in no bin."
         return LayerDict((name, self.numel[name] - counts.sum(1)) for name, counts in self.counts.items())
+
+    # --- statistics per layer and column, derived from the moments; NaN where the layer did not run ----
+    def _per_column(self, formula) -> LayerDict:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return LayerDict((name, formula(name, self.moments[name].T, self.numel[name].astype(float)))
+                             for name in self.counts)
+
+    @property
+    def mean(self) -> LayerDict:
+        "Per layer and column, the mean of the output."
+        return self._per_column(lambda name, m, n: m[0] / n)
+
+    @property
+    def std(self) -> LayerDict:
+        "Per layer and column, the standard deviation of the output (n - 1 in the denominator, like torch.std)."
+        return self._per_column(lambda name, m, n: np.sqrt(np.maximum(m[1] - m[0] ** 2 / n, 0) / (n - 1)))
+
+    @property
+    def near_zero(self) -> LayerDict:
+        "Per layer and column, the share of values with |x| <= `near_zero_threshold`."
+        return self._per_column(lambda name, m, n: m[2] / n)
+
+    @property
+    def dead_rate(self) -> LayerDict:
+        "Per layer and column, the share of units (dim 1) whose output is <= 0 for the whole batch."
+        return self._per_column(lambda name, m, n: m[3] / self.channels[name])
+
+    @property
+    def min(self) -> LayerDict:
+        "Per layer and column, the smallest value."
+        return self._per_column(lambda name, m, n: np.where(n > 0, m[4], np.nan))
+
+    @property
+    def max(self) -> LayerDict:
+        "Per layer and column, the largest value."
+        return self._per_column(lambda name, m, n: np.where(n > 0, m[5], np.nan))
 
     def layer_name(self, layer) -> str:
         "The name of `layer`, given by position among the recorded layers or by name."
@@ -108,6 +154,9 @@ class Recording:
             shapes={name: self.shapes[name] for name in names},
             fit=self.fit[keep], epoch=self.epoch[keep], phase=self.phase[keep],
             iteration=self.iteration[keep],
+            moments={name: self.moments[name][keep] for name in names},
+            channels={name: self.channels[name][keep] for name in names},
+            near_zero_threshold=self.near_zero_threshold,
             skipped={name: why for name, why in self.skipped.items() if name in names})
 
     def select_layer(self, layer) -> "Recording":
@@ -139,9 +188,11 @@ class Recording:
         "Join recordings of the same layers along the columns, in order."
         first = parts[0]
         join = lambda attr: np.concatenate([getattr(part, attr) for part in parts])
+        per_layer = lambda attr: {name: np.concatenate([getattr(part, attr)[name] for part in parts])
+                                  for name in first.counts}
         return cls(
-            counts={name: np.concatenate([part.counts[name] for part in parts]) for name in first.counts},
-            numel={name: np.concatenate([part.numel[name] for part in parts]) for name in first.counts},
-            edges=dict(first.edges), shapes=dict(parts[-1].shapes),
-            fit=join("fit"), epoch=join("epoch"), phase=join("phase"), iteration=join("iteration"),
+            counts=per_layer("counts"), numel=per_layer("numel"), edges=dict(first.edges),
+            shapes=dict(parts[-1].shapes), fit=join("fit"), epoch=join("epoch"), phase=join("phase"),
+            iteration=join("iteration"), moments=per_layer("moments"), channels=per_layer("channels"),
+            near_zero_threshold=first.near_zero_threshold,
             skipped={k: v for part in parts for k, v in part.skipped.items()})

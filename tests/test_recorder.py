@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-import colordim.recorder as recorder_module
+import colordim.summaries as summaries_module
 from colordim.layers import find_layers
-from colordim.recorder import HistogramRecorder, histogram_counts, _counts_by_index
+from colordim.recorder import HistogramRecorder
+from colordim.summaries import histogram_counts, _counts_by_index
 
 
 def capture(model, layers):
@@ -79,7 +80,7 @@ def test_big_outputs_are_counted_in_exact_chunks(monkeypatch):
     values = torch.randn(10_000, generator=torch.Generator().manual_seed(1)) * 4
     whole = torch.zeros(22, dtype=torch.int64)
     histogram_counts(values, 20, -5.0, 5.0, whole)
-    monkeypatch.setattr(recorder_module, "CHUNK", 999)   # 11 chunks, the last one short
+    monkeypatch.setattr(summaries_module, "CHUNK", 999)   # 11 chunks, the last one short
     chunked = torch.zeros(22, dtype=torch.int64)
     histogram_counts(values, 20, -5.0, 5.0, chunked)
     assert torch.equal(whole, chunked) and chunked.sum() == 10_000

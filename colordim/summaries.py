@@ -1,0 +1,59 @@
+"""What one output tensor adds to its column, computed on its own device without a host sync."""
+from __future__ import annotations
+
+import torch
+
+from .recording import MOMENTS
+
+__all__ = ["CHUNK", "histogram_counts", "add_moments", "channel_count"]
+
+# histc counts in float32: a bin is exact up to 2**24, so bigger outputs are counted in chunks.
+CHUNK = 2 ** 24
+
+
+def histogram_counts(x: torch.Tensor, bins: int, low: float, high: float, out: torch.Tensor) -> None:
+    "Add the counts of float32 `x` to `out` (bins + 2,): underflow, `bins` bins over [low, high], overflow."
+    x = x.reshape(-1)
+    deterministic_cuda = x.is_cuda and torch.are_deterministic_algorithms_enabled()
+    for chunk in (x,) if x.numel() <= CHUNK else x.split(CHUNK):
+        if deterministic_cuda:  # CUDA histc has no deterministic kernel and raises
+            out.add_(_counts_by_index(chunk, bins, low, high))
+            continue
+        # Always pass low and high: with min == max, CUDA histc reads the range back to the host.
+        out[1:-1].add_(torch.histc(chunk, bins, low, high).long())
+        # histc ignores values outside the range; count them ourselves. NaN lands in neither.
+        outside = torch.stack([(chunk < low).sum(dtype=torch.int32), (chunk > high).sum(dtype=torch.int32)])
+        out[0::bins + 1].add_(outside)
+
+
+def _counts_by_index(x: torch.Tensor, bins: int, low: float, high: float) -> torch.Tensor:
+    "Histogram by bin index and a deterministic accumulate: (bins + 2,) counts, like histc plus edges."
+    index = ((x - low) * (bins / (high - low))).floor_().clamp_(-1, bins).add_(1)  # under: 0, over: bins + 1
+    index = torch.where(x == high, bins, index)  # the top edge belongs to the last bin, as in histc
+    index = index.nan_to_num_(bins + 2).long()  # NaN goes to an extra bin that is dropped
+    counts = torch.zeros(bins + 3, dtype=torch.int64, device=x.device)
+    counts.index_put_((index,), torch.ones((), dtype=torch.int64, device=x.device), accumulate=True)
+    return counts[:-1]
+
+
+def channel_count(shape) -> int:
+    "How many units the dead-unit rate is over: dim 1 (channels, or features of a (batch, features) output)."
+    return shape[1] if len(shape) >= 2 else 1
+
+
+def add_moments(x: torch.Tensor, near_zero: float, out: torch.Tensor) -> None:
+    "Add float32 `x`'s sum, sum of squares, near-zero and dead-unit counts to `out` (6,); merge min and max."
+    # Laid out as MOMENTS: the four sums add up across calls, chunks and ranks; min and max merge.
+    flat = x.reshape(-1)
+    # float32 sums (pairwise on the CPU, tree-reduced on CUDA) are accurate to ~1e-7 and several times
+    # faster than float64 ones; they are accumulated in float64 from here on.
+    near = torch.count_nonzero(flat.abs() <= near_zero)
+    low, high = torch.aminmax(flat)
+    if x.dim() >= 2:  # a unit is dead when it is <= 0 for every element of the batch
+        per_unit = x.amax(dim=[d for d in range(x.dim()) if d != 1])
+    else:
+        per_unit = high.reshape(1)
+    dead = torch.count_nonzero(per_unit <= 0)
+    sums = torch.stack([flat.sum(), torch.dot(flat, flat), near.float(), dead.float()])
+    out[:4].add_(sums.to(out.dtype))
+    out[4:].copy_(torch.stack([torch.minimum(out[4], low.to(out.dtype)), torch.maximum(out[5], high.to(out.dtype))]))
