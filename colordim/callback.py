@@ -153,7 +153,34 @@ def learner_recording(learn: Learner, layer=None) -> Recording:
 
 
 @patch
-def color_dim(self: Learner, layer=0, epoch=None, phase="train", log=True, ax=None, figsize=None, **kwargs):
+def color_dim(self: Learner, layer=0, epoch=None, phase="train", log=True, overlay=None, ax=None, figsize=None,
+              **kwargs):
     "Draw the colorful-dimension image of `layer` (index among the hooked layers, or name)."
     return plot.color_dim(learner_recording(self, layer), layer, epoch=epoch, phase=phase, log=log,
-                          ax=ax, figsize=figsize, **kwargs)
+                          overlay=overlay, ax=ax, figsize=figsize, **kwargs)
+
+
+@patch
+def color_dims(self: Learner, layers=None, cols=3, **kwargs):
+    "A grid of colour-dim images, one per hooked layer (or `layers`), on one colour scale."
+    first = layers[0] if isinstance(layers, (list, tuple)) and layers else layers
+    return plot.color_dims(learner_recording(self, first), layers, cols=cols, **kwargs)
+
+
+@patch
+def color_dim_epochs(self: Learner, layer=0, **kwargs):
+    "One colour-dim panel per epoch of `layer`."
+    return plot.color_dim_epochs(learner_recording(self, layer), layer, **kwargs)
+
+
+@patch
+def dead_chart(self: Learner, layers=None, **kwargs):
+    "Per batch, the share of values at zero and the dead-unit rate of each hooked layer (or `layers`)."
+    first = layers[0] if isinstance(layers, (list, tuple)) and layers else layers
+    return plot.dead_chart(learner_recording(self, first), layers, **kwargs)
+
+
+@patch
+def plot_layer_stats(self: Learner, layer=0, **kwargs):
+    "Mean, std, share near zero and dead-unit rate of `layer` per batch."
+    return plot.plot_layer_stats(learner_recording(self, layer), layer, **kwargs)

@@ -1,58 +1,241 @@
 """Every matplotlib figure of colordim, drawn from a `Recording` alone."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import matplotlib.pyplot as plt
-from matplotlib.colors import Normalize, SymLogNorm
+from matplotlib.colors import LogNorm, Normalize, SymLogNorm
 
-from .recording import Recording
+from .recording import PHASES, Recording
 
-__all__ = ["color_dim"]
+__all__ = ["color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats"]
+
+OVERLAYS = (None, "mean", "mean_std")
+BAND = 0.03  # height of the under- and overflow bands, as a share of the range
 
 
 def color_dim(recording: Recording, layer=0,
-    epoch=None,       # an epoch number to draw only that epoch (of every fit)
+    epoch=None,       # an epoch number: draw only that epoch (of every fit)
     phase="train",    # 'train' or 'valid' columns
     log=True,         # colour by log count, so rare values still show
-    ax=None, figsize=None,
-    cmap="viridis",
+    overlay=None,     # 'mean' or 'mean_std': draw the per-batch mean (and +-1 std) over the image
+    ax=None, figsize=None, cmap="viridis",
     fname=None,       # also save the figure as a PNG here
 ):
     "Draw the colorful-dimension image of one layer: x = batch, y = activation, colour = count."
-    name = recording.layer_name(layer)
-    shown = recording.select(layers=[name], epoch=epoch, phase=phase)
-    if not len(shown):
-        raise ValueError(f"phase: no {phase!r} columns were recorded for {name!r}"
-                         f"{'' if epoch is None else f' in epoch {epoch}'}; recorded: {recording!r}")
-    counts = shown.hist[name].T  # (bins, columns): one column per batch
-    low, high = shown.range(name)
+    name, shown = _columns(recording, layer, epoch, phase)
     if ax is None:
         _, ax = plt.subplots(figsize=figsize or (10, 4))
-    colours = plt.get_cmap(cmap)
-    peak = max(int(counts.max()), 1)
-    norm = SymLogNorm(linthresh=1, vmin=0, vmax=peak, base=10) if log else Normalize(0, peak)
-    image = ax.imshow(counts, origin="lower", aspect="auto", interpolation="nearest", cmap=colours,
-                      norm=norm, extent=(-0.5, len(shown) - 0.5, low, high))
-    bar = ax.figure.colorbar(image, ax=ax, pad=0.01)
-    bar.set_label("count (log scale)" if log else "count")
-    _mark_epochs(ax, shown)
-    ax.set_ylim(low, high)
+    image = _panel(ax, shown, name, _norm(log, _peak(shown, [name])), cmap, overlay)
+    _colorbar(ax.figure, image, ax, log)
     ax.set_xlabel(f"{phase} batch")
     ax.set_ylabel("activation")
-    shape = shown.shapes.get(name) or ()
-    ax.set_title(f"{name}" + (f"  {tuple(shape)}" if shape else ""))
-    if fname is not None:
-        ax.figure.savefig(fname, dpi=100, bbox_inches="tight")
+    _save(ax.figure, fname)
     return ax
 
 
-def _mark_epochs(ax, shown: Recording) -> None:
-    "A dashed line and a label where each epoch (and fit) starts."
+def color_dims(recording: Recording, layers=None, cols=3, epoch=None, phase="train", log=True, overlay=None,
+               figsize=None, cmap="viridis", fname=None):
+    "A grid of colour-dim images, one panel per layer, on one colour scale; returns (figure, axes)."
+    names = _names(recording, layers)
+    cols = _positive(cols, "cols")
+    shown = {name: _columns(recording, name, epoch, phase)[1] for name in names}
+    rows = math.ceil(len(names) / cols)
+    cols = min(cols, len(names))
+    figure, axes = plt.subplots(rows, cols, figsize=figsize or (4.2 * cols, 2.6 * rows), squeeze=False,
+                                constrained_layout=True)
+    norm = _norm(log, max(_peak(columns, [name]) for name, columns in shown.items()))
+    for ax, name in zip(axes.flat, names):
+        image = _panel(ax, shown[name], name, norm, cmap, overlay, label_epochs=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_axis_off()
+    for ax in axes[-1]:
+        ax.set_xlabel(f"{phase} batch")
+    _colorbar(figure, image, axes, log)
+    _save(figure, fname)
+    return figure, axes
+
+
+def color_dim_epochs(recording: Recording, layer=0, phase="train", log=True, cols=None, figsize=None,
+                     cmap="viridis", fname=None):
+    "One colour-dim panel per epoch of one layer, on one colour scale; returns (figure, axes)."
+    name, shown = _columns(recording, layer, None, phase)
+    epochs = [(fit, epoch) for _, fit, epoch in shown.boundaries()]
+    cols = min(_positive(cols or len(epochs), "cols"), len(epochs))
+    rows = math.ceil(len(epochs) / cols)
+    figure, axes = plt.subplots(rows, cols, figsize=figsize or (3.2 * cols, 3 * rows), squeeze=False,
+                                constrained_layout=True, sharey=True)
+    norm = _norm(log, _peak(shown, [name]))
+    several_fits = len({fit for fit, _ in epochs}) > 1
+    for ax, (fit, epoch) in zip(axes.flat, epochs):
+        image = _panel(ax, shown.select(fit=fit, epoch=epoch), name, norm, cmap, None, label_epochs=False)
+        ax.set_title(f"fit {fit} epoch {epoch}" if several_fits else f"epoch {epoch}")
+        ax.set_xlabel(f"{phase} batch")
+    for ax in axes.flat[len(epochs):]:
+        ax.set_axis_off()
+    axes[0, 0].set_ylabel("activation")
+    figure.suptitle(_title(shown, name))
+    _colorbar(figure, image, axes, log)
+    _save(figure, fname)
+    return figure, axes
+
+
+def dead_chart(recording: Recording, layers=None, phase="train", figsize=None, fname=None):
+    "Per batch, the share of values in the bin(s) at zero and the dead-unit rate, a line per layer."
+    names = _names(recording, layers)
+    _columns(recording, names[0], None, phase)  # the checks: a recording with `phase` columns
+    shown = recording.select(layers=names, phase=phase)
+    figure, (zero_ax, dead_ax) = plt.subplots(2, 1, sharex=True, figsize=figsize or (10, 5), constrained_layout=True)
+    zero_share = shown.zero_bin_share()
+    for name in names:
+        zero_ax.plot(zero_share[name], label=name, linewidth=1)
+        dead_ax.plot(shown.dead_rate[name], label=name, linewidth=1)
+    zero_ax.set_ylabel("share in the\nbin(s) at 0")
+    dead_ax.set_ylabel("dead-unit rate")
+    dead_ax.set_xlabel(f"{phase} batch")
+    for ax in (zero_ax, dead_ax):
+        ax.set_ylim(-0.02, 1.02)
+        _mark_epochs(ax, shown, color="grey", label=ax is zero_ax)
+    zero_ax.legend(title="layer", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _save(figure, fname)
+    return figure, (zero_ax, dead_ax)
+
+
+def plot_layer_stats(recording: Recording, layer=0, phase="train", figsize=None, fname=None):
+    "Mean (with +-1 std), std, share near zero and dead-unit rate of one layer per batch; (figure, axes)."
+    name, shown = _columns(recording, layer, None, phase)
+    figure, axes = plt.subplots(2, 2, sharex=True, figsize=figsize or (11, 5), constrained_layout=True)
+    mean, std = shown.mean[name], shown.std[name]
+    batches = np.arange(len(shown))
+    axes[0, 0].plot(batches, mean, linewidth=1)
+    axes[0, 0].fill_between(batches, mean - std, mean + std, alpha=0.25, linewidth=0)
+    panels = {"mean (band: +-1 std)": None, "std": std,
+              f"share with |x| <= {shown.near_zero_threshold:g}": shown.near_zero[name],
+              "dead-unit rate": shown.dead_rate[name]}
+    for ax, (title, values) in zip(axes.flat, panels.items()):
+        if values is not None:
+            ax.plot(batches, values, linewidth=1)
+        ax.set_title(title, fontsize=10)
+        _mark_epochs(ax, shown, color="grey", label=False)
+    for ax in axes[1]:
+        ax.set_xlabel(f"{phase} batch")
+    axes[1, 0].set_ylim(-0.02, 1.02)
+    axes[1, 1].set_ylim(-0.02, 1.02)
+    figure.suptitle(_title(shown, name))
+    _save(figure, fname)
+    return figure, axes
+
+
+# --- pieces --------------------------------------------------------------------------------------
+def _columns(recording: Recording, layer, epoch, phase) -> tuple[str, Recording]:
+    "The layer's name and its columns of `phase` (and `epoch`), or a ValueError naming what exists."
+    if not len(recording):
+        raise ValueError(f"recording: it has no columns; nothing was recorded yet ({recording!r})")
+    name = recording.layer_name(layer)
+    if phase not in PHASES:
+        raise ValueError(f"phase: {phase!r} is not a phase; use one of {PHASES}")
+    recorded = sorted(set(recording.phase.tolist()))
+    if phase not in recorded:
+        raise ValueError(f"phase: no {phase!r} batches were recorded; recorded phases: {recorded}")
+    shown = recording.select(layers=[name], phase=phase)
+    if epoch is not None and epoch not in shown.epoch:
+        raise ValueError(f"epoch: {epoch!r} has no {phase!r} batches; recorded epochs: "
+                         f"{sorted(set(shown.epoch.tolist()))}")
+    return name, shown if epoch is None else shown.select(epoch=epoch)
+
+
+def _names(recording: Recording, layers) -> list[str]:
+    if layers is None:
+        return recording.layer_names
+    names = [recording.layer_name(layer) for layer in (layers if isinstance(layers, (list, tuple)) else [layers])]
+    if not names:
+        raise ValueError(f"layers: got an empty list; recorded layers: {recording.layer_names}")
+    return names
+
+
+def _positive(value, argument) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{argument}: expected an int >= 1, got {value!r}")
+    return int(value)
+
+
+def _peak(shown: Recording, names) -> int:
+    return max([int(shown.hist[name].max(initial=0)) for name in names] + [1])
+
+
+def _norm(log: bool, peak: int):
+    return SymLogNorm(linthresh=1, vmin=0, vmax=peak, base=10) if log else Normalize(0, peak)
+
+
+def _title(shown: Recording, name: str) -> str:
+    shape = shown.shapes.get(name) or ()
+    return f"{name}  {tuple(shape)}" if shape else name
+
+
+def _panel(ax, shown: Recording, name, norm, cmap, overlay, label_epochs=True):
+    "One colour-dim image with its edge bands, NaN marks, overlay and epoch marks; returns the image."
+    if overlay not in OVERLAYS:
+        raise ValueError(f"overlay: {overlay!r} is not an overlay; use one of {OVERLAYS}")
+    low, high = shown.range(name)
+    extent = (-0.5, len(shown) - 0.5)
+    image = ax.imshow(shown.hist[name].T, origin="lower", aspect="auto", interpolation="nearest",
+                      cmap=cmap, norm=norm, extent=(*extent, low, high))
+    _edge_bands(ax, shown, name, extent, low, high)
+    if overlay:
+        mean, std = shown.mean[name], shown.std[name]
+        ax.plot(mean, color="white", linewidth=1, label="mean")
+        if overlay == "mean_std":
+            for sign in (-1, 1):
+                ax.plot(mean + sign * std, color="white", linewidth=0.8, linestyle=":")
+    _mark_epochs(ax, shown, label=label_epochs)
+    ax.set_xlim(*extent)
+    ax.set_ylim(low, high)
+    ax.set_title(_title(shown, name), fontsize=10)
+    return image
+
+
+def _edge_bands(ax, shown: Recording, name, extent, low, high):
+    "Thin red bands at the top and bottom edges where values fell above or below the range; NaN marks."
+    band = BAND * (high - low)
+    for counts, y0, label in ((shown.overflow[name], high - band, "above range"),
+                              (shown.underflow[name], low, "below range")):
+        if counts.any():
+            ax.imshow(np.ma.masked_equal(counts, 0)[None, :], origin="lower", aspect="auto",
+                      interpolation="nearest", cmap="Reds", norm=LogNorm(0.5, max(counts.max(), 1)),
+                      extent=(*extent, y0, y0 + band))
+            ax.annotate(label, (1, (y0 + band / 2 - low) / (high - low)), xycoords="axes fraction",
+                        xytext=(-2, 0), textcoords="offset points", ha="right", va="center",
+                        color="tab:red", fontsize=7)
+    nan_columns = np.flatnonzero(shown.nan[name])
+    if len(nan_columns):
+        ax.plot(nan_columns, np.full(len(nan_columns), high - band / 2), "x", color="magenta",
+                markersize=4, label="NaN")
+
+
+def _mark_epochs(ax, shown: Recording, color="white", label=True):
+    "A dashed line where each epoch starts (solid where a fit starts), with a label."
     bounds = shown.boundaries()
     several_fits = len({fit for _, fit, _ in bounds}) > 1
-    for column, fit, epoch in bounds:
+    every = max(1, math.ceil(len(bounds) / 12))  # at most a dozen labels
+    previous_fit = bounds[0][1] if bounds else None
+    for number, (column, fit, epoch) in enumerate(bounds):
         if column:
-            ax.axvline(column - 0.5, color="white", linewidth=0.8, linestyle="--", alpha=0.8)
-        label = f"fit {fit} epoch {epoch}" if several_fits else f"epoch {epoch}"
-        ax.annotate(label, (column - 0.5, 1), xycoords=("data", "axes fraction"), xytext=(2, -10),
-                    textcoords="offset points", color="white", fontsize=8, va="top")
+            ax.axvline(column - 0.5, color=color, linewidth=0.8, alpha=0.8,
+                       linestyle="-" if fit != previous_fit else "--")
+        previous_fit = fit
+        if label and number % every == 0:
+            ax.annotate(f"fit {fit} epoch {epoch}" if several_fits else f"epoch {epoch}",
+                        (column - 0.5, 1), xycoords=("data", "axes fraction"), xytext=(2, -10),
+                        textcoords="offset points", color=color, fontsize=8, va="top")
+
+
+def _colorbar(figure, image, ax, log):
+    bar = figure.colorbar(image, ax=ax, pad=0.01)
+    bar.set_label("count (log scale)" if log else "count")
+    return bar
+
+
+def _save(figure, fname):
+    if fname is not None:
+        figure.savefig(fname, dpi=100, bbox_inches="tight")

@@ -113,6 +113,22 @@ class Recording:
         "Per layer and column, the largest value."
         return self._per_column(lambda name, m, n: np.where(n > 0, m[5], np.nan))
 
+    def zero_bin_share(self) -> LayerDict:
+        "Per layer and column, the share of values in the bin(s) touching 0 (NaN if 0 is outside the range)."
+        def share(name):
+            edges, counts = self.edges[name], self.hist[name]
+            width = edges[1] - edges[0]
+            at_edge = np.flatnonzero(np.isclose(edges, 0, rtol=0, atol=width * 1e-6))
+            if len(at_edge):  # 0 is an edge: the bins on both sides of it
+                bins = [k for k in (at_edge[0] - 1, at_edge[0]) if 0 <= k < len(edges) - 1]
+            elif edges[0] < 0 < edges[-1]:
+                bins = [int(np.searchsorted(edges, 0, side="right")) - 1]
+            else:
+                return np.full(len(self), np.nan)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return counts[:, bins].sum(1) / self.numel[name]
+        return LayerDict((name, share(name)) for name in self.counts)
+
     def layer_name(self, layer) -> str:
         "The name of `layer`, given by position among the recorded layers or by name."
         if isinstance(layer, str):

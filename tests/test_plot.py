@@ -72,7 +72,7 @@ def test_bad_requests_name_what_is_valid():
         color_dim(synthetic(), 3)
     with pytest.raises(ValueError, match=r"phase: 'test' is not a phase"):
         color_dim(synthetic(), phase="test")
-    with pytest.raises(ValueError, match=r"epoch: 5 was not recorded; recorded: \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"epoch: 5 has no .train. batches; recorded epochs: \[0, 1\]"):
         color_dim(synthetic(), epoch=5)
 
 
