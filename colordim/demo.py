@@ -65,7 +65,7 @@ def train(batch_norm: bool, epochs: int = 3, lr: float = 6e-2, seed: int = 42, *
 
 
 def run_demo(out="out", epochs: int = 3, lr: float = 6e-2) -> list[Path]:
-    "Train with and without batch norm; write a colour-dim PNG per conv block and a side-by-side."
+    "Train with and without batch norm; write each run's colour-dim images, grid, dead chart and epoch panels."
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -74,15 +74,19 @@ def run_demo(out="out", epochs: int = 3, lr: float = 6e-2) -> list[Path]:
     for label, batch_norm in (("batchnorm", True), ("no_batchnorm", False)):
         print(f"Training the seed CNN {'with' if batch_norm else 'without'} batch norm, {epochs} epochs at lr {lr}")
         learn = runs[label] = train(batch_norm, epochs=epochs, lr=lr)
-        (out / label).mkdir(parents=True, exist_ok=True)
-        for index, name in enumerate(BLOCKS):
-            path = out / label / f"block{name}.png"
-            ax = learn.color_dim(name, figsize=(10, 3.5))
-            ax.set_title(f"conv block {name} {'with' if batch_norm else 'without'} batch norm  "
-                         f"{tuple(learn.activation_histogram.recording.shapes[name])}")
-            ax.figure.savefig(path, dpi=90, bbox_inches="tight")
-            plt.close(ax.figure)
-            written.append(path)
+        folder = out / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in BLOCKS:
+            written.append(folder / f"block{name}.png")
+            learn.color_dim(name, overlay="mean", figsize=(10, 3.5), fname=written[-1])
+        written.append(folder / "grid.png")
+        learn.color_dims(cols=3, fname=written[-1])
+        written.append(folder / "dead_chart.png")
+        learn.dead_chart(fname=written[-1])
+        for name in BLOCKS:
+            written.append(folder / f"block{name}_epochs.png")
+            learn.color_dim_epochs(name, fname=written[-1])
+        plt.close("all")
     written.append(_side_by_side(runs, out / "batchnorm_vs_none.png"))
     for path in written:
         print(f"  wrote {path}")

@@ -198,15 +198,16 @@ def _panel(ax, shown: Recording, name, norm, cmap, overlay, label_epochs=True):
 def _edge_bands(ax, shown: Recording, name, extent, low, high):
     "Thin red bands at the top and bottom edges where values fell above or below the range; NaN marks."
     band = BAND * (high - low)
-    for counts, y0, label in ((shown.overflow[name], high - band, "above range"),
-                              (shown.underflow[name], low, "below range")):
+    for counts, y0, label, inside in ((shown.overflow[name], high - band, "above range", "top"),
+                                      (shown.underflow[name], low, "below range", "bottom")):
         if counts.any():
             ax.imshow(np.ma.masked_equal(counts, 0)[None, :], origin="lower", aspect="auto",
                       interpolation="nearest", cmap="Reds", norm=LogNorm(0.5, max(counts.max(), 1)),
                       extent=(*extent, y0, y0 + band))
-            ax.annotate(label, (1, (y0 + band / 2 - low) / (high - low)), xycoords="axes fraction",
-                        xytext=(-2, 0), textcoords="offset points", ha="right", va="center",
-                        color="tab:red", fontsize=7)
+            edge = (y0 - low) / (high - low) if inside == "top" else (y0 + band - low) / (high - low)
+            ax.annotate(label, (1, edge), xycoords="axes fraction", xytext=(-2, -2 if inside == "top" else 2),
+                        textcoords="offset points", ha="right", va=inside, color="tab:red", fontsize=7,
+                        bbox=dict(boxstyle="square,pad=0.1", facecolor="white", alpha=0.7, linewidth=0))
     nan_columns = np.flatnonzero(shown.nan[name])
     if len(nan_columns):
         ax.plot(nan_columns, np.full(len(nan_columns), high - band / 2), "x", color="magenta",
@@ -226,7 +227,7 @@ def _mark_epochs(ax, shown: Recording, color="white", label=True):
         previous_fit = fit
         if label and number % every == 0:
             ax.annotate(f"fit {fit} epoch {epoch}" if several_fits else f"epoch {epoch}",
-                        (column - 0.5, 1), xycoords=("data", "axes fraction"), xytext=(2, -10),
+                        (column - 0.5, 1), xycoords=("data", "axes fraction"), xytext=(2, -8),
                         textcoords="offset points", color=color, fontsize=8, va="top")
 
 

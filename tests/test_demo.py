@@ -27,7 +27,8 @@ def test_demo_writes_a_png_per_conv_block_for_both_runs(tmp_path, capsys):
     assert main(["demo", "-o", str(tmp_path), "--epochs", "1"]) == 0
     for run in ("batchnorm", "no_batchnorm"):
         pngs = sorted(path.name for path in (tmp_path / run).iterdir())
-        assert pngs == [f"block{i}.png" for i in range(5)]
+        expected = [f"block{i}.png" for i in range(5)] + [f"block{i}_epochs.png" for i in range(5)]
+        assert pngs == sorted(expected + ["dead_chart.png", "grid.png"])
     side_by_side = mpimg.imread(tmp_path / "batchnorm_vs_none.png")
     assert side_by_side.shape[0] > 300 and side_by_side.shape[1] > 500
     printed = capsys.readouterr().out
