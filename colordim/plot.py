@@ -81,12 +81,13 @@ def color_dim_epochs(recording: Recording, layer=0, phase="train", log=True, col
     return figure, axes
 
 
-def dead_chart(recording: Recording, layers=None, phase="train", figsize=None, fname=None):
+def dead_chart(recording: Recording, layers=None, phase="train", axes=None, figsize=None, fname=None):
     "Per batch, the share of values in the bin(s) at zero and the dead-unit rate, a line per layer."
     names = _names(recording, layers)
     _columns(recording, names[0], None, phase)  # the checks: a recording with `phase` columns
     shown = recording.select(layers=names, phase=phase)
-    figure, (zero_ax, dead_ax) = plt.subplots(2, 1, sharex=True, figsize=figsize or (10, 5), constrained_layout=True)
+    figure, (zero_ax, dead_ax) = _axes(axes, 2, lambda: plt.subplots(
+        2, 1, sharex=True, figsize=figsize or (10, 5), constrained_layout=True))
     zero_share = shown.zero_bin_share()
     for name in names:
         zero_ax.plot(zero_share[name], label=name, linewidth=1)
@@ -102,10 +103,12 @@ def dead_chart(recording: Recording, layers=None, phase="train", figsize=None, f
     return figure, (zero_ax, dead_ax)
 
 
-def plot_layer_stats(recording: Recording, layer=0, phase="train", figsize=None, fname=None):
+def plot_layer_stats(recording: Recording, layer=0, phase="train", axes=None, figsize=None, fname=None):
     "Mean (with +-1 std), std, share near zero and dead-unit rate of one layer per batch; (figure, axes)."
     name, shown = _columns(recording, layer, None, phase)
-    figure, axes = plt.subplots(2, 2, sharex=True, figsize=figsize or (11, 5), constrained_layout=True)
+    figure, axes = _axes(axes, 4, lambda: plt.subplots(2, 2, sharex=True, figsize=figsize or (11, 5),
+                                                       constrained_layout=True))
+    axes = np.asarray(axes).reshape(2, 2)
     mean, std = shown.mean[name], shown.std[name]
     batches = np.arange(len(shown))
     axes[0, 0].plot(batches, mean, linewidth=1)
@@ -152,6 +155,16 @@ def _names(recording: Recording, layers) -> list[str]:
     if not names:
         raise ValueError(f"layers: got an empty list; recorded layers: {recording.layer_names}")
     return names
+
+
+def _axes(axes, count, make):
+    "(figure, axes) of the `count` axes given, or of a new figure from `make()`."
+    if axes is None:
+        return make()
+    axes = list(np.asarray(axes, dtype=object).flat)
+    if len(axes) != count:
+        raise ValueError(f"axes: expected {count} matplotlib Axes, got {len(axes)}")
+    return axes[0].figure, axes
 
 
 def _positive(value, argument) -> int:

@@ -132,6 +132,17 @@ def test_plot_layer_stats_panels_and_values(recording, tmp_path):
     assert not_blank(png(figure, tmp_path / "stats.png"))
 
 
+def test_multi_panel_figures_draw_into_given_axes(recording):
+    figure, given = plt.subplots(1, 6)
+    _, (zero_ax, dead_ax) = dead_chart(recording, axes=given[:2])
+    assert (zero_ax, dead_ax) == tuple(given[:2]) and len(zero_ax.lines) >= 3
+    _, axes = plot_layer_stats(recording, "unit", axes=given[2:])
+    assert list(axes.flat) == list(given[2:]) and axes[0, 1].get_title() == "std"
+    with pytest.raises(ValueError, match="axes: expected 4 matplotlib Axes, got 2"):
+        plot_layer_stats(recording, "unit", axes=given[:2])
+    plt.close(figure)
+
+
 def test_zero_bin_share_finds_the_bins_at_zero(recording):
     share = recording.zero_bin_share()
     unit = recording.hist["unit"]                    # 20 bins over (-10, 10): 0 is edge 10
