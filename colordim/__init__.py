@@ -4,7 +4,8 @@ from .recorder import HistogramRecorder
 from .recording import Recording
 
 __version__ = "0.1.0"
-__all__ = ["ActivationHistogram", "HistogramRecorder", "Recording", "find_layers", "color_dim", "__version__"]
+_FIGURES = ("color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats")
+__all__ = ["ActivationHistogram", "HistogramRecorder", "Recording", "find_layers", *_FIGURES, "__version__"]
 
 
 def __getattr__(name):
@@ -12,7 +13,7 @@ def __getattr__(name):
     if name == "ActivationHistogram":
         from .callback import ActivationHistogram
         return ActivationHistogram
-    if name == "color_dim":
-        from .plot import color_dim
-        return color_dim
+    if name in _FIGURES:
+        from . import plot
+        return getattr(plot, name)
     raise AttributeError(f"module 'colordim' has no attribute {name!r}")
