@@ -14,16 +14,34 @@ CHUNK = 2 ** 24
 def histogram_counts(x: torch.Tensor, bins: int, low: float, high: float, out: torch.Tensor) -> None:
     "Add the counts of float32 `x` to `out` (bins + 2,): underflow, `bins` bins over [low, high], overflow."
     x = x.reshape(-1)
-    deterministic_cuda = x.is_cuda and torch.are_deterministic_algorithms_enabled()
     for chunk in (x,) if x.numel() <= CHUNK else x.split(CHUNK):
-        if deterministic_cuda:  # CUDA histc has no deterministic kernel and raises
+        if chunk.device.type == "cpu":  # no device to wait for: bincount, about 3 times faster than histc
+            out.add_(_counts_by_bincount(chunk, bins, low, high))
+        elif chunk.is_cuda and torch.are_deterministic_algorithms_enabled():  # CUDA histc would raise
             out.add_(_counts_by_index(chunk, bins, low, high))
-            continue
-        # Always pass low and high: with min == max, CUDA histc reads the range back to the host.
-        out[1:-1].add_(torch.histc(chunk, bins, low, high).long())
-        # histc ignores values outside the range; count them ourselves. NaN lands in neither.
-        outside = torch.stack([(chunk < low).sum(dtype=torch.int32), (chunk > high).sum(dtype=torch.int32)])
-        out[0::bins + 1].add_(outside)
+        else:
+            _add_counts_by_histc(chunk, bins, low, high, out)
+
+
+def _add_counts_by_histc(x: torch.Tensor, bins: int, low: float, high: float, out: torch.Tensor) -> None:
+    "Add histc's counts and the under- and overflow to `out` (bins + 2,): the GPU path, no sync."
+    # Always pass low and high: with min == max, CUDA histc reads the range back to the host.
+    out[1:-1].add_(torch.histc(x, bins, low, high).long())
+    # histc ignores values outside the range; count them ourselves. NaN lands in neither.
+    outside = torch.stack([(x < low).sum(dtype=torch.int32), (x > high).sum(dtype=torch.int32)])
+    out[0::bins + 1].add_(outside)
+
+
+def _counts_by_bincount(x: torch.Tensor, bins: int, low: float, high: float) -> torch.Tensor:
+    "(bins + 2,) counts from one bin index per value and bincount: the CPU path."
+    index = (x - low).mul_(bins / (high - low)).add_(1)  # under: < 1, the bins: 1 .. bins, over: >= bins + 1
+    index = index.clamp_(0, bins + 1).nan_to_num_(bins + 2)  # clamp keeps NaN; it gets a bin of its own
+    counts = torch.bincount(index.to(torch.int32), minlength=bins + 3)[:bins + 2]
+    # A value equal to `high` (a saturated sigmoid, tanh or ReLU6) lands in the overflow bin, where histc
+    # and numpy put it in the last bin: the true overflow is what lies above `high`, the rest moves down.
+    moved = counts[-1] - (x > high).sum(dtype=torch.int32)
+    counts[-2:].add_(torch.stack([moved, -moved]))
+    return counts
 
 
 def _counts_by_index(x: torch.Tensor, bins: int, low: float, high: float) -> torch.Tensor:

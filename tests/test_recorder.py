@@ -7,7 +7,7 @@ from torch import nn
 import colordim.summaries as summaries_module
 from colordim.layers import find_layers
 from colordim.recorder import HistogramRecorder
-from colordim.summaries import histogram_counts, _counts_by_index
+from colordim.summaries import histogram_counts, _add_counts_by_histc, _counts_by_index
 
 
 def capture(model, layers):
@@ -86,13 +86,45 @@ def test_big_outputs_are_counted_in_exact_chunks(monkeypatch):
     assert torch.equal(whole, chunked) and chunked.sum() == 10_000
 
 
+def histc_with_edges(values, bins, low, high):
+    "torch.histc plus the under- and overflow counted by hand: the reference for every path."
+    inside = torch.histc(values, bins, low, high).long()
+    return torch.cat([(values < low).sum().reshape(1), inside, (values > high).sum().reshape(1)])
+
+
+@pytest.mark.parametrize("low,high,bins", [(0.0, 10.0, 40), (-10.0, 10.0, 100), (-3.0, 3.0, 100), (-1.0, 1.0, 7)])
+def test_cpu_bincount_path_matches_histc(low, high, bins):
+    values = torch.randn(200_000, generator=torch.Generator().manual_seed(bins)) * high
+    values[:50] = high                                     # saturated: the last bin, not overflow
+    values[50:60], values[60:70] = float("inf"), -float("inf")
+    values[70:80], values[80:90] = float("nan"), low
+    counts = torch.zeros(bins + 2, dtype=torch.int64)
+    histogram_counts(values, bins, low, high, counts)
+    reference = histc_with_edges(values, bins, low, high)
+    assert counts[0] == reference[0] and counts[-1] == reference[-1]    # edges exact
+    assert (counts - reference).abs().sum() <= 2   # float32 rounding may move a value next to an edge
+    assert counts.sum() == 200_000 - 10
+
+
+def test_gpu_histc_path_counts_exactly_like_the_reference():
+    values = torch.cat([torch.randn(5000, generator=torch.Generator().manual_seed(4)) * 3,
+                        torch.tensor([-2.0, 2.0, float("nan"), float("inf"), -float("inf")])])
+    counts = torch.zeros(18, dtype=torch.int64)
+    _add_counts_by_histc(values, 16, -2.0, 2.0, counts)
+    assert counts.tolist() == histc_with_edges(values, 16, -2.0, 2.0).tolist()
+
+
+def test_all_values_at_the_top_edge_go_to_the_last_bin():
+    counts = torch.zeros(6, dtype=torch.int64)
+    histogram_counts(torch.sigmoid(torch.full((100,), 40.0)), 4, 0.0, 1.0, counts)   # sigmoid saturates at 1.0
+    assert counts.tolist() == [0, 0, 0, 0, 100, 0]
+
+
 def test_index_path_for_deterministic_cuda_matches_histc():
     values = torch.cat([torch.randn(5000, generator=torch.Generator().manual_seed(2)) * 3,
                         torch.tensor([-2.0, 2.0, float("nan"), float("inf"), -float("inf")])])
-    with_histc = torch.zeros(18, dtype=torch.int64)
-    histogram_counts(values, 16, -2.0, 2.0, with_histc)
     by_index = _counts_by_index(values, 16, -2.0, 2.0)
-    assert by_index.tolist() == with_histc.tolist()
+    assert by_index.tolist() == histc_with_edges(values, 16, -2.0, 2.0).tolist()
     assert by_index.sum() == values.numel() - 1   # all but the NaN
 
 
