@@ -10,7 +10,7 @@ from fastcore.basics import patch, store_attr
 
 from . import plot
 from .layers import find_layers
-from .recorder import HistogramRecorder, check_bins, check_near_zero, check_range
+from .recorder import HistogramRecorder, check_bins, check_near_zero, check_range, check_sample
 from .recording import Recording
 
 __all__ = ["ActivationHistogram"]
@@ -31,8 +31,9 @@ class ActivationHistogram(Callback):
         valid: bool = True,  # record validation batches too, as the 'valid' phase
         stats: bool = True,  # also mean, std, near-zero share, min, max and dead-unit rate per batch
         near_zero: float = 0.05,  # |x| <= near_zero counts as near zero (fastai counts x <= 0.05)
+        sample: int = None,  # histogram at most this many values of each output per batch, scaled up
     ):
-        check_bins(bins), check_range(range), check_near_zero(near_zero)  # fail now, not at the first batch
+        check_bins(bins), check_range(range), check_near_zero(near_zero), check_sample(sample)  # fail now
         store_attr()
         self.engine, self._fit, self._trained, self._active, self._hooked_for = None, -1, False, False, None
 
@@ -46,7 +47,7 @@ class ActivationHistogram(Callback):
         modules = find_layers(self.learn.model, self.layers)
         if self.engine is None or list(modules.values()) != list(self.engine.modules.values()):
             self.engine = HistogramRecorder(modules, bins=self.bins, range=self.range, stats=self.stats,
-                                            near_zero=self.near_zero)
+                                            near_zero=self.near_zero, sample=self.sample)
         self.engine.attach()
         engines = _ENGINES.setdefault(self.learn, [])
         if self.engine not in engines:

@@ -10,7 +10,9 @@ import torch
 from .recording import MOMENTS, PHASES, Recording
 from .summaries import add_moments, channel_count, histogram_counts
 
-__all__ = ["HistogramRecorder", "check_bins", "check_range", "check_near_zero"]
+__all__ = ["HistogramRecorder", "check_bins", "check_range", "check_near_zero", "check_sample"]
+
+NUMEL, CHANNELS, SAMPLED = 0, 1, 2  # what the host counts per row and layer, beside the device rows
 
 
 def check_bins(bins) -> int:
@@ -39,6 +41,15 @@ def check_near_zero(value) -> float:
     return float(value)
 
 
+def check_sample(value):
+    "`sample` as None or an int >= 1, or a ValueError that says so."
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"sample: expected None (exact) or an int >= 1 such as 4096, got {value!r}")
+    return int(value)
+
+
 class _DeviceRows:
     "One layer's rows on its device: histogram counts (rows, bins + 2) and moments (rows, 6)."
     def __init__(self, rows: int, bins: int, device):
@@ -56,16 +67,19 @@ class _DeviceRows:
         return bigger
 
     def clear(self, rows) -> None:
-        "Empty `rows` (an int or a slice): zero counts and sums, min +inf, max -inf."
+        "Empty `rows` (an int or a slice): zero counts and sums, -min and max at -inf."
         self.counts[rows] = 0
         self.moments[rows, :4] = 0
-        self.moments[rows, 4] = math.inf
-        self.moments[rows, 5] = -math.inf
+        self.moments[rows, 4:] = -math.inf
 
     def move(self, source: int, target: int) -> None:
         self.counts[target].copy_(self.counts[source])
         self.moments[target].copy_(self.moments[source])
         self.clear(source)
+
+    @property
+    def nbytes(self) -> int:
+        return self.counts.element_size() * self.counts.numel() + self.moments.element_size() * self.moments.numel()
 
     def to_host(self, used: int) -> tuple[np.ndarray, np.ndarray]:
         "Copies of the first `used` rows as numpy (a copy: on the CPU `.cpu()` would alias)."
@@ -81,6 +95,7 @@ class HistogramRecorder:
         range=(-10, 10),      # values outside are counted in an underflow and an overflow bin
         stats: bool = True,   # also mean, std, near-zero share, min, max and dead-unit rate per batch
         near_zero: float = 0.05,  # |x| <= near_zero counts as near zero
+        sample: int = None,   # histogram at most this many values of each output (a fixed random subset)
     ):
         if not modules:
             raise ValueError("modules: nothing to record; pass at least one {name: module}")
@@ -88,14 +103,14 @@ class HistogramRecorder:
         self.names = list(self.modules)
         self.bins = check_bins(bins)
         self.low, self.high = check_range(range)
-        self.stats, self.near_zero = bool(stats), check_near_zero(near_zero)
+        self.stats, self.near_zero, self.sample = bool(stats), check_near_zero(near_zero), check_sample(sample)
+        self._sample_indices = {}  # (slot, numel) -> the positions sampled, on the output's device
         self.edges = np.linspace(self.low, self.high, self.bins + 1)
         self.shapes, self.skipped = {}, {}
         self._handles = []
         self._rows = [None] * len(self.names)  # per layer: its _DeviceRows, made on the first output's device
         self._capacity = 0                     # rows every layer will have
-        self._numel = np.zeros((0, len(self.names)), dtype=np.int64)     # host: values seen per row
-        self._channels = np.zeros((0, len(self.names)), dtype=np.int64)  # host: units seen per row
+        self._sizes = np.zeros((0, len(self.names), 3), dtype=np.int64)  # host: NUMEL, CHANNELS, SAMPLED per row
         self._index = []                       # host: (fit, epoch, phase, iteration) per committed row
         self._row = None                       # the row hooks write into now, or None: not recording
         self._pending = None                   # its (fit, epoch, phase, iteration)
@@ -145,12 +160,26 @@ class HistogramRecorder:
             return
         # One float32 view or copy for everything: histc and sums of fp16/bf16 would count in that dtype.
         values = output.detach().float()
+        counted = self._sampled(slot, values.reshape(-1))
         rows = self._device_rows(slot, values.device)
-        histogram_counts(values, self.bins, self.low, self.high, rows.counts[row])
+        histogram_counts(counted, self.bins, self.low, self.high, rows.counts[row])
         if self.stats:
-            add_moments(values, self.near_zero, rows.moments[row])
-            self._channels[row, slot] += channel_count(values.shape)
-        self._numel[row, slot] += values.numel()  # shape metadata: known on the host, no sync
+            add_moments(values, self.near_zero, rows.moments[row], sample=None if counted.numel() == values.numel()
+                        else counted)
+        # Shapes are metadata: known on the host, no sync.
+        self._sizes[row, slot] += (values.numel(), channel_count(values.shape), counted.numel())
+
+    def _sampled(self, slot, flat: torch.Tensor) -> torch.Tensor:
+        "`flat` itself, or at most `sample` of its values at positions drawn once per layer and size."
+        if self.sample is None or flat.numel() <= self.sample:
+            return flat
+        key = (slot, flat.numel())
+        if key not in self._sample_indices:  # drawn on the host from a fixed seed, copied to the device once
+            generator = torch.Generator().manual_seed(len(self._sample_indices))
+            positions = torch.randperm(flat.numel(), generator=generator)[:self.sample] \
+                if flat.numel() <= 1 << 24 else torch.randint(flat.numel(), (self.sample,), generator=generator)
+            self._sample_indices[key] = positions.to(flat.device)
+        return flat.index_select(0, self._sample_indices[key])
 
     def _device_rows(self, slot, device) -> _DeviceRows:
         "Layer `slot`'s device rows, made (or grown) on `device` when they must be."
@@ -189,13 +218,13 @@ class HistogramRecorder:
         for rows in self._rows:
             if rows is not None:
                 rows.clear(self._row)
-        self._numel[self._row] = self._channels[self._row] = 0
+        self._sizes[self._row] = 0
         self._row = self._pending = None
 
     def _set_capacity(self, rows: int) -> None:
         if rows > self._capacity:  # device rows follow in `_device_rows`, on their own device
-            more = np.zeros((rows - self._capacity, len(self.names)), np.int64)
-            self._numel, self._channels = np.concatenate([self._numel, more]), np.concatenate([self._channels, more])
+            more = np.zeros((rows - self._capacity, len(self.names), 3), np.int64)
+            self._sizes = np.concatenate([self._sizes, more])
             self._capacity = rows
 
     # --- to the host -------------------------------------------------------------------------------
@@ -215,14 +244,14 @@ class HistogramRecorder:
             rows.clear(slice(0, used))
             if self._row is not None:  # a column is open: it becomes the first row
                 rows.move(self._row, 0)
-        sizes = self._numel[:used].copy(), self._channels[:used].copy()
+        sizes = self._sizes[:used].copy()
         if self._row is not None:
-            self._numel[0], self._channels[0] = self._numel[self._row], self._channels[self._row]
-            self._numel[1:used + 1] = self._channels[1:used + 1] = 0
+            self._sizes[0] = self._sizes[self._row]
+            self._sizes[1:used + 1] = 0
             self._row = 0
         else:
-            self._numel[:used] = self._channels[:used] = 0
-        self._host.append(self._to_recording(counts, moments, *sizes, self._index))
+            self._sizes[:used] = 0
+        self._host.append(self._to_recording(counts, moments, sizes, self._index))
         self._index = []
 
     @property
@@ -230,10 +259,9 @@ class HistogramRecorder:
         "Everything recorded so far, on the host (copies what is still on the device)."
         self.flush()
         if not self._host:
-            no_sizes = np.zeros((0, len(self.names)), dtype=np.int64)
             return self._to_recording({name: np.zeros((0, self.bins + 2), dtype=np.int64) for name in self.names},
                                       {name: np.zeros((0, len(MOMENTS))) for name in self.names},
-                                      no_sizes, no_sizes, [])
+                                      np.zeros((0, len(self.names), 3), dtype=np.int64), [])
         if len(self._host) > 1:
             self._host = [Recording.concat(self._host)]
         recording = self._host[0]
@@ -246,15 +274,27 @@ class HistogramRecorder:
         self.abandon_column()
         self._index, self._host = [], []
 
-    def _to_recording(self, counts: dict, moments: dict, numel: np.ndarray, channels: np.ndarray,
-                      index: list) -> Recording:
-        "A host Recording of some columns: per layer `counts`, `moments`; `numel`, `channels` (columns, layers)."
+    @property
+    def nbytes(self) -> int:
+        "Bytes held: the device rows and the host recording."
+        device = sum(rows.nbytes for rows in self._rows if rows is not None)
+        return device + sum(part.nbytes for part in self._host)
+
+    def _to_recording(self, counts: dict, moments: dict, sizes: np.ndarray, index: list) -> Recording:
+        "A host Recording of some columns: per layer `counts`, `moments`; `sizes` (columns, layers, 3)."
         fit, epoch, phase, iteration = zip(*index) if index else ((), (), (), ())
-        by_layer = lambda table: {name: table[:, slot] for slot, name in enumerate(self.names)}
+        for slot, name in enumerate(self.names):
+            numel, sampled = sizes[:, slot, NUMEL], sizes[:, slot, SAMPLED]
+            if (sampled < numel).any():  # a sample stands for its whole output: scale its counts up
+                scale = np.where(sampled > 0, numel / np.maximum(sampled, 1), 0.0)
+                counts[name] = counts[name] * scale[:, None]
+                moments[name][:, 2] *= scale  # the near-zero count was taken on the sample too
         return Recording(
-            counts=counts, numel=by_layer(numel), edges={name: self.edges for name in self.names},
+            counts=counts, numel={name: sizes[:, slot, NUMEL] for slot, name in enumerate(self.names)},
+            edges={name: self.edges for name in self.names},
             shapes={name: self.shapes.get(name, ()) for name in self.names},
             fit=np.array(fit, dtype=np.int64), epoch=np.array(epoch, dtype=np.int64),
             phase=np.array(phase, dtype="<U5"), iteration=np.array(iteration, dtype=np.int64),
-            moments=moments if self.stats else None, channels=by_layer(channels),
+            moments=moments if self.stats else None,
+            channels={name: sizes[:, slot, CHANNELS] for slot, name in enumerate(self.names)},
             near_zero_threshold=self.near_zero, skipped=dict(self.skipped))

@@ -9,7 +9,7 @@ __all__ = ["Recording", "LayerDict", "PHASES", "MOMENTS"]
 
 PHASES = ("train", "valid")
 # Per-column statistics as recorded (sums add up, min and max merge); see `colordim.summaries`.
-MOMENTS = ("sum", "sum_sq", "near_zero", "dead", "min", "max")
+MOMENTS = ("sum", "sum_sq", "near_zero", "dead", "neg_min", "max")
 
 
 class LayerDict(dict):
@@ -52,6 +52,13 @@ class Recording:
     def layer_names(self) -> list[str]:
         "Recorded layers, in the model's order."
         return list(self.counts)
+
+    @property
+    def nbytes(self) -> int:
+        "Bytes of the arrays held."
+        tables = (self.counts, self.numel, self.moments, self.channels)
+        return sum(array.nbytes for table in tables for array in table.values()) + \
+            sum(array.nbytes for array in (self.fit, self.epoch, self.phase, self.iteration))
 
     def __len__(self) -> int:
         "The number of columns (batches) recorded."
@@ -106,7 +113,7 @@ class Recording:
     @property
     def min(self) -> LayerDict:
         "Per layer and column, the smallest value."
-        return self._per_column(lambda name, m, n: np.where(n > 0, m[4], np.nan))
+        return self._per_column(lambda name, m, n: np.where(n > 0, -m[4], np.nan))
 
     @property
     def max(self) -> LayerDict:

@@ -59,19 +59,17 @@ def channel_count(shape) -> int:
     return shape[1] if len(shape) >= 2 else 1
 
 
-def add_moments(x: torch.Tensor, near_zero: float, out: torch.Tensor) -> None:
+def add_moments(x: torch.Tensor, near_zero: float, out: torch.Tensor, sample: torch.Tensor = None) -> None:
     "Add float32 `x`'s sum, sum of squares, near-zero and dead-unit counts to `out` (6,); merge min and max."
-    # Laid out as MOMENTS: the four sums add up across calls, chunks and ranks; min and max merge.
     flat = x.reshape(-1)
-    # float32 sums (pairwise on the CPU, tree-reduced on CUDA) are accurate to ~1e-7 and several times
-    # faster than float64 ones; they are accumulated in float64 from here on.
-    near = torch.count_nonzero(flat.abs() <= near_zero)
+    # Laid out as MOMENTS: four sums that add up across calls, chunks and ranks, then -min and max that
+    # merge with one maximum. float32 sums (pairwise on the CPU, tree-reduced on CUDA) are accurate to
+    # ~1e-7 and several times faster than float64 ones; they accumulate in `out`'s float64.
     low, high = torch.aminmax(flat)
-    if x.dim() >= 2:  # a unit is dead when it is <= 0 for every element of the batch
-        per_unit = x.amax(dim=[d for d in range(x.dim()) if d != 1])
-    else:
-        per_unit = high.reshape(1)
-    dead = torch.count_nonzero(per_unit <= 0)
-    sums = torch.stack([flat.sum(), torch.dot(flat, flat), near.float(), dead.float()])
-    out[:4].add_(sums.to(out.dtype))
-    out[4:].copy_(torch.stack([torch.minimum(out[4], low.to(out.dtype)), torch.maximum(out[5], high.to(out.dtype))]))
+    per_unit = x.amax(0) if x.dim() >= 2 else high.reshape(1)  # (units, ...): two steps are faster than one
+    per_unit = per_unit.flatten(1).amax(1) if per_unit.dim() > 1 else per_unit
+    near = ((flat if sample is None else sample).abs() <= near_zero).sum(dtype=torch.int32)  # int32 sums are fast
+    dead = (per_unit <= 0).sum(dtype=torch.int32)
+    row = torch.stack([flat.sum(), torch.dot(flat, flat), near.float(), dead.float(), -low, high])
+    out[:4].add_(row[:4])
+    torch.maximum(out[4:], row[4:], out=out[4:])

@@ -1,0 +1,56 @@
+"""sample=N: a fixed random subset per layer and output size, counts scaled to the whole output."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from colordim.recorder import HistogramRecorder
+
+
+def record(values_per_batch, **options):
+    layer = nn.Identity()
+    with HistogramRecorder({"x": layer}, bins=40, range=(-4, 4), **options) as engine:
+        for iteration, values in enumerate(values_per_batch):
+            engine.begin_column(iteration=iteration)
+            layer(values)
+            engine.end_column()
+    return engine
+
+
+def test_sampled_histogram_is_close_to_the_exact_one():
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(64, 32, 16, 16, generator=generator) for _ in range(3)]   # 524,288 values each
+    exact = record(batches).recording
+    sampled_engine = record(batches, sample=20_000)
+    sampled = sampled_engine.recording
+    for column in range(3):
+        exact_share = exact.counts["x"][column] / exact.numel["x"][column]
+        sampled_share = sampled.counts["x"][column] / sampled.numel["x"][column]
+        # 20,000 samples: each bin's share is within 4 standard errors, and the total is the whole output
+        tolerance = 4 * np.sqrt(exact_share * (1 - exact_share) / 20_000) + 1e-4
+        assert (np.abs(sampled_share - exact_share) <= tolerance).all()
+        assert sampled.counts["x"][column].sum() == pytest.approx(64 * 32 * 16 * 16)
+    # statistics other than the near-zero share stay exact: they are cheap on the whole output
+    np.testing.assert_allclose(sampled.mean["x"], exact.mean["x"])
+    np.testing.assert_allclose(sampled.max["x"], exact.max["x"])
+    assert np.abs(sampled.near_zero["x"] - exact.near_zero["x"]).max() < 0.01
+    assert len(sampled_engine._sample_indices) == 1     # drawn once for this layer and size
+
+
+def test_outputs_no_bigger_than_the_sample_are_exact():
+    batches = [torch.randn(10, 10) for _ in range(2)]
+    exact, sampled = record(batches).recording, record(batches, sample=100).recording
+    np.testing.assert_array_equal(exact.counts["x"], sampled.counts["x"])
+    assert sampled.counts["x"].dtype == np.int64
+
+
+def test_the_same_positions_every_batch():
+    engine = record([torch.arange(1000.0) / 250 - 2, torch.arange(1000.0) / 250 - 2], sample=50)
+    counts = engine.recording.counts["x"]
+    np.testing.assert_array_equal(counts[0], counts[1])
+
+
+@pytest.mark.parametrize("value", [0, -5, 2.5, True, "100"])
+def test_bad_sample(value):
+    with pytest.raises(ValueError, match="sample: expected None"):
+        HistogramRecorder({"x": nn.Identity()}, sample=value)
