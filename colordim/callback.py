@@ -10,7 +10,7 @@ from fastcore.basics import patch, store_attr
 
 from . import plot
 from .layers import find_layers
-from .recorder import HistogramRecorder, check_bins, check_near_zero, check_range, check_sample
+from .recorder import HistogramRecorder, check_bins, check_near_zero, check_range, check_sample, check_scale
 from .recording import Recording
 
 __all__ = ["ActivationHistogram"]
@@ -27,13 +27,17 @@ class ActivationHistogram(Callback):
     def __init__(self,
         layers=None,      # index, dotted name, glob, module class or module (or a list); None: leaves with params
         bins: int = 100,  # rows of the picture
-        range=(-10, 10),  # values outside are counted in an underflow and an overflow row
+        range=(-10, 10),  # values outside are counted in an underflow and an overflow row; or "auto"
+        scale: str = "linear",  # or "symlog": bins uniform in sign(x) log1p(|x| / linthresh)
+        linthresh: float = 1.0,  # where symlog turns from linear to logarithmic
         valid: bool = True,  # record validation batches too, as the 'valid' phase
         stats: bool = True,  # also mean, std, near-zero share, min, max and dead-unit rate per batch
         near_zero: float = 0.05,  # |x| <= near_zero counts as near zero (fastai counts x <= 0.05)
         sample: int = None,  # histogram at most this many values of each output per batch, scaled up
+        max_columns: int = 10_000,  # per layer; past it neighbouring batches merge, so memory stays bounded
     ):
-        check_bins(bins), check_range(range), check_near_zero(near_zero), check_sample(sample)  # fail now
+        check_bins(bins), check_range(range), check_scale(scale, linthresh)  # fail now, not at the first batch
+        check_near_zero(near_zero), check_sample(sample)
         store_attr()
         self.engine, self._fit, self._trained, self._active, self._hooked_for = None, -1, False, False, None
 
@@ -46,8 +50,10 @@ class ActivationHistogram(Callback):
             return
         modules = find_layers(self.learn.model, self.layers)
         if self.engine is None or list(modules.values()) != list(self.engine.modules.values()):
-            self.engine = HistogramRecorder(modules, bins=self.bins, range=self.range, stats=self.stats,
-                                            near_zero=self.near_zero, sample=self.sample)
+            self.engine = HistogramRecorder(modules, bins=self.bins, range=self.range, scale=self.scale,
+                                            linthresh=self.linthresh, stats=self.stats,
+                                            near_zero=self.near_zero, sample=self.sample,
+                                            max_columns=self.max_columns)
         self.engine.attach()
         engines = _ENGINES.setdefault(self.learn, [])
         if self.engine not in engines:

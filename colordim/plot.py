@@ -7,7 +7,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 from matplotlib.colors import LogNorm, Normalize, SymLogNorm
 
-from .recording import PHASES, Recording
+from .recording import PHASES, Recording, symlog
 
 __all__ = ["color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats"]
 
@@ -29,7 +29,7 @@ def color_dim(recording: Recording, layer=0,
         _, ax = plt.subplots(figsize=figsize or (10, 4))
     image = _panel(ax, shown, name, _norm(log, _peak(shown, [name])), cmap, overlay)
     _colorbar(ax.figure, image, ax, log)
-    ax.set_xlabel(f"{phase} batch")
+    ax.set_xlabel(_x_label(shown, phase))
     ax.set_ylabel("activation")
     _save(ax.figure, fname)
     return ax
@@ -51,7 +51,7 @@ def color_dims(recording: Recording, layers=None, cols=3, epoch=None, phase="tra
     for ax in axes.flat[len(names):]:
         ax.set_axis_off()
     for ax in axes[-1]:
-        ax.set_xlabel(f"{phase} batch")
+        ax.set_xlabel(_x_label(shown[names[0]], phase))
     _colorbar(figure, image, axes, log)
     _save(figure, fname)
     return figure, axes
@@ -71,7 +71,7 @@ def color_dim_epochs(recording: Recording, layer=0, phase="train", log=True, col
     for ax, (fit, epoch) in zip(axes.flat, epochs):
         image = _panel(ax, shown.select(fit=fit, epoch=epoch), name, norm, cmap, None, label_epochs=False)
         ax.set_title(f"fit {fit} epoch {epoch}" if several_fits else f"epoch {epoch}")
-        ax.set_xlabel(f"{phase} batch")
+        ax.set_xlabel(_x_label(shown, phase))
     for ax in axes.flat[len(epochs):]:
         ax.set_axis_off()
     axes[0, 0].set_ylabel("activation")
@@ -94,7 +94,7 @@ def dead_chart(recording: Recording, layers=None, phase="train", axes=None, figs
         dead_ax.plot(shown.dead_rate[name], label=name, linewidth=1)
     zero_ax.set_ylabel("share in the\nbin(s) at 0")
     dead_ax.set_ylabel("dead-unit rate")
-    dead_ax.set_xlabel(f"{phase} batch")
+    dead_ax.set_xlabel(_x_label(shown, phase))
     for ax in (zero_ax, dead_ax):
         ax.set_ylim(-0.02, 1.02)
         _mark_epochs(ax, shown, color="grey", label=ax is zero_ax)
@@ -122,7 +122,7 @@ def plot_layer_stats(recording: Recording, layer=0, phase="train", axes=None, fi
         ax.set_title(title, fontsize=10)
         _mark_epochs(ax, shown, color="grey", label=False)
     for ax in axes[1]:
-        ax.set_xlabel(f"{phase} batch")
+        ax.set_xlabel(_x_label(shown, phase))
     axes[1, 0].set_ylim(-0.02, 1.02)
     axes[1, 1].set_ylim(-0.02, 1.02)
     figure.suptitle(_title(shown, name))
@@ -181,6 +181,11 @@ def _norm(log: bool, peak: int):
     return SymLogNorm(linthresh=1, vmin=0, vmax=peak, base=10) if log else Normalize(0, peak)
 
 
+def _x_label(shown: Recording, phase: str) -> str:
+    widest = int(shown.batches.max(initial=1))
+    return f"{phase} batch" if widest == 1 else f"{phase} batches, up to {widest} per column"
+
+
 def _title(shown: Recording, name: str) -> str:
     shape = shown.shapes.get(name) or ()
     return f"{name}  {tuple(shape)}" if shape else name
@@ -190,22 +195,39 @@ def _panel(ax, shown: Recording, name, norm, cmap, overlay, label_epochs=True):
     "One colour-dim image with its edge bands, NaN marks, overlay and epoch marks; returns the image."
     if overlay not in OVERLAYS:
         raise ValueError(f"overlay: {overlay!r} is not an overlay; use one of {OVERLAYS}")
-    low, high = shown.range(name)
+    to_y = _y_transform(shown, name)  # activation units -> the y axis (symlog'd when the bins are)
+    low, high = (to_y(end) for end in shown.range(name))
     extent = (-0.5, len(shown) - 0.5)
     image = ax.imshow(shown.hist[name].T, origin="lower", aspect="auto", interpolation="nearest",
                       cmap=cmap, norm=norm, extent=(*extent, low, high))
     _edge_bands(ax, shown, name, extent, low, high)
     if overlay:
         mean, std = shown.mean[name], shown.std[name]
-        ax.plot(mean, color="white", linewidth=1, label="mean")
+        ax.plot(to_y(mean), color="white", linewidth=1, label="mean")
         if overlay == "mean_std":
             for sign in (-1, 1):
-                ax.plot(mean + sign * std, color="white", linewidth=0.8, linestyle=":")
+                ax.plot(to_y(mean + sign * std), color="white", linewidth=0.8, linestyle=":")
     _mark_epochs(ax, shown, label=label_epochs)
     ax.set_xlim(*extent)
     ax.set_ylim(low, high)
+    if shown.linthresh[name] is not None:
+        _symlog_ticks(ax, *shown.range(name), shown.linthresh[name])
     ax.set_title(_title(shown, name), fontsize=10)
     return image
+
+
+def _y_transform(shown: Recording, name):
+    linthresh = shown.linthresh[name]
+    return (lambda values: values) if linthresh is None else (lambda values: symlog(values, linthresh))
+
+
+def _symlog_ticks(ax, low, high, linthresh):
+    "Ticks at 0 and the powers of ten inside the range, labelled in activation units."
+    powers = [10.0 ** k for k in range(-6, 13) if 10.0 ** k >= linthresh / 10]
+    values = sorted({0.0, *[v for p in powers for v in (-p, p) if low <= v <= high]})
+    step = max(1, math.ceil(len(values) / 11))
+    values = [v for i, v in enumerate(values) if v == 0 or i % step == 0]
+    ax.set_yticks(symlog(np.array(values), linthresh), [f"{v:g}" for v in values])
 
 
 def _edge_bands(ax, shown: Recording, name, extent, low, high):

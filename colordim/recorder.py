@@ -7,8 +7,8 @@ from functools import partial
 import numpy as np
 import torch
 
-from .recording import MOMENTS, PHASES, Recording
-from .summaries import add_moments, channel_count, histogram_counts
+from .recording import MOMENTS, PHASES, Recording, bin_edges, readable_bound, symlog
+from .summaries import add_moments, channel_count, histogram_counts, symlog_
 
 __all__ = ["HistogramRecorder", "check_bins", "check_range", "check_near_zero", "check_sample"]
 
@@ -22,12 +22,15 @@ def check_bins(bins) -> int:
     return int(bins)
 
 
-def check_range(value) -> tuple[float, float]:
-    "`range` as finite floats (low, high) with low < high, or a ValueError that says so."
+def check_range(value, auto=True):
+    "`range` as finite floats (low, high) with low < high (or 'auto'), or a ValueError that says so."
+    if auto and isinstance(value, str) and value == "auto":
+        return "auto"
     try:
         low, high = (float(end) for end in value)
     except (TypeError, ValueError):
-        raise ValueError(f"range: expected two numbers (low, high) such as (-10, 10), got {value!r}") from None
+        raise ValueError(f"range: expected two numbers (low, high) such as (-10, 10), or 'auto', "
+                         f"got {value!r}") from None
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
         raise ValueError(f"range: expected finite low < high, such as (-10, 10), got {value!r}")
     return low, high
@@ -39,6 +42,22 @@ def check_near_zero(value) -> float:
             or not math.isfinite(value) or value < 0:
         raise ValueError(f"near_zero: expected a finite number >= 0 such as 0.05, got {value!r}")
     return float(value)
+
+
+def check_scale(scale, linthresh) -> float:
+    "The symlog threshold for scale='symlog', None for 'linear', or a ValueError that says so."
+    if scale not in ("linear", "symlog"):
+        raise ValueError(f"scale: expected 'linear' or 'symlog', got {scale!r}")
+    if isinstance(linthresh, bool) or not isinstance(linthresh, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(linthresh) or linthresh <= 0:
+        raise ValueError(f"linthresh: expected a finite number > 0 such as 1.0, got {linthresh!r}")
+    return float(linthresh) if scale == "symlog" else None
+
+
+def auto_range(finite_abs_max: float) -> tuple[float, float]:
+    "A symmetric range padded 10% past `finite_abs_max` and rounded to 1, 2, 2.5 or 5 times a power of 10."
+    bound = readable_bound(1.1 * finite_abs_max) if finite_abs_max > 0 else 1.0
+    return -bound, bound
 
 
 def check_sample(value):
@@ -92,20 +111,29 @@ class HistogramRecorder:
     def __init__(self,
         modules: dict,        # {name: module}, e.g. from `colordim.layers.find_layers`
         bins: int = 100,      # rows of the picture
-        range=(-10, 10),      # values outside are counted in an underflow and an overflow bin
+        range=(-10, 10),      # values outside are counted in an underflow and an overflow bin; or "auto"
+        scale: str = "linear",  # or "symlog": bins uniform in sign(x) log1p(|x| / linthresh)
+        linthresh: float = 1.0,  # where symlog turns from linear to logarithmic
         stats: bool = True,   # also mean, std, near-zero share, min, max and dead-unit rate per batch
         near_zero: float = 0.05,  # |x| <= near_zero counts as near zero
         sample: int = None,   # histogram at most this many values of each output (a fixed random subset)
+        max_columns: int = 10_000,  # past this, neighbouring columns merge pairwise: memory stays bounded
     ):
         if not modules:
             raise ValueError("modules: nothing to record; pass at least one {name: module}")
         self.modules = dict(modules)
         self.names = list(self.modules)
         self.bins = check_bins(bins)
-        self.low, self.high = check_range(range)
+        self.range, self.linthresh = check_range(range), check_scale(scale, linthresh)
+        # per layer: (low, high) in activation units and as binned (symlog'd when asked); None until
+        # an "auto" range has seen the layer's first output
+        self._limits = [None if self.range == "auto" else self.range] * len(self.names)
+        self._bin_limits = [None if self.range == "auto" else self._binned(self.range)] * len(self.names)
         self.stats, self.near_zero, self.sample = bool(stats), check_near_zero(near_zero), check_sample(sample)
         self._sample_indices = {}  # (slot, numel) -> the positions sampled, on the output's device
-        self.edges = np.linspace(self.low, self.high, self.bins + 1)
+        if isinstance(max_columns, bool) or not isinstance(max_columns, (int, np.integer)) or max_columns < 2:
+            raise ValueError(f"max_columns: expected an int >= 2 such as 10000, got {max_columns!r}")
+        self.max_columns, self._width = int(max_columns), 1  # batches per column once merging started
         self.shapes, self.skipped = {}, {}
         self._handles = []
         self._rows = [None] * len(self.names)  # per layer: its _DeviceRows, made on the first output's device
@@ -161,13 +189,31 @@ class HistogramRecorder:
         # One float32 view or copy for everything: histc and sums of fp16/bf16 would count in that dtype.
         values = output.detach().float()
         counted = self._sampled(slot, values.reshape(-1))
+        if self._limits[slot] is None:
+            self._set_auto_range(slot, values)
+        if self.linthresh is not None:
+            counted = symlog_(counted, self.linthresh)
         rows = self._device_rows(slot, values.device)
-        histogram_counts(counted, self.bins, self.low, self.high, rows.counts[row])
+        histogram_counts(counted, self.bins, *self._bin_limits[slot], rows.counts[row])
         if self.stats:
             add_moments(values, self.near_zero, rows.moments[row], sample=None if counted.numel() == values.numel()
                         else counted)
         # Shapes are metadata: known on the host, no sync.
         self._sizes[row, slot] += (values.numel(), channel_count(values.shape), counted.numel())
+
+    def _binned(self, limits) -> tuple[float, float]:
+        return limits if self.linthresh is None else tuple(float(symlog(end, self.linthresh)) for end in limits)
+
+    def _set_auto_range(self, slot, values: torch.Tensor) -> None:
+        "range='auto': from this first output, one host sync for this layer, once."
+        finite = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        self._limits[slot] = auto_range(finite.abs().max().item())
+        self._bin_limits[slot] = self._binned(self._limits[slot])
+
+    def edges(self, slot) -> np.ndarray:
+        "Layer `slot`'s bin edges in activation units ((-1, 1) while an auto range is still unknown)."
+        low, high = self._limits[slot] or (-1.0, 1.0)
+        return bin_edges(low, high, self.bins, self.linthresh)
 
     def _sampled(self, slot, flat: torch.Tensor) -> torch.Tensor:
         "`flat` itself, or at most `sample` of its values at positions drawn once per layer and size."
@@ -193,13 +239,15 @@ class HistogramRecorder:
     # --- columns (called by the host between batches) ----------------------------------------------
     def reserve(self, columns: int) -> None:
         "Make room for `columns` more columns at once (say, an epoch's batches), so none grows per batch."
-        self._set_capacity(len(self._index) + columns + 1)
+        self._set_capacity(min(len(self._index) + columns, self.max_columns) + 1)
 
     def begin_column(self, phase: str = "train", epoch: int = 0, fit: int = 0, iteration: int = 0) -> None:
         "Start recording a column: hooks write into it until `end_column` or `abandon_column`."
         if phase not in PHASES:
             raise ValueError(f"phase: {phase!r} is not a phase; use one of {PHASES}")
         self.abandon_column()
+        if len(self._index) >= self.max_columns:  # the device rows are full: to the host (once per max_columns)
+            self.flush()
         row = len(self._index)
         if row >= self._capacity:  # no reserve() or an epoch longer than announced: grow geometrically
             self._set_capacity(max(16, 2 * self._capacity))
@@ -253,6 +301,17 @@ class HistogramRecorder:
             self._sizes[:used] = 0
         self._host.append(self._to_recording(counts, moments, sizes, self._index))
         self._index = []
+        self._compact()
+
+    def _compact(self) -> None:
+        "One host Recording of at most `max_columns` columns: merge pairs of neighbours while it is longer."
+        total = Recording.concat(self._host).coarsen(self._width) if len(self._host) > 1 else self._host[0]
+        while len(total) > self.max_columns:
+            merged = total.coarsen(2 * self._width)
+            if len(merged) == len(total):  # one column per epoch and phase already: nothing left to merge
+                break
+            total, self._width = merged, 2 * self._width
+        self._host = [total]
 
     @property
     def recording(self) -> Recording:
@@ -262,8 +321,6 @@ class HistogramRecorder:
             return self._to_recording({name: np.zeros((0, self.bins + 2), dtype=np.int64) for name in self.names},
                                       {name: np.zeros((0, len(MOMENTS))) for name in self.names},
                                       np.zeros((0, len(self.names), 3), dtype=np.int64), [])
-        if len(self._host) > 1:
-            self._host = [Recording.concat(self._host)]
         recording = self._host[0]
         recording.shapes.update(self.shapes)
         recording.skipped.update(self.skipped)
@@ -291,8 +348,9 @@ class HistogramRecorder:
                 moments[name][:, 2] *= scale  # the near-zero count was taken on the sample too
         return Recording(
             counts=counts, numel={name: sizes[:, slot, NUMEL] for slot, name in enumerate(self.names)},
-            edges={name: self.edges for name in self.names},
+            edges={name: self.edges(slot) for slot, name in enumerate(self.names)},
             shapes={name: self.shapes.get(name, ()) for name in self.names},
+            linthresh={name: self.linthresh for name in self.names},
             fit=np.array(fit, dtype=np.int64), epoch=np.array(epoch, dtype=np.int64),
             phase=np.array(phase, dtype="<U5"), iteration=np.array(iteration, dtype=np.int64),
             moments=moments if self.stats else None,

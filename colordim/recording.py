@@ -5,11 +5,38 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Recording", "LayerDict", "PHASES", "MOMENTS"]
+__all__ = ["Recording", "LayerDict", "PHASES", "MOMENTS", "symlog", "symlog_inverse", "readable_bound", "bin_edges"]
 
 PHASES = ("train", "valid")
 # Per-column statistics as recorded (sums add up, min and max merge); see `colordim.summaries`.
 MOMENTS = ("sum", "sum_sq", "near_zero", "dead", "neg_min", "max")
+
+
+def symlog(x, linthresh: float):
+    "sign(x) * log1p(|x| / linthresh): near-linear around 0, logarithmic far out."
+    return np.sign(x) * np.log1p(np.abs(x) / linthresh)
+
+
+def symlog_inverse(u, linthresh: float):
+    "The activation value whose `symlog` is `u`."
+    return np.sign(u) * np.expm1(np.abs(u)) * linthresh
+
+
+def bin_edges(low: float, high: float, bins: int, linthresh=None) -> np.ndarray:
+    "The bins + 1 edges over [low, high]: uniform, or uniform in `symlog` when `linthresh` is given."
+    if linthresh is None:
+        return np.linspace(low, high, bins + 1)
+    edges = symlog_inverse(np.linspace(symlog(low, linthresh), symlog(high, linthresh), bins + 1), linthresh)
+    edges[0], edges[-1] = low, high  # exact ends, whatever the round trip does
+    return edges
+
+
+def readable_bound(value: float) -> float:
+    "The smallest of 1, 2, 2.5, 5 times a power of ten that is >= `value` (> 0)."
+    exponent = np.floor(np.log10(value))
+    for mantissa in (1, 2, 2.5, 5, 10):
+        if mantissa * 10 ** exponent >= value * (1 - 1e-12):
+            return float(mantissa * 10 ** exponent)
 
 
 class LayerDict(dict):
@@ -38,9 +65,15 @@ class Recording:
     channels: dict = None  # name -> (columns,) int64: units the dead-unit rate is over
     near_zero_threshold: float = 0.05  # |x| <= this counted as near zero
     skipped: dict = field(default_factory=dict)  # name -> why nothing was recorded
+    batches: np.ndarray = None  # (columns,) batches merged into each column (1 until `max_columns` merges)
+    linthresh: dict = None  # name -> t when the bins are uniform in sign(x) log1p(|x| / t), else None
 
     def __post_init__(self):
         columns = len(self.phase)
+        if self.batches is None:
+            self.batches = np.ones(columns, dtype=np.int64)
+        if self.linthresh is None:
+            self.linthresh = {name: None for name in self.counts}
         if self.moments is None:
             self.moments = {name: np.full((columns, len(MOMENTS)), np.nan) for name in self.counts}
         if self.channels is None:
@@ -58,7 +91,7 @@ class Recording:
         "Bytes of the arrays held."
         tables = (self.counts, self.numel, self.moments, self.channels)
         return sum(array.nbytes for table in tables for array in table.values()) + \
-            sum(array.nbytes for array in (self.fit, self.epoch, self.phase, self.iteration))
+            sum(array.nbytes for array in (self.fit, self.epoch, self.phase, self.iteration, self.batches))
 
     def __len__(self) -> int:
         "The number of columns (batches) recorded."
@@ -179,7 +212,8 @@ class Recording:
             iteration=self.iteration[keep],
             moments={name: self.moments[name][keep] for name in names},
             channels={name: self.channels[name][keep] for name in names},
-            near_zero_threshold=self.near_zero_threshold,
+            near_zero_threshold=self.near_zero_threshold, batches=self.batches[keep],
+            linthresh={name: self.linthresh[name] for name in names},
             skipped={name: why for name, why in self.skipped.items() if name in names})
 
     def select_layer(self, layer) -> "Recording":
@@ -217,5 +251,25 @@ class Recording:
             counts=per_layer("counts"), numel=per_layer("numel"), edges=dict(first.edges),
             shapes=dict(parts[-1].shapes), fit=join("fit"), epoch=join("epoch"), phase=join("phase"),
             iteration=join("iteration"), moments=per_layer("moments"), channels=per_layer("channels"),
-            near_zero_threshold=first.near_zero_threshold,
+            near_zero_threshold=first.near_zero_threshold, batches=join("batches"), linthresh=dict(first.linthresh),
             skipped={k: v for part in parts for k, v in part.skipped.items()})
+
+    def coarsen(self, width: int) -> "Recording":
+        "Merge the columns of each `width` consecutive batches of one fit, epoch and phase into one column."
+        if len(self) < 2:
+            return self
+        key = np.stack([self.fit, self.epoch, np.unique(self.phase, return_inverse=True)[1], self.iteration // width])
+        starts = np.flatnonzero(np.r_[True, (key[:, 1:] != key[:, :-1]).any(0)])
+        if len(starts) == len(self):
+            return self
+        add = lambda array: np.add.reduceat(array, starts, axis=0)
+        merge_moments = lambda m: np.concatenate([add(m[:, :4]), np.maximum.reduceat(m[:, 4:], starts, axis=0)], 1)
+        return Recording(
+            counts={name: add(counts) for name, counts in self.counts.items()},
+            numel={name: add(numel) for name, numel in self.numel.items()},
+            edges=dict(self.edges), shapes=dict(self.shapes),
+            fit=self.fit[starts], epoch=self.epoch[starts], phase=self.phase[starts],
+            iteration=self.iteration[starts], batches=add(self.batches),
+            moments={name: merge_moments(moments) for name, moments in self.moments.items()},
+            channels={name: add(channels) for name, channels in self.channels.items()},
+            near_zero_threshold=self.near_zero_threshold, linthresh=dict(self.linthresh), skipped=dict(self.skipped))

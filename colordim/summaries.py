@@ -5,7 +5,7 @@ import torch
 
 from .recording import MOMENTS
 
-__all__ = ["CHUNK", "histogram_counts", "add_moments", "channel_count"]
+__all__ = ["CHUNK", "histogram_counts", "add_moments", "channel_count", "symlog_"]
 
 # histc counts in float32: a bin is exact up to 2**24, so bigger outputs are counted in chunks.
 CHUNK = 2 ** 24
@@ -52,6 +52,11 @@ def _counts_by_index(x: torch.Tensor, bins: int, low: float, high: float) -> tor
     counts = torch.zeros(bins + 3, dtype=torch.int64, device=x.device)
     counts.index_put_((index,), torch.ones((), dtype=torch.int64, device=x.device), accumulate=True)
     return counts[:-1]
+
+
+def symlog_(x: torch.Tensor, linthresh: float) -> torch.Tensor:
+    "sign(x) * log1p(|x| / linthresh), in a new tensor (x may be the layer's output itself)."
+    return torch.sign(x) * torch.log1p(x.abs() / linthresh)
 
 
 def channel_count(shape) -> int:
