@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .recording import MOMENTS, PHASES, Recording, bin_edges, readable_bound, symlog
-from .summaries import add_moments, channel_count, histogram_counts, symlog_
+from .summaries import Scratch, add_moments, channel_count, histogram_counts, symlog_
 
 __all__ = ["HistogramRecorder", "check_bins", "check_range", "check_near_zero", "check_sample"]
 
@@ -131,6 +131,7 @@ class HistogramRecorder:
         self._bin_limits = [None if self.range == "auto" else self._binned(self.range)] * len(self.names)
         self.stats, self.near_zero, self.sample = bool(stats), check_near_zero(near_zero), check_sample(sample)
         self._sample_indices = {}  # (slot, numel) -> the positions sampled, on the output's device
+        self._scratch = Scratch()  # CPU buffers the size of the biggest output, reused by every hook
         if isinstance(max_columns, bool) or not isinstance(max_columns, (int, np.integer)) or max_columns < 2:
             raise ValueError(f"max_columns: expected an int >= 2 such as 10000, got {max_columns!r}")
         self.max_columns, self._width = int(max_columns), 1  # batches per column once merging started
@@ -194,10 +195,10 @@ class HistogramRecorder:
         if self.linthresh is not None:
             counted = symlog_(counted, self.linthresh)
         rows = self._device_rows(slot, values.device)
-        histogram_counts(counted, self.bins, *self._bin_limits[slot], rows.counts[row])
+        histogram_counts(counted, self.bins, *self._bin_limits[slot], rows.counts[row], self._scratch)
         if self.stats:
-            add_moments(values, self.near_zero, rows.moments[row], sample=None if counted.numel() == values.numel()
-                        else counted)
+            sample = None if counted.numel() == values.numel() else counted
+            add_moments(values, self.near_zero, rows.moments[row], sample=sample, scratch=self._scratch)
         # Shapes are metadata: known on the host, no sync.
         self._sizes[row, slot] += (values.numel(), channel_count(values.shape), counted.numel())
 
