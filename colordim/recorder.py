@@ -130,7 +130,7 @@ class HistogramRecorder:
         self._limits = [None if self.range == "auto" else self.range] * len(self.names)
         self._bin_limits = [None if self.range == "auto" else self._binned(self.range)] * len(self.names)
         self.stats, self.near_zero, self.sample = bool(stats), check_near_zero(near_zero), check_sample(sample)
-        self._sample_indices = {}  # (slot, numel) -> the positions sampled, on the output's device
+        self._sample_indices = {}  # (slot, shape) -> positions sampled and their units, on the output's device
         self._scratch = Scratch()  # CPU buffers the size of the biggest output, reused by every hook
         if isinstance(max_columns, bool) or not isinstance(max_columns, (int, np.integer)) or max_columns < 2:
             raise ValueError(f"max_columns: expected an int >= 2 such as 10000, got {max_columns!r}")
@@ -189,16 +189,16 @@ class HistogramRecorder:
             return
         # One float32 view or copy for everything: histc and sums of fp16/bf16 would count in that dtype.
         values = output.detach().float()
-        counted = self._sampled(slot, values.reshape(-1))
+        counted, units = self._sampled(slot, values)
         if self._limits[slot] is None:
             self._set_auto_range(slot, values)
         if self.linthresh is not None:
             counted = symlog_(counted, self.linthresh)
         rows = self._device_rows(slot, values.device)
         histogram_counts(counted, self.bins, *self._bin_limits[slot], rows.counts[row], self._scratch)
-        if self.stats:
-            sample = None if counted.numel() == values.numel() else counted
-            add_moments(values, self.near_zero, rows.moments[row], sample=sample, scratch=self._scratch)
+        if self.stats:  # on the sample too when there is one: a pass over the whole output is what it saves
+            add_moments(values if units is None else counted, self.near_zero, rows.moments[row], units,
+                        self._scratch)
         # Shapes are metadata: known on the host, no sync.
         self._sizes[row, slot] += (values.numel(), channel_count(values.shape), counted.numel())
 
@@ -216,17 +216,22 @@ class HistogramRecorder:
         low, high = self._limits[slot] or (-1.0, 1.0)
         return bin_edges(low, high, self.bins, self.linthresh)
 
-    def _sampled(self, slot, flat: torch.Tensor) -> torch.Tensor:
-        "`flat` itself, or at most `sample` of its values at positions drawn once per layer and size."
+    def _sampled(self, slot, values: torch.Tensor):
+        "(values, None), or (at most `sample` values, (their unit index, units)) at positions drawn once."
+        flat = values.reshape(-1)
         if self.sample is None or flat.numel() <= self.sample:
-            return flat
-        key = (slot, flat.numel())
+            return flat, None
+        key = (slot, values.shape)
         if key not in self._sample_indices:  # drawn on the host from a fixed seed, copied to the device once
             generator = torch.Generator().manual_seed(len(self._sample_indices))
             positions = torch.randperm(flat.numel(), generator=generator)[:self.sample] \
                 if flat.numel() <= 1 << 24 else torch.randint(flat.numel(), (self.sample,), generator=generator)
-            self._sample_indices[key] = positions.to(flat.device)
-        return flat.index_select(0, self._sample_indices[key])
+            units = channel_count(values.shape)
+            inner = math.prod(values.shape[2:]) if values.dim() >= 2 else flat.numel()
+            unit_of = positions // inner % units if values.dim() >= 2 else torch.zeros_like(positions)
+            self._sample_indices[key] = (positions.to(values.device), (unit_of.to(values.device), units))
+        positions, units = self._sample_indices[key]
+        return flat.index_select(0, positions), units
 
     def _device_rows(self, slot, device) -> _DeviceRows:
         "Layer `slot`'s device rows, made (or grown) on `device` when they must be."
@@ -346,7 +351,7 @@ class HistogramRecorder:
             if (sampled < numel).any():  # a sample stands for its whole output: scale its counts up
                 scale = np.where(sampled > 0, numel / np.maximum(sampled, 1), 0.0)
                 counts[name] = counts[name] * scale[:, None]
-                moments[name][:, 2] *= scale  # the near-zero count was taken on the sample too
+                moments[name][:, :3] *= scale[:, None]  # sums and the near-zero count were taken on the sample
         return Recording(
             counts=counts, numel={name: sizes[:, slot, NUMEL] for slot, name in enumerate(self.names)},
             edges={name: self.edges(slot) for slot, name in enumerate(self.names)},

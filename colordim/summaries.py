@@ -1,6 +1,8 @@
 """What one output tensor adds to its column, computed on its own device without a host sync."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .recording import MOMENTS
@@ -94,17 +96,24 @@ def channel_count(shape) -> int:
     return shape[1] if len(shape) >= 2 else 1
 
 
-def add_moments(x: torch.Tensor, near_zero: float, out: torch.Tensor, sample: torch.Tensor = None,
-                scratch: Scratch = None) -> None:
-    "Add float32 `x`'s sum, sum of squares, near-zero and dead-unit counts to `out` (6,); merge min and max."
+def add_moments(x: torch.Tensor, near_zero: float, out: torch.Tensor, units=None, scratch: Scratch = None) -> None:
+    "Add `x`'s sum, sum of squares, near-zero and dead-unit counts to `out` (6,); merge its min and max."
+    # `x` is a float32 output, or (with `units`: each value's unit index and the number of units) a 1-D
+    # sample of one. Laid out as MOMENTS: four sums that add up across calls, chunks and ranks, then -min
+    # and max that merge with one maximum. float32 sums (pairwise on the CPU, tree-reduced on CUDA) are
+    # accurate to ~1e-7 and several times faster than float64 ones; they accumulate in `out`'s float64.
     flat = x.reshape(-1)
-    # Laid out as MOMENTS: four sums that add up across calls, chunks and ranks, then -min and max that
-    # merge with one maximum. float32 sums (pairwise on the CPU, tree-reduced on CUDA) are accurate to
-    # ~1e-7 and several times faster than float64 ones; they accumulate in `out`'s float64.
     low, high = torch.aminmax(flat)
-    per_unit = x.amax(0) if x.dim() >= 2 else high.reshape(1)  # (units, ...): two steps are faster than one
-    per_unit = per_unit.flatten(1).amax(1) if per_unit.dim() > 1 else per_unit
-    near = _near_zero_count(flat if sample is None else sample, near_zero, scratch)
+    if units is not None:  # a unit is dead if all its sampled values are <= 0; unsampled units are not
+        unit_of, count = units
+        per_unit = torch.full((count,), math.inf, device=x.device).scatter_reduce_(
+            0, unit_of, flat, "amax", include_self=False)
+    elif x.dim() >= 2:
+        per_unit = x.amax(0)  # (units, ...): two steps are faster than one
+        per_unit = per_unit.flatten(1).amax(1) if per_unit.dim() > 1 else per_unit
+    else:
+        per_unit = high.reshape(1)
+    near = _near_zero_count(flat, near_zero, scratch)
     dead = (per_unit <= 0).sum(dtype=torch.int32)
     row = torch.stack([flat.sum(), torch.dot(flat, flat), near.float(), dead.float(), -low, high])
     out[:4].add_(row[:4])
