@@ -224,8 +224,10 @@ class HistogramRecorder:
         key = (slot, values.shape)
         if key not in self._sample_indices:  # drawn on the host from a fixed seed, copied to the device once
             generator = torch.Generator().manual_seed(len(self._sample_indices))
+            # without repeats when that is cheap; else with (rare among many values): randperm of a big
+            # output costs more than the whole sampled run
             positions = torch.randperm(flat.numel(), generator=generator)[:self.sample] \
-                if flat.numel() <= 1 << 24 else torch.randint(flat.numel(), (self.sample,), generator=generator)
+                if flat.numel() <= 4 * self.sample else torch.randint(flat.numel(), (self.sample,), generator=generator)
             units = channel_count(values.shape)
             inner = math.prod(values.shape[2:]) if values.dim() >= 2 else flat.numel()
             unit_of = positions // inner % units if values.dim() >= 2 else torch.zeros_like(positions)
