@@ -213,6 +213,10 @@ def _panel(ax, shown: Recording, name, norm, cmap, overlay, label_epochs=True):
     if shown.linthresh[name] is not None:
         _symlog_ticks(ax, *shown.range(name), shown.linthresh[name])
     ax.set_title(_title(shown, name), fontsize=10)
+    if not shown.numel[name].any():  # say why the panel is empty
+        reason = shown.skipped.get(name, "the layer did not run in these batches")
+        ax.text(0.5, 0.5, f"nothing recorded:\n{reason}", transform=ax.transAxes, ha="center", va="center",
+                color="white", fontsize=9)
     return image
 
 

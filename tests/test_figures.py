@@ -132,6 +132,20 @@ def test_plot_layer_stats_panels_and_values(recording, tmp_path):
     assert not_blank(png(figure, tmp_path / "stats.png"))
 
 
+def test_a_skipped_layer_says_why_its_panel_is_empty():
+    class Pair(nn.Module):
+        def forward(self, x): return x, x
+    pair, linear = Pair(), nn.Linear(2, 2)
+    with HistogramRecorder({"pair": pair, "fc": linear}) as engine:
+        engine.begin_column()
+        pair(linear(torch.randn(3, 2)))
+        engine.end_column()
+    figure, axes = color_dims(engine.recording)
+    assert [text.get_text() for text in axes[0, 0].texts] == ["nothing recorded:\noutput is a tuple, not a tensor"]
+    assert len(axes[0, 1].texts) == 0
+    plt.close(figure)
+
+
 def test_multi_panel_figures_draw_into_given_axes(recording):
     figure, given = plt.subplots(1, 6)
     _, (zero_ax, dead_ax) = dead_chart(recording, axes=given[:2])
