@@ -1,11 +1,13 @@
 """colordim: the colorful-dimension plot of layer activations for fastai and PyTorch."""
 from .layers import find_layers
+from .loop import record
 from .recorder import HistogramRecorder
 from .recording import Recording
 
 __version__ = "0.1.0"
 _FIGURES = ("color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats")
-__all__ = ["ActivationHistogram", "HistogramRecorder", "Recording", "find_layers", *_FIGURES, "__version__"]
+__all__ = ["ActivationHistogram", "HistogramRecorder", "Recording", "find_layers", "record", *_FIGURES,
+           "__version__"]
 
 
 def __getattr__(name):
