@@ -35,6 +35,7 @@ class ActivationHistogram(Callback):
         near_zero: float = 0.05,  # |x| <= near_zero counts as near zero (fastai counts x <= 0.05)
         sample: int = None,  # histogram at most this many values of each output per batch, scaled up
         max_columns: int = 10_000,  # per layer; past it neighbouring batches merge, so memory stays bounded
+        save_to=None,  # a path: the recording is saved there (atomically) at every epoch end and fit end
     ):
         check_bins(bins), check_range(range), check_scale(scale, linthresh)  # fail now, not at the first batch
         check_near_zero(near_zero), check_sample(sample)
@@ -86,8 +87,10 @@ class ActivationHistogram(Callback):
         if self._active: self.engine.abandon_column()
 
     def after_epoch(self):
-        "The epoch's columns go to the host: one transfer per layer per epoch."
-        if self._active: self.engine.flush()
+        "The epoch's columns go to the host: one transfer per layer per epoch (and to `save_to`)."
+        if self._active:
+            self.engine.flush()
+            self._save()
 
     def after_fit(self):
         "Remove the hooks; the recording stays."
@@ -96,8 +99,14 @@ class ActivationHistogram(Callback):
     def _unhook(self):
         if self.engine is not None:
             self.engine.detach()
+            if self._active:
+                self._save()  # what a crashed or finished fit recorded, on disk too
         self._active = False
         _unhook_on_crash.discard(self)
+
+    def _save(self):
+        if self.save_to is not None:
+            self.engine.recording.save(self.save_to)
 
     # --- results -----------------------------------------------------------------------------------
     @property

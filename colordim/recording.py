@@ -240,6 +240,30 @@ class Recording:
         return (f"Recording({len(self.counts)} layers, {len(self)} columns ({phases}), "
                 f"{fits} fit{'s' if fits != 1 else ''}, layers={self.layer_names})")
 
+    # --- saved runs (colordim.saved does the work) --------------------------------------------------
+    def save(self, path):
+        "Write one .npz (arrays and a JSON header); atomically, so an interruption leaves the old file."
+        from .saved import save
+        return save(self, path)
+
+    @classmethod
+    def load(cls, path) -> "Recording":
+        "Read a Recording saved by `save` (never unpickles: opening a file cannot run code)."
+        from .saved import load
+        return load(path)
+
+    def __eq__(self, other) -> bool:
+        "Equal layers, arrays and metadata."
+        if not isinstance(other, Recording) or self.layer_names != other.layer_names:
+            return False
+        same = lambda a, b: a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+        columns = all(same(getattr(self, key), getattr(other, key))
+                      for key in ("fit", "epoch", "iteration", "batches")) and (self.phase == other.phase).all()
+        tables = all(same(getattr(self, key)[name], getattr(other, key)[name])
+                     for key in ("counts", "numel", "moments", "channels", "edges") for name in self.layer_names)
+        return columns and tables and self.shapes == other.shapes and self.linthresh == other.linthresh \
+            and self.near_zero_threshold == other.near_zero_threshold and self.skipped == other.skipped
+
     @classmethod
     def concat(cls, parts: list["Recording"]) -> "Recording":
         "Join recordings of the same layers along the columns, in order."
