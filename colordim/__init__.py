@@ -5,7 +5,7 @@ from .recorder import HistogramRecorder
 from .recording import Recording
 
 __version__ = "0.1.0"
-_FIGURES = ("color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats")
+_FIGURES = ("color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats", "compare")
 __all__ = ["ActivationHistogram", "HistogramRecorder", "Recording", "find_layers", "record", *_FIGURES,
            "__version__"]
 

@@ -1,8 +1,10 @@
-"""The `colordim` command."""
+"""The `colordim` command: the demo, and PNGs of a saved run or of several runs side by side."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -18,19 +20,98 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--out", default="out", metavar="DIR", help="folder for the PNGs (default: out)")
     demo.add_argument("--epochs", type=int, default=3, help="epochs per run (default: 3)")
     demo.add_argument("--lr", type=float, default=6e-2, help="one-cycle maximum learning rate (default: 0.06)")
+    plot = commands.add_parser(
+        "plot", help="write the PNGs of a saved run (Recording.save or save_to=)",
+        description="Write, for a run saved as .npz, a colour-dim image per layer (LAYER.png, with its mean), "
+                    "the grid of all layers (grid.png), the dead chart (dead_chart.png) and each layer's "
+                    "statistics (stats_LAYER.png) into DIR.")
+    plot.add_argument("run", metavar="RUN.npz", help="the saved run")
+    plot.add_argument("-o", "--out", default="colordim_plots", metavar="DIR",
+                      help="folder for the PNGs (default: colordim_plots)")
+    plot.add_argument("--layers", nargs="+", metavar="LAYER",
+                      help="layer names (or positions among the recorded layers); default: all")
+    plot.add_argument("--epoch", type=int, default=None, help="draw only this epoch (default: all)")
+    plot.add_argument("--phase", choices=["train", "valid"], default="train",
+                      help="training or validation batches (default: train)")
+    compare = commands.add_parser(
+        "compare", help="one layer of several saved runs side by side, on one colour scale",
+        description="Draw the same layer of two or more saved runs one above the other, on one colour scale "
+                    "(for example a run with batch norm against one without).")
+    compare.add_argument("runs", nargs="+", metavar="RUN.npz", help="the saved runs")
+    compare.add_argument("--layer", default="0", help="layer name or position among the recorded ones (default: 0)")
+    compare.add_argument("--epoch", type=int, default=None, help="draw only this epoch (default: all)")
+    compare.add_argument("--phase", choices=["train", "valid"], default="train",
+                         help="training or validation batches (default: train)")
+    compare.add_argument("-o", "--out", default="compare.png", metavar="FILE", help="the PNG (default: compare.png)")
     return parser
 
 
 def main(argv=None) -> int:
-    "Run the `colordim` command with `argv` (default: the command line)."
+    "Run the `colordim` command with `argv` (default: the command line); returns the exit status."
     args = _parser().parse_args(argv)
-    if args.command == "demo":
-        if args.epochs < 1:
-            print(f"colordim demo: --epochs must be at least 1, got {args.epochs}", file=sys.stderr)
-            return 2
-        from .demo import run_demo
-        run_demo(args.out, epochs=args.epochs, lr=args.lr)
+    try:
+        if args.command == "demo":
+            if args.epochs < 1:
+                raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
+            from .demo import run_demo
+            run_demo(args.out, epochs=args.epochs, lr=args.lr)
+        elif args.command == "plot":
+            _plot_run(args)
+        elif args.command == "compare":
+            _compare_runs(args)
+    except (ValueError, FileNotFoundError, TypeError, IndexError) as error:
+        print(f"colordim {args.command}: {error}", file=sys.stderr)
+        return 2 if args.command == "demo" else 1
     return 0
+
+
+def _layer(recording, spec: str):
+    "A layer given on the command line: its name, or its position when no layer has that name."
+    return int(spec) if spec not in recording.layer_names and re.fullmatch(r"-?\d+", spec) else spec
+
+
+def _plot_run(args) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from . import plot
+    from .recording import Recording
+    recording = Recording.load(args.run)
+    names = [recording.layer_name(_layer(recording, spec)) for spec in args.layers or recording.layer_names]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names:
+        written.append(out / f"{_file_name(name)}.png")
+        plot.color_dim(recording, name, epoch=args.epoch, phase=args.phase, overlay="mean", fname=written[-1])
+        written.append(out / f"stats_{_file_name(name)}.png")
+        plot.plot_layer_stats(recording.select(epoch=args.epoch), name, phase=args.phase, fname=written[-1])
+        plt.close("all")
+    written.append(out / "grid.png")
+    plot.color_dims(recording, names, epoch=args.epoch, phase=args.phase, fname=written[-1])
+    written.append(out / "dead_chart.png")
+    plot.dead_chart(recording.select(epoch=args.epoch), names, phase=args.phase, fname=written[-1])
+    plt.close("all")
+    for path in written:
+        print(f"wrote {path}")
+
+
+def _compare_runs(args) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    from . import plot
+    from .recording import Recording
+    recordings = [Recording.load(path) for path in args.runs]
+    layers = {_layer(recording, args.layer) for recording in recordings}
+    if len(layers) != 1:
+        raise ValueError(f"--layer {args.layer!r} means different things in these runs; give a name")
+    plot.compare(recordings, layers.pop(), labels=[Path(path).stem for path in args.runs], epoch=args.epoch,
+                 phase=args.phase, fname=args.out)
+    print(f"wrote {args.out}")
+
+
+def _file_name(layer: str) -> str:
+    return re.sub(r"[^\w.-]", "_", layer) or "model"
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from matplotlib.colors import LogNorm, Normalize, SymLogNorm
 
 from .recording import PHASES, Recording, symlog
 
-__all__ = ["color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats"]
+__all__ = ["color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats", "compare"]
 
 OVERLAYS = (None, "mean", "mean_std")
 BAND = 0.03  # height of the under- and overflow bands, as a share of the range
@@ -126,6 +126,29 @@ def plot_layer_stats(recording: Recording, layer=0, phase="train", axes=None, fi
     axes[1, 0].set_ylim(-0.02, 1.02)
     axes[1, 1].set_ylim(-0.02, 1.02)
     figure.suptitle(_title(shown, name))
+    _save(figure, fname)
+    return figure, axes
+
+
+def compare(recordings, layer=0, labels=None, epoch=None, phase="train", log=True, figsize=None,
+            cmap="viridis", fname=None):
+    "The same layer from several runs, one panel each, on one colour scale; returns (figure, axes)."
+    recordings = list(recordings)
+    if not recordings:
+        raise ValueError("recordings: got none; pass two or more Recordings (or one) to compare")
+    labels = list(labels) if labels is not None else [f"run {index}" for index in range(len(recordings))]
+    if len(labels) != len(recordings):
+        raise ValueError(f"labels: got {len(labels)} for {len(recordings)} recordings")
+    shown = [_columns(recording, layer, epoch, phase) for recording in recordings]
+    figure, axes = plt.subplots(len(shown), 1, figsize=figsize or (10, 2.8 * len(shown)), squeeze=False,
+                                constrained_layout=True)
+    norm = _norm(log, max(_peak(columns, [name]) for name, columns in shown))
+    for ax, (name, columns), label in zip(axes[:, 0], shown, labels):
+        image = _panel(ax, columns, name, norm, cmap, None)
+        ax.set_title(f"{label}: {_title(columns, name)}", fontsize=10)
+        ax.set_ylabel("activation")
+    axes[-1, 0].set_xlabel(_x_label(shown[-1][1], phase))
+    _colorbar(figure, image, axes, log)
     _save(figure, fname)
     return figure, axes
 
