@@ -10,7 +10,7 @@ from fastcore.basics import patch, store_attr
 
 from . import plot
 from .layers import find_layers
-from .recorder import HistogramRecorder, check_bins, check_near_zero, check_range, check_sample, check_scale
+from .recorder import Recorders, check_bins, check_near_zero, check_range, check_sample, check_scale
 from .recording import Recording
 
 __all__ = ["ActivationHistogram"]
@@ -36,8 +36,12 @@ class ActivationHistogram(Callback):
         sample: int = None,  # histogram at most this many values of each output per batch, scaled up
         max_columns: int = 10_000,  # per layer; past it neighbouring batches merge, so memory stays bounded
         save_to=None,  # a path: the recording is saved there (atomically) at every epoch end and fit end
+        grads: bool = False,  # also histogram each layer's output gradient: `recording.grads`, kind="grad"
+        grad_range="auto",  # the gradients' range: from the first backward, or (low, high)
+        grad_scale: str = "linear",  # or "symlog"
     ):
         check_bins(bins), check_range(range), check_scale(scale, linthresh)  # fail now, not at the first batch
+        check_range(grad_range), check_scale(grad_scale, linthresh)
         check_near_zero(near_zero), check_sample(sample)
         store_attr()
         self.engine, self._fit, self._trained, self._active, self._hooked_for = None, -1, False, False, None
@@ -51,10 +55,10 @@ class ActivationHistogram(Callback):
             return
         modules = find_layers(self.learn.model, self.layers)
         if self.engine is None or list(modules.values()) != list(self.engine.modules.values()):
-            self.engine = HistogramRecorder(modules, bins=self.bins, range=self.range, scale=self.scale,
-                                            linthresh=self.linthresh, stats=self.stats,
-                                            near_zero=self.near_zero, sample=self.sample,
-                                            max_columns=self.max_columns)
+            self.engine = Recorders(modules, bins=self.bins, range=self.range, scale=self.scale,
+                                    linthresh=self.linthresh, stats=self.stats, near_zero=self.near_zero,
+                                    sample=self.sample, max_columns=self.max_columns, grads=self.grads,
+                                    grad_range=self.grad_range, grad_scale=self.grad_scale)
         self.engine.attach()
         engines = _ENGINES.setdefault(self.learn, [])
         if self.engine not in engines:

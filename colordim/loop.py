@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from torch import nn
 
 from .layers import find_layers
-from .recorder import HistogramRecorder
+from .recorder import Recorders
 from .recording import Recording
 
 __all__ = ["record", "LoopRecorder"]
@@ -14,9 +14,10 @@ __all__ = ["record", "LoopRecorder"]
 
 class LoopRecorder:
     "Turns each forward pass of a model into a column: 'train' in `model.train()` mode, 'valid' in eval."
-    def __init__(self, model: nn.Module, engine: HistogramRecorder):
+    def __init__(self, model: nn.Module, engine: Recorders):
         self.model, self.engine = model, engine
         self.current_epoch, self._iterations, self._handles = 0, {"train": 0, "valid": 0}, []
+        self._finished = False  # the open column's forward pass has returned: its backward may follow
 
     def attach(self) -> "LoopRecorder":
         "Hook the layers, then the model itself (its forward hook runs last, after every layer's)."
@@ -31,10 +32,12 @@ class LoopRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._close()
         self.engine.detach()
 
     def epoch(self) -> None:
         "Mark an epoch boundary: the next forward passes belong to the next epoch (optional)."
+        self._close()
         self.engine.flush()  # the finished epoch goes to the host: one transfer per layer
         self.current_epoch += 1
         self._iterations = {"train": 0, "valid": 0}
@@ -44,20 +47,27 @@ class LoopRecorder:
         "Everything recorded so far, as a host-side Recording that every plot function takes."
         return self.engine.recording
 
+    def _close(self) -> None:
+        "Keep the last column if its forward pass finished (its backward, if any, has run by now)."
+        if self._finished:
+            self.engine.end_column()
+        self._finished = False
+
     def _begin(self, module, inputs):
+        self._close()  # the previous pass and its gradients are complete; an unfinished one is dropped
         phase = "train" if self.model.training else "valid"
         self.engine.begin_column(phase, epoch=self.current_epoch, iteration=self._iterations[phase])
 
     def _end(self, module, inputs, output):
-        phase = "train" if self.model.training else "valid"
-        self.engine.end_column()
-        self._iterations[phase] += 1
+        self._iterations["train" if self.model.training else "valid"] += 1
+        self._finished = True  # the column stays open for the gradients of this pass
 
 
 @contextmanager
-def record(model: nn.Module, layers=None, **options):
-    "Record activation histograms of `layers` of `model` while the block runs; yields a `LoopRecorder`."
-    recorder = LoopRecorder(model, HistogramRecorder(find_layers(model, layers), **options))
+def record(model: nn.Module, layers=None, grads=False, **options):
+    "Record activation (and, grads=True, gradient) histograms of `layers` of `model` in the block."
+    options["grads"] = grads
+    recorder = LoopRecorder(model, Recorders(find_layers(model, layers), **options))
     try:
         yield recorder.attach()
     finally:

@@ -22,22 +22,24 @@ def color_dim(recording: Recording, layer=0,
     overlay=None,     # 'mean' or 'mean_std': draw the per-batch mean (and +-1 std) over the image
     ax=None, figsize=None, cmap="viridis",
     fname=None,       # also save the figure as a PNG here
+    kind="activation",  # or "grad": the layer's output gradients (recorded with grads=True)
 ):
     "Draw the colorful-dimension image of one layer: x = batch, y = activation, colour = count."
-    name, shown = _columns(recording, layer, epoch, phase)
+    name, shown = _columns(recording.kind(kind), layer, epoch, phase)
     if ax is None:
         _, ax = plt.subplots(figsize=figsize or (10, 4))
     image = _panel(ax, shown, name, _norm(log, _peak(shown, [name])), cmap, overlay)
     _colorbar(ax.figure, image, ax, log)
     ax.set_xlabel(_x_label(shown, phase))
-    ax.set_ylabel("activation")
+    ax.set_ylabel("gradient" if kind == "grad" else "activation")
     _save(ax.figure, fname)
     return ax
 
 
 def color_dims(recording: Recording, layers=None, cols=3, epoch=None, phase="train", log=True, overlay=None,
-               figsize=None, cmap="viridis", fname=None):
+               figsize=None, cmap="viridis", fname=None, kind="activation"):
     "A grid of colour-dim images, one panel per layer, on one colour scale; returns (figure, axes)."
+    recording = recording.kind(kind)
     names = _names(recording, layers)
     cols = _positive(cols, "cols")
     shown = {name: _columns(recording, name, epoch, phase)[1] for name in names}
@@ -58,9 +60,9 @@ def color_dims(recording: Recording, layers=None, cols=3, epoch=None, phase="tra
 
 
 def color_dim_epochs(recording: Recording, layer=0, phase="train", log=True, cols=None, figsize=None,
-                     cmap="viridis", fname=None):
+                     cmap="viridis", fname=None, kind="activation"):
     "One colour-dim panel per epoch of one layer, on one colour scale; returns (figure, axes)."
-    name, shown = _columns(recording, layer, None, phase)
+    name, shown = _columns(recording.kind(kind), layer, None, phase)
     epochs = [(fit, epoch) for _, fit, epoch in shown.boundaries()]
     cols = min(_positive(cols or len(epochs), "cols"), len(epochs))
     rows = math.ceil(len(epochs) / cols)
@@ -81,8 +83,10 @@ def color_dim_epochs(recording: Recording, layer=0, phase="train", log=True, col
     return figure, axes
 
 
-def dead_chart(recording: Recording, layers=None, phase="train", axes=None, figsize=None, fname=None):
+def dead_chart(recording: Recording, layers=None, phase="train", axes=None, figsize=None, fname=None,
+               kind="activation"):
     "Per batch, the share of values in the bin(s) at zero and the dead-unit rate, a line per layer."
+    recording = recording.kind(kind)
     names = _names(recording, layers)
     _columns(recording, names[0], None, phase)  # the checks: a recording with `phase` columns
     shown = recording.select(layers=names, phase=phase)
@@ -103,9 +107,10 @@ def dead_chart(recording: Recording, layers=None, phase="train", axes=None, figs
     return figure, (zero_ax, dead_ax)
 
 
-def plot_layer_stats(recording: Recording, layer=0, phase="train", axes=None, figsize=None, fname=None):
+def plot_layer_stats(recording: Recording, layer=0, phase="train", axes=None, figsize=None, fname=None,
+                     kind="activation"):
     "Mean (with +-1 std), std, share near zero and dead-unit rate of one layer per batch; (figure, axes)."
-    name, shown = _columns(recording, layer, None, phase)
+    name, shown = _columns(recording.kind(kind), layer, None, phase)
     figure, axes = _axes(axes, 4, lambda: plt.subplots(2, 2, sharex=True, figsize=figsize or (11, 5),
                                                        constrained_layout=True))
     axes = np.asarray(axes).reshape(2, 2)
@@ -131,9 +136,9 @@ def plot_layer_stats(recording: Recording, layer=0, phase="train", axes=None, fi
 
 
 def compare(recordings, layer=0, labels=None, epoch=None, phase="train", log=True, figsize=None,
-            cmap="viridis", fname=None):
+            cmap="viridis", fname=None, kind="activation"):
     "The same layer from several runs, one panel each, on one colour scale; returns (figure, axes)."
-    recordings = list(recordings)
+    recordings = [recording.kind(kind) for recording in recordings]
     if not recordings:
         raise ValueError("recordings: got none; pass two or more Recordings (or one) to compare")
     labels = list(labels) if labels is not None else [f"run {index}" for index in range(len(recordings))]

@@ -118,6 +118,7 @@ class HistogramRecorder:
         near_zero: float = 0.05,  # |x| <= near_zero counts as near zero
         sample: int = None,   # histogram at most this many values of each output (a fixed random subset)
         max_columns: int = 10_000,  # past this, neighbouring columns merge pairwise: memory stays bounded
+        grads: bool = False,  # histogram the gradient of each output (in backward) instead of the output
     ):
         if not modules:
             raise ValueError("modules: nothing to record; pass at least one {name: module}")
@@ -135,6 +136,7 @@ class HistogramRecorder:
         if isinstance(max_columns, bool) or not isinstance(max_columns, (int, np.integer)) or max_columns < 2:
             raise ValueError(f"max_columns: expected an int >= 2 such as 10000, got {max_columns!r}")
         self.max_columns, self._width = int(max_columns), 1  # batches per column once merging started
+        self.grads = bool(grads)
         self.shapes, self.skipped = {}, {}
         self._handles = []
         self._rows = [None] * len(self.names)  # per layer: its _DeviceRows, made on the first output's device
@@ -173,9 +175,23 @@ class HistogramRecorder:
     def __exit__(self, *exc): self.detach()
 
     def _hook(self, slot, module, inputs, output):
-        row = self._row
-        if row is None:  # between batches or outside a fit: nothing to record
+        if self._row is None:  # between batches or outside a fit: nothing to record
             return
+        if self.grads:  # a hook on the output tensor, not register_full_backward_hook: in-place ops break that
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                output.register_hook(partial(self._gradient_hook, slot))
+            elif not isinstance(output, torch.Tensor) or not output.is_floating_point():
+                self._record(slot, output)  # says why it is skipped
+            return
+        self._record(slot, output)
+
+    def _gradient_hook(self, slot, gradient):
+        if self._row is not None:  # the batch is still open (a late backward after detach is ignored)
+            self._record(slot, gradient)
+
+    def _record(self, slot, output):
+        "Histogram (and summarise) one output, or one gradient, into the open column."
+        row = self._row
         name = self.names[slot]
         if not isinstance(output, torch.Tensor):
             self.skipped[name] = f"output is a {type(output).__name__}, not a tensor"
@@ -364,3 +380,58 @@ class HistogramRecorder:
             moments=moments if self.stats else None,
             channels={name: sizes[:, slot, CHANNELS] for slot, name in enumerate(self.names)},
             near_zero_threshold=self.near_zero, skipped=dict(self.skipped))
+
+
+class Recorders:
+    "The activation recorder and (grads=True) the output-gradient recorder of the same layers, run as one."
+    def __init__(self,
+        modules: dict,
+        grads: bool = False,     # also histogram the gradient of each output, in backward
+        grad_range="auto",       # the gradients' own range: "auto" (from the first backward) or (low, high)
+        grad_scale="linear",     # or "symlog"
+        **options,               # HistogramRecorder's: bins, range, scale, linthresh, stats, sample, ...
+    ):
+        self.activations = HistogramRecorder(modules, **options)
+        self.gradients = HistogramRecorder(modules, **dict(options, range=grad_range, scale=grad_scale,
+                                                           grads=True)) if grads else None
+        self.modules, self.names = self.activations.modules, self.activations.names
+        self._all = [engine for engine in (self.activations, self.gradients) if engine is not None]
+
+    def attach(self) -> "Recorders":
+        "Hook every layer for both kinds."
+        for engine in self._all: engine.attach()
+        return self
+
+    def detach(self) -> None:
+        "Remove every hook; keep every finished column."
+        for engine in self._all: engine.detach()
+
+    def reserve(self, columns: int) -> None:
+        for engine in self._all: engine.reserve(columns)
+
+    def begin_column(self, phase: str = "train", epoch: int = 0, fit: int = 0, iteration: int = 0) -> None:
+        for engine in self._all: engine.begin_column(phase, epoch=epoch, fit=fit, iteration=iteration)
+
+    def end_column(self) -> None:
+        for engine in self._all: engine.end_column()
+
+    def abandon_column(self) -> None:
+        for engine in self._all: engine.abandon_column()
+
+    def flush(self) -> None:
+        for engine in self._all: engine.flush()
+
+    @property
+    def column_open(self) -> bool:
+        return self.activations._row is not None
+
+    @property
+    def recording(self) -> Recording:
+        "The activations' Recording, with the gradients' as its `.grads` (same columns)."
+        recording = self.activations.recording
+        recording.grads = self.gradients.recording if self.gradients is not None else None
+        return recording
+
+    @property
+    def nbytes(self) -> int:
+        return sum(engine.nbytes for engine in self._all)

@@ -39,6 +39,9 @@ def readable_bound(value: float) -> float:
             return float(mantissa * 10 ** exponent)
 
 
+KINDS = ("activation", "grad")
+
+
 class LayerDict(dict):
     "A dict keyed by layer name that also takes the layer's position: `hist[0]` or `hist['0.0']`."
     def __getitem__(self, key):
@@ -67,6 +70,7 @@ class Recording:
     skipped: dict = field(default_factory=dict)  # name -> why nothing was recorded
     batches: np.ndarray = None  # (columns,) batches merged into each column (1 until `max_columns` merges)
     linthresh: dict = None  # name -> t when the bins are uniform in sign(x) log1p(|x| / t), else None
+    grads: "Recording" = None  # the same layers' output gradients, same columns (grads=True), else None
 
     def __post_init__(self):
         columns = len(self.phase)
@@ -91,16 +95,25 @@ class Recording:
         "Bytes of the arrays held."
         tables = (self.counts, self.numel, self.moments, self.channels)
         return sum(array.nbytes for table in tables for array in table.values()) + \
-            sum(array.nbytes for array in (self.fit, self.epoch, self.phase, self.iteration, self.batches))
+            sum(array.nbytes for array in (self.fit, self.epoch, self.phase, self.iteration, self.batches)) + \
+            (self.grads.nbytes if self.grads is not None else 0)
 
     def __len__(self) -> int:
         "The number of columns (batches) recorded."
         return len(self.phase)
 
     @property
-    def hist(self) -> LayerDict:
-        "In-range counts per layer: (columns, bins), like `numpy.histogram` over `range`."
-        return LayerDict((name, counts[:, 1:-1]) for name, counts in self.counts.items())
+    def hist(self) -> "Histograms":
+        "In-range counts per layer: (columns, bins); `hist[layer]`, or `hist(layer, kind='grad')`."
+        return Histograms(self)
+
+    def kind(self, kind: str = "activation") -> "Recording":
+        "This recording ('activation') or the one of the output gradients ('grad')."
+        if kind not in KINDS:
+            raise ValueError(f"kind: {kind!r} is not a kind; use one of {KINDS}")
+        if kind == "grad" and self.grads is None:
+            raise ValueError("kind: no gradients were recorded; record with grads=True")
+        return self if kind == "activation" else self.grads
 
     @property
     def underflow(self) -> LayerDict:
@@ -214,6 +227,7 @@ class Recording:
             channels={name: self.channels[name][keep] for name in names},
             near_zero_threshold=self.near_zero_threshold, batches=self.batches[keep],
             linthresh={name: self.linthresh[name] for name in names},
+            grads=None if self.grads is None else self.grads.select(layers, fit, epoch, phase),
             skipped={name: why for name, why in self.skipped.items() if name in names})
 
     def select_layer(self, layer) -> "Recording":
@@ -262,7 +276,8 @@ class Recording:
         tables = all(same(getattr(self, key)[name], getattr(other, key)[name])
                      for key in ("counts", "numel", "moments", "channels", "edges") for name in self.layer_names)
         return columns and tables and self.shapes == other.shapes and self.linthresh == other.linthresh \
-            and self.near_zero_threshold == other.near_zero_threshold and self.skipped == other.skipped
+            and self.near_zero_threshold == other.near_zero_threshold and self.skipped == other.skipped \
+            and self.grads == other.grads
 
     @classmethod
     def concat(cls, parts: list["Recording"]) -> "Recording":
@@ -276,6 +291,7 @@ class Recording:
             shapes=dict(parts[-1].shapes), fit=join("fit"), epoch=join("epoch"), phase=join("phase"),
             iteration=join("iteration"), moments=per_layer("moments"), channels=per_layer("channels"),
             near_zero_threshold=first.near_zero_threshold, batches=join("batches"), linthresh=dict(first.linthresh),
+            grads=cls.concat([part.grads for part in parts]) if all(part.grads is not None for part in parts) else None,
             skipped={k: v for part in parts for k, v in part.skipped.items()})
 
     def coarsen(self, width: int) -> "Recording":
@@ -296,4 +312,16 @@ class Recording:
             iteration=self.iteration[starts], batches=add(self.batches),
             moments={name: merge_moments(moments) for name, moments in self.moments.items()},
             channels={name: add(channels) for name, channels in self.channels.items()},
-            near_zero_threshold=self.near_zero_threshold, linthresh=dict(self.linthresh), skipped=dict(self.skipped))
+            near_zero_threshold=self.near_zero_threshold, linthresh=dict(self.linthresh), skipped=dict(self.skipped),
+            grads=None if self.grads is None else self.grads.coarsen(width))
+
+
+class Histograms(LayerDict):
+    "A recording's in-range counts per layer: `hist[layer]`, or `hist(layer, kind='grad')` for gradients."
+    def __init__(self, recording: Recording):
+        super().__init__((name, counts[:, 1:-1]) for name, counts in recording.counts.items())
+        self._recording = recording
+
+    def __call__(self, layer=0, kind: str = "activation"):
+        source = self._recording.kind(kind)
+        return source.counts[source.layer_name(layer)][:, 1:-1]

@@ -22,17 +22,11 @@ def save(recording: Recording, path) -> Path:
     from . import __version__
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"fit": recording.fit, "epoch": recording.epoch, "phase": recording.phase.astype("<U5"),
-              "iteration": recording.iteration, "batches": recording.batches}
-    for index, name in enumerate(recording.layer_names):
-        for table in ("counts", "numel", "moments", "channels", "edges"):
-            arrays[f"{table}_{index}"] = getattr(recording, table)[name]
-    header = {"format": FORMAT, "version": FORMAT_VERSION, "library": __version__,
-              "near_zero_threshold": recording.near_zero_threshold,
-              "layers": [{"name": name, "shape": list(recording.shapes[name]),
-                          "range": list(recording.range(name)),
-                          "linthresh": recording.linthresh[name], "skipped": recording.skipped.get(name)}
-                         for name in recording.layer_names]}
+    arrays, header = _arrays(recording, "")
+    if recording.grads is not None:
+        grad_arrays, header["grads"] = _arrays(recording.grads, "grads.")
+        arrays.update(grad_arrays)
+    header.update(format=FORMAT, version=FORMAT_VERSION, library=__version__)
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -47,6 +41,20 @@ def save(recording: Recording, path) -> Path:
     return path
 
 
+def _arrays(recording: Recording, prefix: str) -> tuple[dict, dict]:
+    "The arrays of one recording (names start with `prefix`) and its part of the header."
+    arrays = {f"{prefix}{key}": getattr(recording, key) for key in ("fit", "epoch", "iteration", "batches")}
+    arrays[f"{prefix}phase"] = recording.phase.astype("<U5")
+    for index, name in enumerate(recording.layer_names):
+        for table in ("counts", "numel", "moments", "channels", "edges"):
+            arrays[f"{prefix}{table}_{index}"] = getattr(recording, table)[name]
+    header = {"near_zero_threshold": recording.near_zero_threshold,
+              "layers": [{"name": name, "shape": list(recording.shapes[name]),
+                          "range": list(recording.range(name)), "linthresh": recording.linthresh[name],
+                          "skipped": recording.skipped.get(name)} for name in recording.layer_names]}
+    return arrays, header
+
+
 def load(path) -> Recording:
     "Read a Recording saved by `save` (never unpickles: opening a file cannot run code)."
     try:
@@ -57,17 +65,25 @@ def load(path) -> Recording:
             if header.get("version", 0) > FORMAT_VERSION:
                 raise ValueError(f"it was written by a newer colordim ({header.get('library')}, format "
                                  f"{header['version']}); this one reads format {FORMAT_VERSION}: upgrade colordim")
-            layers = [layer["name"] for layer in header["layers"]]
-            table = lambda kind: {name: data[f"{kind}_{index}"] for index, name in enumerate(layers)}
-            return Recording(
-                counts=table("counts"), numel=table("numel"), edges=table("edges"),
-                shapes={layer["name"]: tuple(layer["shape"]) for layer in header["layers"]},
-                fit=data["fit"], epoch=data["epoch"], phase=data["phase"], iteration=data["iteration"],
-                moments=table("moments"), channels=table("channels"),
-                near_zero_threshold=header["near_zero_threshold"], batches=data["batches"],
-                linthresh={layer["name"]: layer["linthresh"] for layer in header["layers"]},
-                skipped={layer["name"]: layer["skipped"] for layer in header["layers"] if layer["skipped"]})
+            recording = _read(data, header, "")
+            if "grads" in header:
+                recording.grads = _read(data, header["grads"], "grads.")
+            return recording
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: not a readable colordim recording: {error}") from None
+
+
+def _read(data, header: dict, prefix: str) -> Recording:
+    layers = header["layers"]
+    table = lambda kind: {layer["name"]: data[f"{prefix}{kind}_{index}"] for index, layer in enumerate(layers)}
+    column = lambda key: data[f"{prefix}{key}"]
+    return Recording(
+        counts=table("counts"), numel=table("numel"), edges=table("edges"),
+        shapes={layer["name"]: tuple(layer["shape"]) for layer in layers},
+        fit=column("fit"), epoch=column("epoch"), phase=column("phase"), iteration=column("iteration"),
+        moments=table("moments"), channels=table("channels"), batches=column("batches"),
+        near_zero_threshold=header["near_zero_threshold"],
+        linthresh={layer["name"]: layer["linthresh"] for layer in layers},
+        skipped={layer["name"]: layer["skipped"] for layer in layers if layer["skipped"]})

@@ -91,3 +91,19 @@ def test_fake_cuda_forward_passes_never_wait_for_the_gpu(deterministic):
     histogram_op = "aten.index_put_.default" if deterministic else "aten.histc.default"
     assert {histogram_op, "aten.aminmax.default", "aten.amax.default"} <= set(watch.ops)
     assert syncs(watch.ops) == [] and watch.to_host == []
+
+
+def test_gradient_batches_run_no_sync_op_either():
+    from colordim.recorder import Recorders
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    engine = Recorders(find_layers(model, [0, 2]), grads=True, grad_range=(-1, 1)).attach()
+    engine.reserve(3)
+    with WatchOps() as watch:
+        for iteration in range(3):
+            engine.begin_column("train", iteration=iteration)
+            model(torch.randn(4096, 6)).square().mean().backward()
+            engine.end_column()
+    assert watch.ops.count("aten.bincount.default") >= 3     # the gradient of layer 0, (4096, 16), each batch
+    assert syncs(watch.ops) == [] and watch.to_host == []
+    engine.detach()
+    assert engine.recording.grads.numel["0"].tolist() == [4096 * 16] * 3
