@@ -6,8 +6,8 @@ from .recording import Recording
 
 __version__ = "0.1.0"
 _FIGURES = ("color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats", "compare")
-__all__ = ["ActivationHistogram", "HistogramRecorder", "Recording", "find_layers", "record", *_FIGURES,
-           "__version__"]
+__all__ = ["ActivationHistogram", "HistogramRecorder", "Recording", "find_layers", "record", "to_tensorboard",
+           *_FIGURES, "__version__"]
 
 
 def __getattr__(name):
@@ -15,6 +15,9 @@ def __getattr__(name):
     if name == "ActivationHistogram":
         from .callback import ActivationHistogram
         return ActivationHistogram
+    if name == "to_tensorboard":
+        from .tensorboard import to_tensorboard
+        return to_tensorboard
     if name in _FIGURES:
         from . import plot
         return getattr(plot, name)

@@ -1,4 +1,4 @@
-"""The `colordim` command: the demo, and PNGs of a saved run or of several runs side by side."""
+"""The `colordim` command: the demo; PNGs, comparisons and TensorBoard logs of saved runs."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--phase", choices=["train", "valid"], default="train",
                          help="training or validation batches (default: train)")
     compare.add_argument("-o", "--out", default="compare.png", metavar="FILE", help="the PNG (default: compare.png)")
+    board = commands.add_parser(
+        "tensorboard", help="write a saved run as TensorBoard histograms",
+        description="Write every layer's per-batch histograms of a saved run (activations, and gradients if "
+                    "recorded) to LOG_DIR as TensorBoard histogram summaries; then `tensorboard --logdir LOG_DIR`.")
+    board.add_argument("run", metavar="RUN.npz", help="the saved run")
+    board.add_argument("log_dir", metavar="LOG_DIR", help="TensorBoard's log folder")
     return parser
 
 
@@ -59,7 +65,12 @@ def main(argv=None) -> int:
             _plot_run(args)
         elif args.command == "compare":
             _compare_runs(args)
-    except (ValueError, FileNotFoundError, TypeError, IndexError) as error:
+        elif args.command == "tensorboard":
+            from .recording import Recording
+            from .tensorboard import to_tensorboard
+            tags = to_tensorboard(Recording.load(args.run), args.log_dir)
+            print(f"wrote {len(tags)} histogram series to {args.log_dir}")
+    except (ValueError, FileNotFoundError, TypeError, IndexError, ImportError) as error:
         print(f"colordim {args.command}: {error}", file=sys.stderr)
         return 2 if args.command == "demo" else 1
     return 0
