@@ -140,6 +140,10 @@ class HistogramRecorder:
         self.shapes, self.skipped = {}, {}
         self._handles = []
         self._rows = [None] * len(self.names)  # per layer: its _DeviceRows, made on the first output's device
+        # A module that returns a tuple, list or dict is recorded as one layer per tensor in it
+        # ("rnn[0]", "head['logits']"): those slots are added when first seen, after the modules' own.
+        self._parent = [slot for slot, _ in enumerate(self.names)]  # each slot's module slot
+        self._containers, self._part_slots = set(), {}  # module slots that returned containers; (slot, path) -> slot
         self._capacity = 0                     # rows every layer will have
         self._sizes = np.zeros((0, len(self.names), 3), dtype=np.int64)  # host: NUMEL, CHANNELS, SAMPLED per row
         self._index = []                       # host: (fit, epoch, phase, iteration) per committed row
@@ -177,13 +181,33 @@ class HistogramRecorder:
     def _hook(self, slot, module, inputs, output):
         if self._row is None:  # between batches or outside a fit: nothing to record
             return
-        if self.grads:  # a hook on the output tensor, not register_full_backward_hook: in-place ops break that
-            if isinstance(output, torch.Tensor) and output.requires_grad:
-                output.register_hook(partial(self._gradient_hook, slot))
-            elif not isinstance(output, torch.Tensor) or not output.is_floating_point():
-                self._record(slot, output)  # says why it is skipped
-            return
-        self._record(slot, output)
+        for part, value in self._parts(slot, output):
+            if self.grads and isinstance(value, torch.Tensor) and value.requires_grad:
+                # a hook on the output tensor, not register_full_backward_hook: in-place ops break that
+                value.register_hook(partial(self._gradient_hook, part))
+            elif not self.grads or not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                self._record(part, value)  # an output, or (for grads) the reason it is skipped
+
+    def _parts(self, slot, output, path=""):
+        "[(slot, value)]: the output itself, or one slot per leaf of a tuple, list or dict of them."
+        if not isinstance(output, (tuple, list, dict)):
+            return [(slot if not path else self._part_slot(slot, path), output)]
+        self._containers.add(slot)
+        items = output.items() if isinstance(output, dict) else enumerate(output)
+        return [part for key, value in items if value is not None
+                for part in self._parts(slot, value, f"{path}[{key!r}]")]
+
+    def _part_slot(self, slot, path) -> int:
+        "The slot of one tensor in a module's container output, added when first seen."
+        if (slot, path) not in self._part_slots:
+            self._part_slots[(slot, path)] = len(self.names)
+            self.names.append(self.names[slot] + path)
+            self._parent.append(slot)
+            self._rows.append(None)
+            self._limits.append(self._limits[slot] if self.range != "auto" else None)
+            self._bin_limits.append(self._bin_limits[slot] if self.range != "auto" else None)
+            self._sizes = np.concatenate([self._sizes, np.zeros((self._capacity, 1, 3), np.int64)], axis=1)
+        return self._part_slots[(slot, path)]
 
     def _gradient_hook(self, slot, gradient):
         if self._row is not None:  # the batch is still open (a late backward after detach is ignored)
@@ -329,7 +353,8 @@ class HistogramRecorder:
 
     def _compact(self) -> None:
         "One host Recording of at most `max_columns` columns: merge pairs of neighbours while it is longer."
-        total = Recording.concat(self._host).coarsen(self._width) if len(self._host) > 1 else self._host[0]
+        parts = [self._padded(part) for part in self._host]
+        total = Recording.concat(parts).coarsen(self._width) if len(parts) > 1 else parts[0]
         while len(total) > self.max_columns:
             merged = total.coarsen(2 * self._width)
             if len(merged) == len(total):  # one column per epoch and phase already: nothing left to merge
@@ -361,25 +386,52 @@ class HistogramRecorder:
         device = sum(rows.nbytes for rows in self._rows if rows is not None)
         return device + sum(part.nbytes for part in self._host)
 
+    def _shown(self) -> list[int]:
+        "The slots a Recording shows, in the model's order: a container's parts stand in for the container."
+        return sorted((slot for slot, _ in enumerate(self.names) if slot not in self._containers),
+                      key=lambda slot: (self._parent[slot], slot))
+
     def _to_recording(self, counts: dict, moments: dict, sizes: np.ndarray, index: list) -> Recording:
         "A host Recording of some columns: per layer `counts`, `moments`; `sizes` (columns, layers, 3)."
         fit, epoch, phase, iteration = zip(*index) if index else ((), (), (), ())
-        for slot, name in enumerate(self.names):
+        shown = [(slot, self.names[slot]) for slot in self._shown()]
+        for slot, name in shown:
             numel, sampled = sizes[:, slot, NUMEL], sizes[:, slot, SAMPLED]
             if (sampled < numel).any():  # a sample stands for its whole output: scale its counts up
                 scale = np.where(sampled > 0, numel / np.maximum(sampled, 1), 0.0)
                 counts[name] = counts[name] * scale[:, None]
                 moments[name][:, :3] *= scale[:, None]  # sums and the near-zero count were taken on the sample
         return Recording(
-            counts=counts, numel={name: sizes[:, slot, NUMEL] for slot, name in enumerate(self.names)},
-            edges={name: self.edges(slot) for slot, name in enumerate(self.names)},
-            shapes={name: self.shapes.get(name, ()) for name in self.names},
-            linthresh={name: self.linthresh for name in self.names},
+            counts={name: counts[name] for _, name in shown},
+            numel={name: sizes[:, slot, NUMEL] for slot, name in shown},
+            edges={name: self.edges(slot) for slot, name in shown},
+            shapes={name: self.shapes.get(name, ()) for _, name in shown},
+            linthresh={name: self.linthresh for _, name in shown},
             fit=np.array(fit, dtype=np.int64), epoch=np.array(epoch, dtype=np.int64),
             phase=np.array(phase, dtype="<U5"), iteration=np.array(iteration, dtype=np.int64),
-            moments=moments if self.stats else None,
-            channels={name: sizes[:, slot, CHANNELS] for slot, name in enumerate(self.names)},
+            moments={name: moments[name] for _, name in shown} if self.stats else None,
+            channels={name: sizes[:, slot, CHANNELS] for slot, name in shown},
             near_zero_threshold=self.near_zero, skipped=dict(self.skipped))
+
+    def _padded(self, part: Recording) -> Recording:
+        "`part` with every shown layer: the parts of a container first seen later are empty in it."
+        missing = [slot for slot in self._shown() if self.names[slot] not in part.counts]
+        if not missing and part.layer_names == [self.names[slot] for slot in self._shown()]:
+            return part
+        columns = len(part)
+        counts = {self.names[slot]: np.zeros((columns, self.bins + 2), dtype=np.int64) for slot in missing}
+        moments = {self.names[slot]: np.full((columns, len(MOMENTS)), np.nan) for slot in missing}
+        counts.update(part.counts), moments.update(part.moments)
+        sizes = np.zeros((columns, len(self.names), 3), dtype=np.int64)
+        for slot in self._shown():
+            if self.names[slot] in part.counts:
+                sizes[:, slot, NUMEL] = part.numel[self.names[slot]]
+                sizes[:, slot, CHANNELS] = part.channels[self.names[slot]]
+        sizes[:, :, SAMPLED] = sizes[:, :, NUMEL]  # already scaled: no second scaling
+        index = list(zip(part.fit.tolist(), part.epoch.tolist(), part.phase.tolist(), part.iteration.tolist()))
+        padded = self._to_recording(counts, moments, sizes, index)
+        padded.batches = part.batches
+        return padded
 
 
 class Recorders:

@@ -133,15 +133,15 @@ def test_plot_layer_stats_panels_and_values(recording, tmp_path):
 
 
 def test_a_skipped_layer_says_why_its_panel_is_empty():
-    class Pair(nn.Module):
-        def forward(self, x): return x, x
-    pair, linear = Pair(), nn.Linear(2, 2)
-    with HistogramRecorder({"pair": pair, "fc": linear}) as engine:
+    class Words(nn.Module):
+        def forward(self, x): return "not numbers"
+    words, linear = Words(), nn.Linear(2, 2)
+    with HistogramRecorder({"words": words, "fc": linear}) as engine:
         engine.begin_column()
-        pair(linear(torch.randn(3, 2)))
+        words(linear(torch.randn(3, 2)))
         engine.end_column()
     figure, axes = color_dims(engine.recording)
-    assert [text.get_text() for text in axes[0, 0].texts] == ["nothing recorded:\noutput is a tuple, not a tensor"]
+    assert [text.get_text() for text in axes[0, 0].texts] == ["nothing recorded:\noutput is a str, not a tensor"]
     assert len(axes[0, 1].texts) == 0
     plt.close(figure)
 

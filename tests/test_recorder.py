@@ -199,21 +199,46 @@ def test_a_module_called_twice_in_a_batch_adds_up():
 
 
 def test_non_float_and_non_tensor_outputs_are_skipped_with_a_reason():
-    class Pair(nn.Module):
+    class Words(nn.Module):
         def forward(self, x):
-            return x, x
+            return "not numbers"
     class Argmax(nn.Module):
         def forward(self, x):
             return x.argmax(1)
-    pair, argmax = Pair(), Argmax()
-    engine = HistogramRecorder({"pair": pair, "argmax": argmax}).attach()
+    words, argmax = Words(), Argmax()
+    engine = HistogramRecorder({"words": words, "argmax": argmax}).attach()
     engine.begin_column()
-    pair(torch.randn(2, 2)), argmax(torch.randn(2, 2))
+    words(torch.randn(2, 2)), argmax(torch.randn(2, 2))
     engine.end_column()
     engine.detach()
-    assert engine.recording.skipped == {"pair": "output is a tuple, not a tensor",
+    assert engine.recording.skipped == {"words": "output is a str, not a tensor",
                                         "argmax": "output dtype torch.int64 is not floating point"}
-    assert engine.recording.numel["pair"].tolist() == [0]
+    assert engine.recording.numel["words"].tolist() == [0]
+
+
+def test_tuple_list_and_dict_outputs_are_recorded_one_layer_per_tensor():
+    class Heads(nn.Module):
+        def forward(self, x):
+            return {"logits": x * 2, "mask": x > 0, "aux": None}
+    model = nn.Sequential(nn.Linear(3, 4))
+    rnn, heads, after = nn.LSTM(4, 5, batch_first=True), Heads(), nn.Linear(5, 2)
+    engine = HistogramRecorder({"0": model[0], "rnn": rnn, "heads": heads, "after": after}, bins=10,
+                               range=(-1, 1)).attach()
+    for iteration in range(2):
+        engine.begin_column(iteration=iteration)
+        out, (h, c) = rnn(model[0](torch.randn(2, 7, 3)))
+        heads(after(out))
+        engine.end_column()
+    engine.detach()
+    recording = engine.recording
+    assert recording.layer_names == ["0", "rnn[0]", "rnn[1][0]", "rnn[1][1]", "heads['logits']",
+                                     "heads['mask']", "after"]
+    assert recording.numel["rnn[0]"].tolist() == [2 * 7 * 5] * 2
+    assert recording.numel["rnn[1][0]"].tolist() == [1 * 2 * 5] * 2        # h: (layers, batch, hidden)
+    assert recording.shapes["heads['logits']"] == (2, 7, 2)
+    assert recording.skipped == {"heads['mask']": "output dtype torch.bool is not floating point"}
+    expected, _ = np.histogram(h.detach().numpy(), bins=10, range=(-1, 1))
+    assert recording.hist["rnn[1][0]"][1].tolist() == expected.tolist()
 
 
 @pytest.mark.parametrize("bins", [0, -3, 2.5, "100", True])
@@ -238,3 +263,35 @@ def test_recording_before_any_column_is_empty_but_well_formed():
     recording = HistogramRecorder({"fc": nn.Linear(2, 2)}, bins=3).recording
     assert len(recording) == 0 and recording.hist["fc"].shape == (0, 3) and recording.nan["fc"].shape == (0,)
     assert recording.boundaries() == [] and "0 train, 0 valid" in repr(recording)
+
+
+def test_a_container_first_seen_after_an_epoch_is_padded_into_the_earlier_columns():
+    class Pair(nn.Module):
+        def forward(self, x): return x, -x
+    pair, linear = Pair(), nn.Linear(2, 2)
+    engine = HistogramRecorder({"fc": linear, "pair": pair}, bins=4, range=(-2, 2)).attach()
+    for epoch in range(2):
+        for iteration in range(2):
+            engine.begin_column(epoch=epoch, iteration=iteration)
+            output = linear(torch.randn(3, 2))
+            if epoch == 1:
+                pair(output)                   # only from the second epoch on
+            engine.end_column()
+        engine.flush()
+    engine.detach()
+    recording = engine.recording
+    assert recording.layer_names == ["fc", "pair[0]", "pair[1]"]
+    assert recording.numel["pair[1]"].tolist() == [0, 0, 6, 6]
+    assert recording.numel["fc"].tolist() == [6, 6, 6, 6]
+
+
+def test_gradients_of_tuple_outputs_are_recorded_per_tensor():
+    import colordim
+    model = nn.LSTM(3, 4, batch_first=True)
+    with colordim.record(model, layers=model, grads=True) as rec:
+        out, (h, c) = model(torch.randn(2, 5, 3))
+        (out.sum() + h.sum()).backward()
+    grads = rec.recording.grads
+    assert grads.layer_names == ["model[0]", "model[1][0]", "model[1][1]"]
+    assert grads.numel["model[0]"].tolist() == [2 * 5 * 4] and grads.numel["model[1][0]"].tolist() == [8]
+    assert grads.numel["model[1][1]"].tolist() == [0]                     # c took no part in the loss
