@@ -1,0 +1,86 @@
+"""Real architectures and training calls: vision_learner, an LSTM, bf16 autocast, two callbacks."""
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from fastai.callback.core import Callback
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
+from fastai.learner import Learner
+
+import colordim
+from colordim import ActivationHistogram
+from conftest import make_learner
+
+
+def loaders(x, y, split, bs=16):
+    return DataLoaders(DataLoader(TensorDataset(x[:split], y[:split]), bs=bs, shuffle=True),
+                       DataLoader(TensorDataset(x[split:], y[split:]), bs=bs))
+
+
+def test_vision_learner_resnet18_by_name_pattern_and_type_through_fine_tune():
+    import fastai.callback.schedule  # noqa: F401  (fine_tune)
+    from fastai.vision.learner import vision_learner
+    from torchvision.models import resnet18
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, 32, 32, generator=generator), torch.randint(0, 3, (64,), generator=generator)
+    callback = ActivationHistogram(layers=["0.4.*.conv1", nn.ReLU, "1.8"], bins=30)
+    learn = vision_learner(loaders(x, y, 48), resnet18, pretrained=False, n_out=3,
+                           loss_func=nn.functional.cross_entropy, cbs=callback)
+    learn.fine_tune(1, freeze_epochs=1)                       # two fits: frozen, then unfrozen
+    recording = callback.recording
+    assert recording.layer_names[:3] == ["0.2", "0.4.0.conv1", "0.4.0.relu"]
+    assert recording.layer_names[-1] == "1.8" and recording.shapes["1.8"] == (16, 3)
+    assert recording.fit.tolist() == [0] * 4 + [1] * 4 and recording.phase.tolist() == (["train"] * 3 + ["valid"]) * 2
+    # the shared ReLU of a BasicBlock runs twice per forward: both calls count
+    assert recording.numel["0.4.0.relu"][0] == 2 * 16 * 64 * 8 * 8
+    assert all(not module._forward_hooks for module in learn.model.modules())
+
+
+def test_an_lstm_model_records_each_tensor_of_its_tuple_output():
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.rnn, self.head = nn.Embedding(20, 6), nn.LSTM(6, 8, batch_first=True), nn.Linear(8, 3)
+        def forward(self, tokens):
+            output, _ = self.rnn(self.embed(tokens))
+            return self.head(output[:, -1])
+    tokens, labels = torch.randint(0, 20, (64, 7)), torch.randint(0, 3, (64,))
+    learn = Learner(loaders(tokens, labels, 48), Tagger(), loss_func=nn.functional.cross_entropy,
+                    cbs=ActivationHistogram(grads=True))
+    learn.fit(1)
+    recording = learn.activation_histogram.recording
+    assert recording.layer_names == ["embed", "rnn[0]", "rnn[1][0]", "rnn[1][1]", "head"]
+    assert recording.numel["rnn[0]"].tolist() == [16 * 7 * 8] * 4
+    assert recording.grads.numel["rnn[0]"].tolist() == [16 * 7 * 8] * 3 + [0]   # valid: no backward
+    assert learn.color_dim("rnn[1][0]").get_title() == "rnn[1][0]  (1, 16, 8)"
+
+
+def test_bf16_autocast_outputs_are_counted_exactly():
+    class Autocast(Callback):
+        def before_batch(self):
+            self.context = torch.autocast("cpu", dtype=torch.bfloat16)
+            self.context.__enter__()
+        def after_loss(self):
+            self.context.__exit__(None, None, None)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3))
+    captured = []
+    model[1].register_forward_hook(lambda m, i, o: captured.append(o.detach().clone()))
+    learn = make_learner(cbs=[ActivationHistogram(layers=[1], bins=16, range=(-2, 2), valid=False), Autocast()],
+                         model=model)
+    learn.fit(1)
+    recording = learn.activation_histogram.recording
+    assert captured[0].dtype == torch.bfloat16
+    for column, output in enumerate(captured[:len(recording)]):      # the training batches come first
+        expected, _ = np.histogram(output.float().numpy(), bins=16, range=(-2, 2))
+        assert recording.hist["1"][column].tolist() == expected.tolist()
+
+
+def test_two_callbacks_with_different_layers_on_one_learner():
+    first, second = ActivationHistogram(), ActivationHistogram(layers=nn.ReLU, bins=20)
+    learn = make_learner(cbs=[first, second])
+    learn.fit(1)
+    assert first.recording.layer_names == ["0.0", "1.0", "1.1", "3"]
+    assert second.recording.layer_names == ["0.1", "1.2"] and second.recording.hist[0].shape == (9, 20)
+    assert learn.color_dim("1.2").get_title().startswith("1.2")          # found in the second callback
+    assert learn.color_dim("1.0").get_title().startswith("1.0")
