@@ -45,11 +45,12 @@ class ActivationHistogram(Callback):
         check_near_zero(near_zero), check_sample(sample)
         store_attr()
         self.engine, self._fit, self._trained, self._active, self._hooked_for = None, -1, False, False, None
+        self._checked = False  # the first forward pass of this fit has been checked
 
     # --- fastai events -----------------------------------------------------------------------------
     def before_fit(self):
         "Hook the chosen layers (found now, so a bad spec fails before the first batch)."
-        self._trained = False
+        self._trained, self._checked = False, False
         self._active = not hasattr(self.learn, "lr_finder")  # lr_find's sweep is not training
         if not self._active:
             return
@@ -82,6 +83,15 @@ class ActivationHistogram(Callback):
             return
         self.engine.begin_column("train" if self.training else "valid",
                                  epoch=self.epoch, fit=self._fit, iteration=self.iter)
+
+    def after_pred(self):
+        "After the first forward pass of a fit, before any step: a layer that gives no tensor is an error."
+        if self._active and not self._checked:
+            self._checked = True
+            for name, reason in self.engine.activations.skipped.items():
+                if reason.startswith("output is a"):
+                    raise TypeError(f"layers: {name!r} cannot be recorded: its {reason} (nor a tuple, list or "
+                                    "dict of tensors); choose other layers, e.g. the modules inside it")
 
     def after_batch(self):
         if self._active: self.engine.end_column()

@@ -84,3 +84,50 @@ def test_two_callbacks_with_different_layers_on_one_learner():
     assert second.recording.layer_names == ["0.1", "1.2"] and second.recording.hist[0].shape == (9, 20)
     assert learn.color_dim("1.2").get_title().startswith("1.2")          # found in the second callback
     assert learn.color_dim("1.0").get_title().startswith("1.0")
+
+
+def test_a_layer_that_gives_no_tensor_stops_the_fit_before_any_step():
+    class Describe(nn.Module):
+        def forward(self, x): return {"text": "not a tensor"}
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.describe = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), Describe()
+        def forward(self, x):
+            self.describe(x)
+            return self.body(x)
+    model = Net()
+    weights = model.body[1].weight.detach().clone()
+    learn = make_learner(cbs=ActivationHistogram(layers=["describe", "body.1"]), model=model)
+    import pytest
+    with pytest.raises(TypeError, match=r"layers: \"describe\['text'\]\" cannot be recorded: its output is a str"):
+        learn.fit(1)
+    assert torch.equal(model.body[1].weight, weights)                 # no optimizer step was taken
+    assert all(not module._forward_hooks for module in model.modules())
+
+
+def test_nan_and_inf_activations_never_crash_a_fit_and_are_counted():
+    class Blowup(nn.Module):
+        def forward(self, x):
+            out = x.clone()
+            out[0, 0] = float("nan")
+            out[1, 0] = float("inf")
+            return out
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3), Blowup())
+    learn = make_learner(cbs=ActivationHistogram(layers=[2], valid=False), model=model)
+    learn.fit(1)
+    recording = learn.activation_histogram.recording
+    # batch 0: the NaN and the inf put there; later the NaN loss has spread into the weights, all counted
+    assert recording.nan["2"][0] == 1 and recording.overflow["2"][0] == 1 and recording.nan["2"].min() >= 1
+    assert (recording.numel["2"] == 8 * 3).all()
+    ax = learn.color_dim("2")
+    assert [line.get_xdata().tolist() for line in ax.lines if line.get_label() == "NaN"] == [[0, 1, 2, 3, 4, 5]]
+
+
+def test_torch_compile_sees_hooks_attached_before_its_first_call():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    compiled = torch.compile(model, backend="eager")
+    with colordim.record(model, layers=[0, 1]) as rec:
+        for _ in range(2):
+            compiled(torch.randn(5, 3))
+    assert rec.recording.numel["0"].tolist() == [20, 20]
