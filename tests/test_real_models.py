@@ -131,3 +131,28 @@ def test_torch_compile_sees_hooks_attached_before_its_first_call():
         for _ in range(2):
             compiled(torch.randn(5, 3))
     assert rec.recording.numel["0"].tolist() == [20, 20]
+
+
+def test_tabular_learner_records_and_exports(tmp_path):
+    import pandas as pd
+    from fastai.learner import load_learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.tabular.all import Categorify, CategoryBlock, FillMissing, Normalize, TabularDataLoaders
+    from fastai.tabular.learner import tabular_learner
+    generator = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": generator.normal(size=200), "b": generator.normal(size=200),
+                          "c": generator.choice(["x", "y", "z"], 200)})
+    frame["y"] = (frame.a + frame.b > 0).astype(int)
+    dls = TabularDataLoaders.from_df(frame, procs=[Categorify, FillMissing, Normalize], cat_names=["c"],
+                                     cont_names=["a", "b"], y_names="y", y_block=CategoryBlock(), bs=32,
+                                     valid_idx=list(range(150, 200)), path=tmp_path)
+    learn = tabular_learner(dls, layers=[16, 8], n_out=2, loss_func=CrossEntropyLossFlat(),
+                            cbs=ActivationHistogram(bins=12))
+    learn.fit(1)
+    recording = learn.activation_histogram.recording
+    assert recording.layer_names == ["embeds.0", "bn_cont", "layers.0.0", "layers.0.2", "layers.1.0",
+                                     "layers.1.2", "layers.2.0"]
+    assert recording.numel["layers.0.0"].tolist() == [32 * 16] * 4 + [32 * 16, 18 * 16]
+    learn.export(tmp_path / "tabular.pkl")
+    loaded = load_learner(tmp_path / "tabular.pkl")
+    assert loaded.activation_histogram.engine is None and loaded.activation_histogram.bins == 12
