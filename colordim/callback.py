@@ -39,6 +39,8 @@ class ActivationHistogram(Callback):
         grads: bool = False,  # also histogram each layer's output gradient: `recording.grads`, kind="grad"
         grad_range="auto",  # the gradients' range: from the first backward, or (low, high)
         grad_scale: str = "linear",  # or "symlog"
+        record_inference: bool = False,  # also record get_preds/validate outside a fit, as 'valid' columns
+        export_recording: bool = False,  # let learn.export() carry the recording (host arrays, no hooks)
     ):
         check_bins(bins), check_range(range), check_scale(scale, linthresh)  # fail now, not at the first batch
         check_range(grad_range), check_scale(grad_scale, linthresh)
@@ -79,10 +81,10 @@ class ActivationHistogram(Callback):
         if self.training:
             if not self._trained:  # the first training batch of this fit starts a new fit index
                 self._trained, self._fit = True, self._fit + 1
-        elif not (self.valid and self._trained):  # get_preds/validate outside a fit: not recorded
+        elif not (self.valid and self._trained or self.record_inference):  # get_preds/validate outside a fit
             return
-        self.engine.begin_column("train" if self.training else "valid",
-                                 epoch=self.epoch, fit=self._fit, iteration=self.iter)
+        self.engine.begin_column("train" if self.training else "valid", epoch=getattr(self, "epoch", 0),
+                                 fit=max(self._fit, 0), iteration=self.iter)
 
     def after_pred(self):
         "After the first forward pass of a fit, before any step: a layer that gives no tensor is an error."
@@ -126,6 +128,8 @@ class ActivationHistogram(Callback):
     @property
     def recording(self) -> Recording:
         "Everything recorded so far, as a host-side `Recording`."
+        if self.engine is None and getattr(self, "_exported", None) is not None:
+            return self._exported  # carried by learn.export(export_recording=True)
         if self.engine is None:
             raise ValueError("ActivationHistogram has recorded nothing yet: fit the learner first, "
                              "e.g. `learn.fit(1)`")
@@ -134,7 +138,8 @@ class ActivationHistogram(Callback):
     def __getstate__(self):
         "Pickle (e.g. `learn.export()`) the settings, not the hooks or recorded buffers."
         state = dict(self.__dict__)
-        state.update(engine=None, _active=False, _hooked_for=None)
+        exported = self.recording if self.export_recording and self.engine is not None else None
+        state.update(engine=None, _active=False, _hooked_for=None, _exported=exported)
         return state
 
 

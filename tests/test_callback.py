@@ -175,3 +175,21 @@ def test_export_then_load_learner_fits_and_records_again(tmp_path):
     loaded.fit(1)
     assert len(callback.recording) == TRAIN_BATCHES + VALID_BATCHES
     assert callback.recording.hist["1"].shape == (9, 9)
+
+
+def test_get_preds_is_recorded_when_asked():
+    callback = ActivationHistogram(layers=[0], record_inference=True)
+    learn = make_learner(cbs=callback)
+    learn.get_preds()                                   # before any fit
+    assert callback.recording.phase.tolist() == ["valid"] * VALID_BATCHES
+    learn.fit(1)
+    learn.validate()
+    assert callback.recording.phase.tolist() == (["valid"] * 3 + ["train"] * 6 + ["valid"] * 3 + ["valid"] * 3)
+
+
+def test_export_carries_the_recording_when_asked(tmp_path):
+    import pickle
+    learn = make_learner(cbs=ActivationHistogram(layers=[0], export_recording=True))
+    learn.fit(1)
+    callback = pickle.loads(pickle.dumps(learn.activation_histogram))
+    assert callback.engine is None and callback.recording == learn.activation_histogram.recording
