@@ -9,6 +9,7 @@ from fastai.callback.core import Callback
 from fastcore.basics import patch, store_attr
 
 from . import plot
+from .distributed import is_main_process
 from .layers import find_layers
 from .recorder import Recorders, check_bins, check_near_zero, check_range, check_sample, check_scale
 from .recording import Recording
@@ -109,7 +110,9 @@ class ActivationHistogram(Callback):
             self._save()
 
     def after_fit(self):
-        "Remove the hooks; the recording stays."
+        "Sum the last columns across ranks (when distributed), remove the hooks; the recording stays."
+        if self._active:
+            self.engine.flush()
         self._unhook()
 
     def _unhook(self):
@@ -121,7 +124,7 @@ class ActivationHistogram(Callback):
         _unhook_on_crash.discard(self)
 
     def _save(self):
-        if self.save_to is not None:
+        if self.save_to is not None and is_main_process():  # rank 0 alone writes
             self.engine.recording.save(self.save_to)
 
     # --- results -----------------------------------------------------------------------------------

@@ -27,12 +27,14 @@ class LoopRecorder:
                          self.model.register_forward_hook(self._end)]
         return self
 
-    def detach(self) -> None:
+    def detach(self, reduce: bool = False) -> None:
         "Remove every hook; an unfinished forward pass is dropped, every finished one kept."
         for handle in self._handles:
             handle.remove()
         self._handles = []
         self._close()
+        if reduce:  # the block ended normally: every rank is here, the last epoch is summed across them
+            self.engine.flush()
         self.engine.detach()
 
     def epoch(self) -> None:
@@ -68,7 +70,9 @@ def record(model: nn.Module, layers=None, grads=False, **options):
     "Record activation (and, grads=True, gradient) histograms of `layers` of `model` in the block."
     options["grads"] = grads
     recorder = LoopRecorder(model, Recorders(find_layers(model, layers), **options))
+    completed = False
     try:
         yield recorder.attach()
+        completed = True
     finally:
-        recorder.detach()  # on errors and Ctrl-C too
+        recorder.detach(reduce=completed)  # on errors and Ctrl-C too (then with this rank's rows only)

@@ -7,6 +7,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from .distributed import all_reduce, check_same_columns, is_distributed
 from .recording import MOMENTS, PHASES, Recording, bin_edges, readable_bound, symlog
 from .summaries import Scratch, add_moments, channel_count, histogram_counts, symlog_
 
@@ -166,7 +167,7 @@ class HistogramRecorder:
             handle.remove()
         self._handles = []
         self.abandon_column()
-        self.flush()
+        self.flush(reduce=False)  # no collective here: detach also runs on one crashing rank alone
 
     close = detach
 
@@ -324,9 +325,16 @@ class HistogramRecorder:
             self._capacity = rows
 
     # --- to the host -------------------------------------------------------------------------------
-    def flush(self) -> None:
+    def flush(self, reduce: bool = True) -> None:
         "Copy the finished columns to the host (one transfer per layer and kind) and reuse the device rows."
+        # Under torch.distributed, every rank calls this at the same epoch end and the rows are summed
+        # across ranks first (reduce=False: this rank's own rows only).
         used = len(self._index)
+        if reduce and is_distributed():
+            device = self._reduce_device()
+            check_same_columns(used, device)
+            if used:
+                self._all_reduce(used, device)
         if not used:
             return
         counts, moments = {}, {}
@@ -351,6 +359,23 @@ class HistogramRecorder:
         self._index = []
         self._compact()
 
+    def _reduce_device(self):
+        devices = [rows.counts.device for rows in self._rows if rows is not None]
+        if devices:
+            return devices[0]
+        backend = torch.distributed.get_backend()
+        return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+
+    def _all_reduce(self, used: int, device) -> None:
+        "Sum this epoch's rows across ranks (counts, sums, sizes) and take the max of (-min, max)."
+        for slot, rows in enumerate(self._rows):
+            if rows is None:  # this rank never ran the layer; others may have: take part with empty rows
+                self._rows[slot] = _DeviceRows(max(self._capacity, used + 1), self.bins, device)
+        sizes = torch.from_numpy(self._sizes[:used].copy()).to(device)  # (used, layers, 3)
+        all_reduce([rows.counts[:used] for rows in self._rows] + [rows.moments[:used, :4] for rows in self._rows]
+                   + [sizes], [rows.moments[:used, 4:] for rows in self._rows], device)
+        self._sizes[:used] = sizes.cpu().numpy()
+
     def _compact(self) -> None:
         "One host Recording of at most `max_columns` columns: merge pairs of neighbours while it is longer."
         parts = [self._padded(part) for part in self._host]
@@ -365,7 +390,8 @@ class HistogramRecorder:
     @property
     def recording(self) -> Recording:
         "Everything recorded so far, on the host (copies what is still on the device)."
-        self.flush()
+        if not is_distributed():  # distributed: whole epochs only, summed at their ends on every rank
+            self.flush()
         if not self._host:
             return self._to_recording({name: np.zeros((0, self.bins + 2), dtype=np.int64) for name in self.names},
                                       {name: np.zeros((0, len(MOMENTS))) for name in self.names},
@@ -470,8 +496,8 @@ class Recorders:
     def abandon_column(self) -> None:
         for engine in self._all: engine.abandon_column()
 
-    def flush(self) -> None:
-        for engine in self._all: engine.flush()
+    def flush(self, reduce: bool = True) -> None:
+        for engine in self._all: engine.flush(reduce)
 
     @property
     def column_open(self) -> bool:

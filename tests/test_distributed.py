@@ -1,0 +1,79 @@
+"""Two processes on the gloo backend, each with half of every batch: rank 0 holds the whole picture."""
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import TensorDataset
+
+
+def data(rank=None, world=2):
+    "48 training and 16 validation rows in batches of 8; a rank gets its half of every batch."
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 5, generator=generator) * 3, torch.randint(0, 3, (64,), generator=generator)
+    if rank is not None:
+        share = 8 // world
+        keep = torch.tensor([i for i in range(64) if (i % 8) // share == rank])
+        x, y = x[keep], y[keep]
+    return x, y
+
+
+def learner(rank, save_to, world=2):
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.learner import Learner
+    from fastcore.basics import noop
+    from colordim import ActivationHistogram
+    x, y = data(rank, world)
+    split = len(x) * 3 // 4
+    bs = 8 if rank is None else 8 // world
+    dls = DataLoaders(DataLoader(TensorDataset(x[:split], y[:split]), bs=bs),
+                      DataLoader(TensorDataset(x[split:], y[split:]), bs=bs))
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3))
+    learn = Learner(dls, model, loss_func=nn.functional.cross_entropy, lr=0.0,   # lr 0: the ranks stay equal
+                    cbs=ActivationHistogram(layers=[0, 1, 2], bins=12, range=(-6, 6), save_to=save_to))
+    learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == "ProgressCallback"])
+    learn.logger = noop
+    return learn
+
+
+def worker(rank, world, store, folder):
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        learn = learner(rank, f"{folder}/run_rank{rank}.npz")
+        learn.fit(2)
+        learn.activation_histogram.recording.save(f"{folder}/check_rank{rank}.npy.npz")  # what each rank holds
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank_0_holds_the_histograms_of_the_whole_batches_and_alone_writes(tmp_path):
+    from colordim import Recording
+    mp.spawn(worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    single = learner(None, tmp_path / "single.npz")
+    single.fit(2)
+    expected = single.activation_histogram.recording
+    assert (tmp_path / "run_rank0.npz").exists() and not (tmp_path / "run_rank1.npz").exists()
+    merged = Recording.load(tmp_path / "run_rank0.npz")
+    assert merged.phase.tolist() == expected.phase.tolist() and len(merged) == 2 * (6 + 2)
+    for name in expected.layer_names:
+        np.testing.assert_array_equal(merged.counts[name], expected.counts[name])
+        np.testing.assert_array_equal(merged.numel[name], expected.numel[name])
+        np.testing.assert_allclose(merged.mean[name], expected.mean[name], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(merged.std[name], expected.std[name], rtol=1e-4)
+        np.testing.assert_array_equal(merged.min[name], expected.min[name])
+        np.testing.assert_array_equal(merged.max[name], expected.max[name])
+        np.testing.assert_array_equal(merged.near_zero[name], expected.near_zero[name])
+        np.testing.assert_array_equal(merged.channels[name], 2 * expected.channels[name])  # units seen per rank
+    assert Recording.load(tmp_path / "check_rank1.npy.npz") == merged    # all_reduce: rank 1 has it too
+
+
+def test_not_distributed_means_no_collective(monkeypatch):
+    import colordim.distributed as distributed
+    calls = []
+    monkeypatch.setattr(dist, "all_reduce", lambda *args, **kwargs: calls.append(args))
+    learn = learner(None, None)
+    learn.fit(1)
+    assert calls == [] and not distributed.is_distributed() and distributed.is_main_process()
