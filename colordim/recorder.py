@@ -500,10 +500,6 @@ class Recorders:
         for engine in self._all: engine.flush(reduce)
 
     @property
-    def column_open(self) -> bool:
-        return self.activations._row is not None
-
-    @property
     def recording(self) -> Recording:
         "The activations' Recording, with the gradients' as its `.grads` (same columns)."
         recording = self.activations.recording
