@@ -11,7 +11,8 @@ from fastcore.basics import patch, store_attr
 from . import plot
 from .distributed import is_main_process
 from .layers import find_layers
-from .recorder import Recorders, check_bins, check_near_zero, check_range, check_sample, check_scale
+from .checks import check_bins, check_near_zero, check_range, check_sample, check_scale
+from .recorder import Recorders
 from .recording import Recording
 
 __all__ = ["ActivationHistogram"]

@@ -7,104 +7,16 @@ from functools import partial
 import numpy as np
 import torch
 
+from .checks import (auto_range, check_bins, check_max_columns, check_near_zero, check_range, check_sample,
+                     check_scale)
+from .device_rows import DeviceRows
 from .distributed import all_reduce, check_same_columns, is_distributed
-from .recording import MOMENTS, PHASES, Recording, bin_edges, readable_bound, symlog
+from .recording import MOMENTS, PHASES, Recording, bin_edges, symlog
 from .summaries import Scratch, add_moments, channel_count, histogram_counts, symlog_
 
-__all__ = ["HistogramRecorder", "check_bins", "check_range", "check_near_zero", "check_sample"]
+__all__ = ["HistogramRecorder", "Recorders"]
 
 NUMEL, CHANNELS, SAMPLED = 0, 1, 2  # what the host counts per row and layer, beside the device rows
-
-
-def check_bins(bins) -> int:
-    "`bins` as an int >= 1, or a ValueError that says so."
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
-        raise ValueError(f"bins: expected an int >= 1 (rows of the picture, e.g. 100), got {bins!r}")
-    return int(bins)
-
-
-def check_range(value, auto=True):
-    "`range` as finite floats (low, high) with low < high (or 'auto'), or a ValueError that says so."
-    if auto and isinstance(value, str) and value == "auto":
-        return "auto"
-    try:
-        low, high = (float(end) for end in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"range: expected two numbers (low, high) such as (-10, 10), or 'auto', "
-                         f"got {value!r}") from None
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise ValueError(f"range: expected finite low < high, such as (-10, 10), got {value!r}")
-    return low, high
-
-
-def check_near_zero(value) -> float:
-    "`near_zero` as a finite float >= 0, or a ValueError that says so."
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(value) or value < 0:
-        raise ValueError(f"near_zero: expected a finite number >= 0 such as 0.05, got {value!r}")
-    return float(value)
-
-
-def check_scale(scale, linthresh) -> float:
-    "The symlog threshold for scale='symlog', None for 'linear', or a ValueError that says so."
-    if scale not in ("linear", "symlog"):
-        raise ValueError(f"scale: expected 'linear' or 'symlog', got {scale!r}")
-    if isinstance(linthresh, bool) or not isinstance(linthresh, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(linthresh) or linthresh <= 0:
-        raise ValueError(f"linthresh: expected a finite number > 0 such as 1.0, got {linthresh!r}")
-    return float(linthresh) if scale == "symlog" else None
-
-
-def auto_range(finite_abs_max: float) -> tuple[float, float]:
-    "A symmetric range padded 10% past `finite_abs_max` and rounded to 1, 2, 2.5 or 5 times a power of 10."
-    bound = readable_bound(1.1 * finite_abs_max) if finite_abs_max > 0 else 1.0
-    return -bound, bound
-
-
-def check_sample(value):
-    "`sample` as None or an int >= 1, or a ValueError that says so."
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"sample: expected None (exact) or an int >= 1 such as 4096, got {value!r}")
-    return int(value)
-
-
-class _DeviceRows:
-    "One layer's rows on its device: histogram counts (rows, bins + 2) and moments (rows, 6)."
-    def __init__(self, rows: int, bins: int, device):
-        moments_dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64  # MPS has no float64
-        self.counts = torch.zeros(rows, bins + 2, dtype=torch.int64, device=device)
-        self.moments = torch.empty(rows, len(MOMENTS), dtype=moments_dtype, device=device)
-        self.clear(slice(None))
-
-    def __len__(self): return self.counts.shape[0]
-
-    def grown(self, rows: int) -> "_DeviceRows":
-        bigger = _DeviceRows(rows, self.counts.shape[1] - 2, self.counts.device)
-        bigger.counts[:len(self)].copy_(self.counts)
-        bigger.moments[:len(self)].copy_(self.moments)
-        return bigger
-
-    def clear(self, rows) -> None:
-        "Empty `rows` (an int or a slice): zero counts and sums, -min and max at -inf."
-        self.counts[rows] = 0
-        self.moments[rows, :4] = 0
-        self.moments[rows, 4:] = -math.inf
-
-    def move(self, source: int, target: int) -> None:
-        self.counts[target].copy_(self.counts[source])
-        self.moments[target].copy_(self.moments[source])
-        self.clear(source)
-
-    @property
-    def nbytes(self) -> int:
-        return self.counts.element_size() * self.counts.numel() + self.moments.element_size() * self.moments.numel()
-
-    def to_host(self, used: int) -> tuple[np.ndarray, np.ndarray]:
-        "Copies of the first `used` rows as numpy (a copy: on the CPU `.cpu()` would alias)."
-        return (self.counts[:used].to("cpu", copy=True).numpy(),
-                self.moments[:used].to("cpu", dtype=torch.float64, copy=True).numpy())
 
 
 class HistogramRecorder:
@@ -134,13 +46,11 @@ class HistogramRecorder:
         self.stats, self.near_zero, self.sample = bool(stats), check_near_zero(near_zero), check_sample(sample)
         self._sample_indices = {}  # (slot, shape) -> positions sampled and their units, on the output's device
         self._scratch = Scratch()  # CPU buffers the size of the biggest output, reused by every hook
-        if isinstance(max_columns, bool) or not isinstance(max_columns, (int, np.integer)) or max_columns < 2:
-            raise ValueError(f"max_columns: expected an int >= 2 such as 10000, got {max_columns!r}")
-        self.max_columns, self._width = int(max_columns), 1  # batches per column once merging started
+        self.max_columns, self._width = check_max_columns(max_columns), 1  # batches per column once merging started
         self.grads = bool(grads)
         self.shapes, self.skipped = {}, {}
         self._handles = []
-        self._rows = [None] * len(self.names)  # per layer: its _DeviceRows, made on the first output's device
+        self._rows = [None] * len(self.names)  # per layer: its DeviceRows, made on the first output's device
         # A module that returns a tuple, list or dict is recorded as one layer per tensor in it
         # ("rnn[0]", "head['logits']"): those slots are added when first seen, after the modules' own.
         self._parent = [slot for slot, _ in enumerate(self.names)]  # each slot's module slot
@@ -276,11 +186,11 @@ class HistogramRecorder:
         positions, units = self._sample_indices[key]
         return flat.index_select(0, positions), units
 
-    def _device_rows(self, slot, device) -> _DeviceRows:
+    def _device_rows(self, slot, device) -> DeviceRows:
         "Layer `slot`'s device rows, made (or grown) on `device` when they must be."
         rows = self._rows[slot]
         if rows is None:
-            rows = self._rows[slot] = _DeviceRows(self._capacity, self.bins, device)
+            rows = self._rows[slot] = DeviceRows(self._capacity, self.bins, device)
         elif len(rows) < self._capacity:
             rows = self._rows[slot] = rows.grown(self._capacity)
         return rows
@@ -370,7 +280,7 @@ class HistogramRecorder:
         "Sum this epoch's rows across ranks (counts, sums, sizes) and take the max of (-min, max)."
         for slot, rows in enumerate(self._rows):
             if rows is None:  # this rank never ran the layer; others may have: take part with empty rows
-                self._rows[slot] = _DeviceRows(max(self._capacity, used + 1), self.bins, device)
+                self._rows[slot] = DeviceRows(max(self._capacity, used + 1), self.bins, device)
         sizes = torch.from_numpy(self._sizes[:used].copy()).to(device)  # (used, layers, 3)
         all_reduce([rows.counts[:used] for rows in self._rows] + [rows.moments[:used, :4] for rows in self._rows]
                    + [sizes], [rows.moments[:used, 4:] for rows in self._rows], device)
