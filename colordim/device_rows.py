@@ -17,7 +17,26 @@ class DeviceRows:
         moments_dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64  # MPS has no float64
         self.counts = torch.zeros(rows, bins + 2, dtype=torch.int64, device=device)
         self.moments = torch.empty(rows, len(MOMENTS), dtype=moments_dtype, device=device)
+        # Distributed runs only: each unit's largest value per row, so that ranks can merge dead units
+        # exactly (a unit is dead when it is <= 0 on every rank's shard, not on average).
+        self.unit_max = None
         self.clear(slice(None))
+
+    def keep_unit_max(self, row: int, per_unit: torch.Tensor) -> None:
+        "Merge this output's per-unit maxima into `row` (the width is the first output's unit count)."
+        if self.unit_max is None:
+            self.unit_max = torch.full((len(self), per_unit.numel()), -math.inf, device=self.counts.device,
+                                       dtype=self.moments.dtype)
+        if per_unit.numel() == self.unit_max.shape[1]:
+            torch.maximum(self.unit_max[row], per_unit.to(self.unit_max.dtype), out=self.unit_max[row])
+
+    def widen(self, units: int) -> None:
+        "Unit maxima `units` wide (ranks must agree before a collective); -inf where nothing was seen."
+        if self.unit_max is None or self.unit_max.shape[1] < units:
+            wider = torch.full((len(self), units), -math.inf, device=self.counts.device, dtype=self.moments.dtype)
+            if self.unit_max is not None:
+                wider[:, :self.unit_max.shape[1]].copy_(self.unit_max)
+            self.unit_max = wider
 
     def __len__(self): return self.counts.shape[0]
 
@@ -25,6 +44,9 @@ class DeviceRows:
         bigger = DeviceRows(rows, self.counts.shape[1] - 2, self.counts.device)
         bigger.counts[:len(self)].copy_(self.counts)
         bigger.moments[:len(self)].copy_(self.moments)
+        if self.unit_max is not None:
+            bigger.widen(self.unit_max.shape[1])
+            bigger.unit_max[:len(self)].copy_(self.unit_max)
         return bigger
 
     def clear(self, rows) -> None:
@@ -32,10 +54,14 @@ class DeviceRows:
         self.counts[rows] = 0
         self.moments[rows, :4] = 0
         self.moments[rows, 4:] = -math.inf
+        if self.unit_max is not None:
+            self.unit_max[rows] = -math.inf
 
     def move(self, source: int, target: int) -> None:
         self.counts[target].copy_(self.counts[source])
         self.moments[target].copy_(self.moments[source])
+        if self.unit_max is not None:
+            self.unit_max[target].copy_(self.unit_max[source])
         self.clear(source)
 
     @property

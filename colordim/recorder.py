@@ -51,6 +51,7 @@ class HistogramRecorder:
         self.shapes, self.skipped = {}, {}
         self._handles = []
         self._rows = [None] * len(self.names)  # per layer: its DeviceRows, made on the first output's device
+        self._unit_maxima = False  # distributed: keep per-unit maxima (set at attach)
         # A module that returns a tuple, list or dict is recorded as one layer per tensor in it
         # ("rnn[0]", "head['logits']"): those slots are added when first seen, after the modules' own.
         self._parent = [slot for slot, _ in enumerate(self.names)]  # each slot's module slot
@@ -67,6 +68,7 @@ class HistogramRecorder:
         "Hook every module (after removing any hooks of ours still there)."
         self.detach()
         self._rows = [None] * len(self.names)  # made again on the device of the next output
+        self._unit_maxima = self.stats and is_distributed()  # to merge dead units across ranks exactly
         self._handles = [module.register_forward_hook(partial(self._hook, slot))
                          for slot, module in enumerate(self.modules.values())]
         return self
@@ -148,8 +150,10 @@ class HistogramRecorder:
         rows = self._device_rows(slot, values.device)
         histogram_counts(counted, self.bins, *self._bin_limits[slot], rows.counts[row], self._scratch)
         if self.stats:  # on the sample too when there is one: a pass over the whole output is what it saves
-            add_moments(values if units is None else counted, self.near_zero, rows.moments[row], units,
-                        self._scratch)
+            per_unit = add_moments(values if units is None else counted, self.near_zero, rows.moments[row], units,
+                                   self._scratch)
+            if self._unit_maxima:
+                rows.keep_unit_max(row, per_unit)
         # Shapes are metadata: known on the host, no sync.
         self._sizes[row, slot] += (values.numel(), channel_count(values.shape), counted.numel())
 
@@ -277,14 +281,28 @@ class HistogramRecorder:
         return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
     def _all_reduce(self, used: int, device) -> None:
-        "Sum this epoch's rows across ranks (counts, sums, sizes) and take the max of (-min, max)."
+        "Sum this epoch's rows across ranks (counts, sums, sizes), max of (-min, max) and of unit maxima."
         for slot, rows in enumerate(self._rows):
             if rows is None:  # this rank never ran the layer; others may have: take part with empty rows
                 self._rows[slot] = DeviceRows(max(self._capacity, used + 1), self.bins, device)
+        if self._unit_maxima:  # every rank's unit maxima must be as wide before they are merged
+            widths = torch.tensor([0 if rows.unit_max is None else rows.unit_max.shape[1] for rows in self._rows],
+                                  dtype=torch.float64, device=device)
+            all_reduce([], [widths], device)
+            for rows, width in zip(self._rows, widths.tolist()):
+                rows.widen(int(width))
         sizes = torch.from_numpy(self._sizes[:used].copy()).to(device)  # (used, layers, 3)
+        maxima = [rows.moments[:used, 4:] for rows in self._rows]
+        maxima += [rows.unit_max[:used] for rows in self._rows] if self._unit_maxima else []
         all_reduce([rows.counts[:used] for rows in self._rows] + [rows.moments[:used, :4] for rows in self._rows]
-                   + [sizes], [rows.moments[:used, 4:] for rows in self._rows], device)
+                   + [sizes], maxima, device)
         self._sizes[:used] = sizes.cpu().numpy()
+        if self._unit_maxima:  # dead = <= 0 on every rank: count over the merged maxima, over each unit once
+            for slot, rows in enumerate(self._rows):
+                ran = self._sizes[:used, slot, NUMEL] > 0
+                dead = (rows.unit_max[:used] <= 0).sum(1).to(rows.moments.dtype)
+                rows.moments[:used, 3] = dead * torch.from_numpy(ran).to(device)
+                self._sizes[:used, slot, CHANNELS] = np.where(ran, rows.unit_max.shape[1], 0)
 
     def _compact(self) -> None:
         "One host Recording of at most `max_columns` columns: merge pairs of neighbours while it is longer."

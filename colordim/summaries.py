@@ -97,8 +97,8 @@ def channel_count(shape) -> int:
     return shape[1] if len(shape) >= 2 else 1
 
 
-def add_moments(x: torch.Tensor, near_zero: float, out: torch.Tensor, units=None, scratch: Scratch = None) -> None:
-    "Add `x`'s sum, sum of squares, near-zero and dead-unit counts to `out` (6,); merge its min and max."
+def add_moments(x: torch.Tensor, near_zero: float, out: torch.Tensor, units=None, scratch: Scratch = None):
+    "Add `x`'s sum, sum of squares, near-zero and dead-unit counts to `out` (6,), merge min and max; per-unit max."
     # `x` is a float32 output, or (with `units`: each value's unit index and the number of units) a 1-D
     # sample of one. Laid out as MOMENTS: four sums that add up across calls, chunks and ranks, then -min
     # and max that merge with one maximum. float32 sums (pairwise on the CPU, tree-reduced on CUDA) are
@@ -119,3 +119,4 @@ def add_moments(x: torch.Tensor, near_zero: float, out: torch.Tensor, units=None
     row = torch.stack([flat.sum(), torch.dot(flat, flat), near.float(), dead.float(), -low, high])
     out[:4].add_(row[:4])
     torch.maximum(out[4:], row[4:], out=out[4:])
+    return per_unit

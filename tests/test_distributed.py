@@ -66,7 +66,9 @@ def test_rank_0_holds_the_histograms_of_the_whole_batches_and_alone_writes(tmp_p
         np.testing.assert_array_equal(merged.min[name], expected.min[name])
         np.testing.assert_array_equal(merged.max[name], expected.max[name])
         np.testing.assert_array_equal(merged.near_zero[name], expected.near_zero[name])
-        np.testing.assert_array_equal(merged.channels[name], 2 * expected.channels[name])  # units seen per rank
+        # dead units merged exactly: a unit is dead when it is <= 0 on both ranks' halves
+        np.testing.assert_array_equal(merged.channels[name], expected.channels[name])
+        np.testing.assert_array_equal(merged.dead_rate[name], expected.dead_rate[name])
     assert Recording.load(tmp_path / "check_rank1.npy.npz") == merged    # all_reduce: rank 1 has it too
 
 
