@@ -223,3 +223,17 @@ def dead_chart(self: Learner, layers=None, **kwargs):
 def plot_layer_stats(self: Learner, layer=0, **kwargs):
     "Mean, std, share near zero and dead-unit rate of `layer` per batch."
     return plot.plot_layer_stats(learner_recording(self, layer), layer, **kwargs)
+
+
+@patch
+def activation_maps(self: Learner, x, layer=0):
+    "The output of `layer` (index, name, pattern, type or module of the model) for the one input `x`."
+    from .maps import activation_maps
+    return activation_maps(self.model, x, layer)
+
+
+@patch
+def show_heatmap(self: Learner, x, layer=0, **kwargs):
+    "The channel-mean map of `layer` for input `x`, resized, over the input image."
+    from .maps import show_heatmap
+    return show_heatmap(self.model, x, layer, **kwargs)
