@@ -1,0 +1,28 @@
+"""The notebooks in nbs/ are the docs: each runs top to bottom on the CPU, and a failing cell fails here."""
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "nbs").glob("*.ipynb"))
+
+
+def test_there_are_three_notebooks_committed_without_outputs():
+    assert [path.name for path in NOTEBOOKS] == ["01_quickstart.ipynb", "02_plain_pytorch.ipynb", "03_diagnose.ipynb"]
+    for path in NOTEBOOKS:
+        notebook = nbformat.read(path, as_version=4)
+        assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
+        assert notebook.cells[0].cell_type == "markdown"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # figures as outputs, even under Agg
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    figures = sum(1 for cell in notebook.cells if cell.cell_type == "code"
+                  for output in cell.outputs if "image/png" in output.get("data", {}))
+    errors = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+              if output.output_type == "error"]
+    assert errors == [] and figures >= 3
