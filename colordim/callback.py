@@ -179,13 +179,15 @@ if not getattr(Learner.fit, "_colordim", False):
 
 # --- Learner patches -----------------------------------------------------------------------------
 def learner_recording(learn: Learner, layer=None) -> Recording:
-    "The recording of `learn`'s ActivationHistogram (the one that holds `layer`, if given by name)."
+    "The recording of `learn`'s ActivationHistogram (the one that holds `layer`, or the first of a list)."
     engines = [cb.engine for cb in learn.cbs if isinstance(cb, ActivationHistogram) and cb.engine]
     engines += [engine for engine in _ENGINES.get(learn, []) if engine not in engines]
     if not engines:
         raise ValueError("no ActivationHistogram has recorded on this learner; add one, e.g. "
                          "`Learner(..., cbs=ActivationHistogram())` or `learn.fit(1, cbs=ActivationHistogram())`, "
                          "and fit first")
+    if isinstance(layer, (list, tuple)):  # a list of layers: the callback that holds the first
+        layer = layer[0] if layer else None
     if isinstance(layer, str):
         engines = [engine for engine in engines if layer in engine.names] or engines
     return engines[0].recording
@@ -202,8 +204,7 @@ def color_dim(self: Learner, layer=0, epoch=None, phase="train", log=True, overl
 @patch
 def color_dims(self: Learner, layers=None, cols=3, **kwargs):
     "A grid of colour-dim images, one per hooked layer (or `layers`), on one colour scale."
-    first = layers[0] if isinstance(layers, (list, tuple)) and layers else layers
-    return plot.color_dims(learner_recording(self, first), layers, cols=cols, **kwargs)
+    return plot.color_dims(learner_recording(self, layers), layers, cols=cols, **kwargs)
 
 
 @patch
@@ -215,8 +216,7 @@ def color_dim_epochs(self: Learner, layer=0, **kwargs):
 @patch
 def dead_chart(self: Learner, layers=None, **kwargs):
     "Per batch, the share of values at zero and the dead-unit rate of each hooked layer (or `layers`)."
-    first = layers[0] if isinstance(layers, (list, tuple)) and layers else layers
-    return plot.dead_chart(learner_recording(self, first), layers, **kwargs)
+    return plot.dead_chart(learner_recording(self, layers), layers, **kwargs)
 
 
 @patch

@@ -28,10 +28,10 @@ def color_dim(recording: Recording, layer=0,
     name, shown = _columns(recording.kind(kind), layer, epoch, phase)
     if ax is None:
         _, ax = plt.subplots(figsize=figsize or (10, 4))
-    image = _panel(ax, shown, name, _norm(log, _peak(shown, [name])), cmap, overlay)
+    image = _panel(ax, shown, name, _norm(log, _peak(shown, name)), cmap, overlay)
     _colorbar(ax.figure, image, ax, log)
     ax.set_xlabel(_x_label(shown, phase))
-    ax.set_ylabel("gradient" if kind == "grad" else "activation")
+    ax.set_ylabel(_y_label(kind))
     _save(ax.figure, fname)
     return ax
 
@@ -47,7 +47,7 @@ def color_dims(recording: Recording, layers=None, cols=3, epoch=None, phase="tra
     cols = min(cols, len(names))
     figure, axes = plt.subplots(rows, cols, figsize=figsize or (4.2 * cols, 2.6 * rows), squeeze=False,
                                 constrained_layout=True)
-    norm = _norm(log, max(_peak(columns, [name]) for name, columns in shown.items()))
+    norm = _norm(log, max(_peak(columns, name) for name, columns in shown.items()))
     for ax, name in zip(axes.flat, names):
         image = _panel(ax, shown[name], name, norm, cmap, overlay, label_epochs=False)
     for ax in axes.flat[len(names):]:
@@ -68,7 +68,7 @@ def color_dim_epochs(recording: Recording, layer=0, phase="train", log=True, col
     rows = math.ceil(len(epochs) / cols)
     figure, axes = plt.subplots(rows, cols, figsize=figsize or (3.2 * cols, 3 * rows), squeeze=False,
                                 constrained_layout=True, sharey=True)
-    norm = _norm(log, _peak(shown, [name]))
+    norm = _norm(log, _peak(shown, name))
     several_fits = len({fit for fit, _ in epochs}) > 1
     for ax, (fit, epoch) in zip(axes.flat, epochs):
         image = _panel(ax, shown.select(fit=fit, epoch=epoch), name, norm, cmap, None, label_epochs=False)
@@ -76,7 +76,7 @@ def color_dim_epochs(recording: Recording, layer=0, phase="train", log=True, col
         ax.set_xlabel(_x_label(shown, phase))
     for ax in axes.flat[len(epochs):]:
         ax.set_axis_off()
-    axes[0, 0].set_ylabel("activation")
+    axes[0, 0].set_ylabel(_y_label(kind))
     figure.suptitle(_title(shown, name))
     _colorbar(figure, image, axes, log)
     _save(figure, fname)
@@ -147,11 +147,11 @@ def compare(recordings, layer=0, labels=None, epoch=None, phase="train", log=Tru
     shown = [_columns(recording, layer, epoch, phase) for recording in recordings]
     figure, axes = plt.subplots(len(shown), 1, figsize=figsize or (10, 2.8 * len(shown)), squeeze=False,
                                 constrained_layout=True)
-    norm = _norm(log, max(_peak(columns, [name]) for name, columns in shown))
+    norm = _norm(log, max(_peak(columns, name) for name, columns in shown))
     for ax, (name, columns), label in zip(axes[:, 0], shown, labels):
         image = _panel(ax, columns, name, norm, cmap, None)
         ax.set_title(f"{label}: {_title(columns, name)}", fontsize=10)
-        ax.set_ylabel("activation")
+        ax.set_ylabel(_y_label(kind))
     axes[-1, 0].set_xlabel(_x_label(shown[-1][1], phase))
     _colorbar(figure, image, axes, log)
     _save(figure, fname)
@@ -177,9 +177,7 @@ def _columns(recording: Recording, layer, epoch, phase) -> tuple[str, Recording]
 
 
 def _names(recording: Recording, layers) -> list[str]:
-    if layers is None:
-        return recording.layer_names
-    names = [recording.layer_name(layer) for layer in (layers if isinstance(layers, (list, tuple)) else [layers])]
+    names = recording.layer_names_of(layers)
     if not names:
         raise ValueError(f"layers: got an empty list; recorded layers: {recording.layer_names}")
     return names
@@ -201,8 +199,8 @@ def _positive(value, argument) -> int:
     return int(value)
 
 
-def _peak(shown: Recording, names) -> int:
-    return max([int(shown.hist[name].max(initial=0)) for name in names] + [1])
+def _peak(shown: Recording, name) -> int:
+    return max(int(shown.hist[name].max(initial=0)), 1)
 
 
 def _norm(log: bool, peak: int):
@@ -212,6 +210,10 @@ def _norm(log: bool, peak: int):
 def _x_label(shown: Recording, phase: str) -> str:
     widest = int(shown.batches.max(initial=1))
     return f"{phase} batch" if widest == 1 else f"{phase} batches, up to {widest} per column"
+
+
+def _y_label(kind: str) -> str:
+    return "gradient" if kind == "grad" else "activation"
 
 
 def _title(shown: Recording, name: str) -> str:

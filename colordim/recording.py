@@ -195,6 +195,12 @@ class Recording:
                              f"recorded (0..{len(self.counts) - 1}): {self.layer_names}")
         raise TypeError(f"layer: expected a recorded layer's index or name, got {type(layer).__name__}")
 
+    def layer_names_of(self, layers) -> list[str]:
+        "The names of `layers`: None for all, or one or a list of recorded layers by position or name."
+        if layers is None:
+            return self.layer_names
+        return [self.layer_name(layer) for layer in (layers if isinstance(layers, (list, tuple)) else [layers])]
+
     def range(self, layer=0) -> tuple[float, float]:
         "The (low, high) of `layer`'s histogram."
         edges = self.edges[self.layer_name(layer)]
@@ -214,8 +220,7 @@ class Recording:
                     raise ValueError(f"{name}: {wanted!r} was not recorded; recorded: "
                                      f"{sorted(set(column_values.tolist()))}")
                 keep &= column_values == wanted
-        names = self.layer_names if layers is None else [
-            self.layer_name(layer) for layer in (layers if isinstance(layers, (list, tuple)) else [layers])]
+        names = self.layer_names_of(layers)
         return Recording(
             counts={name: self.counts[name][keep] for name in names},
             numel={name: self.numel[name][keep] for name in names},
