@@ -50,6 +50,7 @@ class ActivationHistogram(Callback):
         store_attr()
         self.engine, self._fit, self._trained, self._active, self._hooked_for = None, -1, False, False, None
         self._checked = False  # the first forward pass of this fit has been checked
+        self._unsaved = False  # columns recorded since the last write to `save_to`
 
     # --- fastai events -----------------------------------------------------------------------------
     def before_fit(self):
@@ -98,7 +99,9 @@ class ActivationHistogram(Callback):
                                     "dict of tensors); choose other layers, e.g. the modules inside it")
 
     def after_batch(self):
-        if self._active: self.engine.end_column()
+        if self._active:
+            self.engine.end_column()
+            self._unsaved = True
 
     def after_cancel_batch(self):
         "A cancelled batch is not a complete batch: drop its column."
@@ -125,8 +128,10 @@ class ActivationHistogram(Callback):
         _unhook_on_crash.discard(self)
 
     def _save(self):
-        if self.save_to is not None and is_main_process():  # rank 0 alone writes
+        "Write to `save_to` what is new since the last write (after_fit follows the last after_epoch)."
+        if self.save_to is not None and self._unsaved and is_main_process():  # rank 0 alone writes
             self.engine.recording.save(self.save_to)
+        self._unsaved = False
 
     # --- results -----------------------------------------------------------------------------------
     @property

@@ -84,3 +84,13 @@ def test_the_callback_saves_at_every_epoch_end_even_when_the_fit_dies(tmp_path):
     saved = Recording.load(path)
     assert saved == learn.activation_histogram.recording        # epoch 0 and the finished batches of epoch 1
     assert saved.epoch.tolist() == [0] * 9 + [1, 1]
+
+
+def test_the_end_of_a_fit_does_not_write_the_last_epoch_again(tmp_path, monkeypatch):
+    writes = []
+    original = Recording.save
+    monkeypatch.setattr(Recording, "save", lambda self, path: writes.append(len(self)) or original(self, path))
+    learn = make_learner(cbs=ActivationHistogram(layers=[0], save_to=tmp_path / "run.npz"))
+    learn.fit(2)
+    assert writes == [9, 18]                                  # one write per epoch, none repeated at fit end
+    assert len(Recording.load(tmp_path / "run.npz")) == 18
