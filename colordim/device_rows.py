@@ -21,6 +21,8 @@ class DeviceRows:
         # exactly (a unit is dead when it is <= 0 on every rank's shard, not on average).
         self.unit_max = None
         self.clear(slice(None))
+        # on the CPU, numpy views of the same memory for the compiled kernels (`colordim.fused`)
+        self.host = (self.counts.numpy(), self.moments.numpy()) if self.counts.device.type == "cpu" else None
 
     def keep_unit_max(self, row: int, per_unit: torch.Tensor) -> None:
         "Merge this output's per-unit maxima into `row` (the width is the first output's unit count)."

@@ -1,7 +1,6 @@
 """`HistogramRecorder`: hooks on chosen modules that summarise each output on its own device, no sync."""
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import numpy as np
@@ -12,7 +11,8 @@ from .checks import (auto_range, check_bins, check_max_columns, check_near_zero,
 from .device_rows import DeviceRows
 from .distributed import all_reduce, check_same_columns, is_distributed
 from .recording import MOMENTS, PHASES, Recording, bin_edges, symlog
-from .summaries import Scratch, add_moments, channel_count, histogram_counts, symlog_
+from .plans import make_plan
+from .summaries import Scratch
 
 __all__ = ["HistogramRecorder", "Recorders"]
 
@@ -44,7 +44,7 @@ class HistogramRecorder:
         self._limits = [None if self.range == "auto" else self.range] * len(self.names)
         self._bin_limits = [None if self.range == "auto" else self._binned(self.range)] * len(self.names)
         self.stats, self.near_zero, self.sample = bool(stats), check_near_zero(near_zero), check_sample(sample)
-        self._sample_indices = {}  # (slot, shape) -> positions sampled and their units, on the output's device
+        self._plans = {}  # (slot, shape, device) -> how such outputs are summarised (`colordim.plans`)
         self._scratch = Scratch()  # CPU buffers the size of the biggest output, reused by every hook
         self.max_columns, self._width = check_max_columns(max_columns), 1  # batches per column once merging started
         self.grads = bool(grads)
@@ -142,20 +142,20 @@ class HistogramRecorder:
             return
         # One float32 view or copy for everything: histc and sums of fp16/bf16 would count in that dtype.
         values = output.detach().float()
-        counted, units = self._sampled(slot, values)
         if self._limits[slot] is None:
             self._set_auto_range(slot, values)
-        if self.linthresh is not None:
-            counted = symlog_(counted, self.linthresh)
-        rows = self._device_rows(slot, values.device)
-        histogram_counts(counted, self.bins, *self._bin_limits[slot], rows.counts[row], self._scratch)
-        if self.stats:  # on the sample too when there is one: a pass over the whole output is what it saves
-            per_unit = add_moments(values if units is None else counted, self.near_zero, rows.moments[row], units,
-                                   self._scratch)
-            if self._unit_maxima:
-                rows.keep_unit_max(row, per_unit)
-        # Shapes are metadata: known on the host, no sync.
-        self._sizes[row, slot] += (values.numel(), channel_count(values.shape), counted.numel())
+        plan = self._plans.get((slot, values.shape, values.device))
+        if plan is None:
+            plan = self._plans[(slot, values.shape, values.device)] = make_plan(
+                values, self.sample, len(self._plans), self.bins, self._bin_limits[slot], self.linthresh,
+                self.near_zero, self.stats, self._scratch)
+        rows = self._rows[slot]
+        if rows is None or len(rows) < self._capacity:
+            rows = self._device_rows(slot, values.device)
+        per_unit = plan(values, rows, row)
+        if self._unit_maxima:
+            rows.keep_unit_max(row, per_unit)
+        self._sizes[row, slot] += plan.sizes  # shapes are metadata: known on the host, no sync
 
     def _binned(self, limits) -> tuple[float, float]:
         return limits if self.linthresh is None else tuple(float(symlog(end, self.linthresh)) for end in limits)
@@ -170,25 +170,6 @@ class HistogramRecorder:
         "Layer `slot`'s bin edges in activation units ((-1, 1) while an auto range is still unknown)."
         low, high = self._limits[slot] or (-1.0, 1.0)
         return bin_edges(low, high, self.bins, self.linthresh)
-
-    def _sampled(self, slot, values: torch.Tensor):
-        "(values, None), or (at most `sample` values, (their unit index, units)) at positions drawn once."
-        flat = values.reshape(-1)
-        if self.sample is None or flat.numel() <= self.sample:
-            return flat, None
-        key = (slot, values.shape)
-        if key not in self._sample_indices:  # drawn on the host from a fixed seed, copied to the device once
-            generator = torch.Generator().manual_seed(len(self._sample_indices))
-            # without repeats when that is cheap; else with (rare among many values): randperm of a big
-            # output costs more than the whole sampled run
-            positions = torch.randperm(flat.numel(), generator=generator)[:self.sample] \
-                if flat.numel() <= 4 * self.sample else torch.randint(flat.numel(), (self.sample,), generator=generator)
-            units = channel_count(values.shape)
-            inner = math.prod(values.shape[2:]) if values.dim() >= 2 else flat.numel()
-            unit_of = positions // inner % units if values.dim() >= 2 else torch.zeros_like(positions)
-            self._sample_indices[key] = (positions.to(values.device), (unit_of.to(values.device), units))
-        positions, units = self._sample_indices[key]
-        return flat.index_select(0, positions), units
 
     def _device_rows(self, slot, device) -> DeviceRows:
         "Layer `slot`'s device rows, made (or grown) on `device` when they must be."

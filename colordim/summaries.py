@@ -5,8 +5,6 @@ import math
 
 import torch
 
-from .recording import MOMENTS
-
 __all__ = ["CHUNK", "Scratch", "histogram_counts", "add_moments", "channel_count", "symlog_"]
 
 # histc counts in float32: a bin is exact up to 2**24, so bigger outputs are counted in chunks.
@@ -120,3 +118,4 @@ def add_moments(x: torch.Tensor, near_zero: float, out: torch.Tensor, units=None
     out[:4].add_(row[:4])
     torch.maximum(out[4:], row[4:], out=out[4:])
     return per_unit
+

@@ -32,8 +32,8 @@ def syncs(ops):
 
 
 @pytest.mark.parametrize("batch,counting_op", [(8, "aten.histc.default"), (1024, "aten.bincount.default")])
-def test_engine_batches_run_no_sync_op_until_flush(batch, counting_op):
-    "Small outputs are counted with histc, big ones (on the CPU) with bincount: neither syncs."
+def test_engine_batches_run_no_sync_op_until_flush(batch, counting_op, torch_path):
+    "Torch path: small outputs are counted with histc, big ones (on the CPU) with bincount: neither syncs."
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
     engine = HistogramRecorder(find_layers(model, [0, 1, 3]), bins=20, range=(-3, 3)).attach()
     engine.reserve(4)
@@ -93,7 +93,7 @@ def test_fake_cuda_forward_passes_never_wait_for_the_gpu(deterministic):
     assert syncs(watch.ops) == [] and watch.to_host == []
 
 
-def test_gradient_batches_run_no_sync_op_either():
+def test_gradient_batches_run_no_sync_op_either(torch_path):
     from colordim.recorder import Recorders
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
     engine = Recorders(find_layers(model, [0, 2]), grads=True, grad_range=(-1, 1)).attach()

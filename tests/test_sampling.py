@@ -17,7 +17,7 @@ def record(values_per_batch, **options):
     return engine
 
 
-def test_sampled_histogram_is_close_to_the_exact_one():
+def test_sampled_histogram_is_close_to_the_exact_one(cpu_path):
     generator = torch.Generator().manual_seed(0)
     batches = [torch.randn(64, 32, 16, 16, generator=generator) for _ in range(3)]   # 524,288 values each
     exact = record(batches).recording
@@ -36,10 +36,10 @@ def test_sampled_histogram_is_close_to_the_exact_one():
     assert np.abs(sampled.near_zero["x"] - exact.near_zero["x"]).max() < 0.01
     assert (sampled.max["x"] <= exact.max["x"]).all() and (sampled.max["x"] > 3).all()
     assert sampled.dead_rate["x"].tolist() == exact.dead_rate["x"].tolist() == [0, 0, 0]
-    assert len(sampled_engine._sample_indices) == 1     # drawn once for this layer and size
+    assert len(sampled_engine._plans) == 1     # drawn once for this layer and size
 
 
-def test_sampled_dead_units_are_found_from_the_sampled_positions():
+def test_sampled_dead_units_are_found_from_the_sampled_positions(cpu_path):
     values = torch.randn(32, 8, 10, 10, generator=torch.Generator().manual_seed(1)).relu()
     values[:, :4] = 0.0                                   # channels 0-3 never fire
     recording = record([values], sample=2000).recording
@@ -47,14 +47,14 @@ def test_sampled_dead_units_are_found_from_the_sampled_positions():
     assert recording.channels["x"].tolist() == [8]
 
 
-def test_outputs_no_bigger_than_the_sample_are_exact():
+def test_outputs_no_bigger_than_the_sample_are_exact(cpu_path):
     batches = [torch.randn(10, 10) for _ in range(2)]
     exact, sampled = record(batches).recording, record(batches, sample=100).recording
     np.testing.assert_array_equal(exact.counts["x"], sampled.counts["x"])
     assert sampled.counts["x"].dtype == np.int64
 
 
-def test_the_same_positions_every_batch():
+def test_the_same_positions_every_batch(cpu_path):
     engine = record([torch.arange(1000.0) / 250 - 2, torch.arange(1000.0) / 250 - 2], sample=50)
     counts = engine.recording.counts["x"]
     np.testing.assert_array_equal(counts[0], counts[1])

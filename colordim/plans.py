@@ -1,0 +1,88 @@
+"""How one layer's outputs of one shape are summarised: worked out once, then run on every output.
+
+A hook runs once per layer and batch, so whatever does not depend on the values (the sample positions,
+the unit layout, which path, the sizes the host counts) is decided when a shape is first seen. On the
+CPU the plan is one call to the compiled kernel (`colordim.fused`); elsewhere (a GPU, or no numba)
+it is the torch ops of `colordim.summaries`, which never sync.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from . import fused
+from .summaries import add_moments, channel_count, histogram_counts, symlog_
+
+__all__ = ["make_plan", "draw_sample", "FusedPlan", "TorchPlan"]
+
+USE_FUSED = True  # tests set it False to run the torch path (the GPU's) on the CPU
+
+
+def draw_sample(shape, size: int, seed: int):
+    "`size` sorted positions in a flat output of `shape`, from `seed`, and the unit (dim 1) of each."
+    numel, generator = math.prod(shape), torch.Generator().manual_seed(seed)
+    # without repeats when that is cheap; else with (rare among many values): randperm of a big output
+    # costs more than the whole sampled run
+    positions = torch.randperm(numel, generator=generator)[:size] if numel <= 4 * size \
+        else torch.randint(numel, (size,), generator=generator)
+    positions = positions.sort().values  # read in memory order: several times faster than at random
+    inner = math.prod(shape[2:]) if len(shape) >= 2 else numel
+    unit_of = positions // inner % channel_count(shape) if len(shape) >= 2 else torch.zeros_like(positions)
+    return positions, unit_of
+
+
+class TorchPlan:
+    "Torch ops on the output's own device, no sync: the path for GPUs (and for the CPU without numba)."
+    def __init__(self, shape, device, sample, bins, limits, linthresh, near_zero, stats, scratch):
+        self.units = channel_count(shape)
+        self.sample = None if sample is None else tuple(part.to(device) for part in sample)
+        self.options = bins, limits, linthresh, near_zero, stats, scratch
+        counted = math.prod(shape) if sample is None else sample[0].numel()
+        self.sizes = np.array([math.prod(shape), self.units, counted], dtype=np.int64)  # what the host counts
+
+    def __call__(self, values: torch.Tensor, rows, row: int):
+        "Add `values` to row `row` of `rows` (DeviceRows); each unit's maximum (for distributed runs)."
+        bins, (low, high), linthresh, near_zero, stats, scratch = self.options
+        flat = values.reshape(-1)
+        counted = flat if self.sample is None else flat.index_select(0, self.sample[0])
+        binned = counted if linthresh is None else symlog_(counted, linthresh)
+        histogram_counts(binned, bins, low, high, rows.counts[row], scratch)
+        if not stats:
+            return None
+        units = None if self.sample is None else (self.sample[1], self.units)
+        # on the sample too when there is one: a pass over the whole output is what sampling saves
+        return add_moments(values if units is None else counted, near_zero, rows.moments[row], units, scratch)
+
+
+class FusedPlan:
+    "One compiled call per output on the CPU: histogram and moments in one pass (`colordim.fused`)."
+    def __init__(self, shape, sample, bins, limits, linthresh, near_zero, stats):
+        self.units = channel_count(shape)
+        self.batch = shape[0] if len(shape) >= 2 else 1  # a 0-d or 1-d output is one unit
+        self.sample = None if sample is None else tuple(part.numpy() for part in sample)
+        self.unit_max = np.empty(self.units, dtype=np.float32)
+        self.options = (*limits, bins, linthresh or 0.0, near_zero, stats)
+        counted = math.prod(shape) if sample is None else sample[0].numel()
+        self.sizes = np.array([math.prod(shape), self.units, counted], dtype=np.int64)
+
+    def __call__(self, values: torch.Tensor, rows, row: int):
+        "Add `values` to row `row` of `rows` (DeviceRows on the CPU); each unit's maximum over `values`."
+        flat = values.contiguous().numpy().reshape(-1)
+        counts, moments = rows.host
+        if self.sample is None:
+            fused.summarise(flat, self.batch, self.units, *self.options, counts, moments, row, self.unit_max)
+        else:
+            fused.summarise_sample(flat, *self.sample, *self.options, counts, moments, row, self.unit_max)
+        return torch.from_numpy(self.unit_max)
+
+
+def make_plan(values: torch.Tensor, sample: int, seed: int, bins: int, limits, linthresh, near_zero: float,
+              stats: bool, scratch):
+    "The plan for outputs like `values`: `sample` positions drawn from `seed` when it has more values."
+    shape = tuple(values.shape)
+    positions = draw_sample(shape, sample, seed) if sample is not None and values.numel() > sample else None
+    if USE_FUSED and values.device.type == "cpu" and fused.available():
+        return FusedPlan(shape, positions, bins, limits, linthresh, near_zero, stats)
+    return TorchPlan(shape, values.device, positions, bins, limits, linthresh, near_zero, stats, scratch)

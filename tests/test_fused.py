@@ -1,0 +1,95 @@
+"""The compiled CPU kernel (`colordim.fused`) gives what the torch path (the GPU's) gives, value for value."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import colordim.plans
+from colordim import fused
+from colordim.recorder import HistogramRecorder
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="numba is not installed")
+
+
+def outputs():
+    "Outputs that probe every rule: signs, ReLU zeros, edges, NaN, inf, ranks, layouts, dtypes."
+    generator = torch.Generator().manual_seed(0)
+    normal = torch.randn(16, 8, 6, 6, generator=generator) * 3
+    edges = torch.linspace(-5, 5, 41).repeat(7)  # every bin edge of bins=40 over (-5, 5), both ends included
+    holes = normal.clone()
+    holes[2, 3, 1, 1], holes[5, 0, 0, 0], holes[5, 1, 2, 2] = math.nan, math.inf, -math.inf
+    dead = torch.randn(32, 10, generator=generator).relu()
+    dead[:, 3] = 0  # unit 3 never fires
+    return {
+        "normal": normal, "relu": normal.relu(), "edges": edges, "nan and inf": holes,
+        "(batch, features)": dead, "0-d": torch.tensor(2.5), "1-d": torch.randn(100, generator=generator),
+        "transposed": normal.transpose(1, 3), "channels last": normal.contiguous(memory_format=torch.channels_last),
+        "bfloat16": normal.bfloat16(), "constant": torch.full((4, 3, 5), 5.0), "huge": normal * 1e6,
+        "all nan": torch.full((3, 2), math.nan),
+    }
+
+
+class Emit(nn.Module):
+    "Returns what it is given: lets a test hand the recorder any output."
+    def forward(self, x): return x
+
+
+def recorded(path, monkeypatch, output, **options):
+    monkeypatch.setattr(colordim.plans, "USE_FUSED", path == "fused")
+    emit = Emit()
+    engine = HistogramRecorder({"out": emit}, **options).attach()
+    for iteration in range(2):
+        engine.begin_column(iteration=iteration)
+        emit(output)
+        emit(output * -0.5)  # a second call into the same column
+        engine.end_column()
+    engine.detach()
+    return engine.recording
+
+
+def assert_same(fast, slow):
+    assert (fast.counts["out"] == slow.counts["out"]).all(), fast.counts["out"] - slow.counts["out"]
+    assert fast.numel["out"].tolist() == slow.numel["out"].tolist()
+    got, want = fast.moments["out"], slow.moments["out"]
+    np.testing.assert_allclose(got[:, :2], want[:, :2], rtol=2e-6, atol=1e-6)  # float32 sums, summed differently
+    np.testing.assert_array_equal(got[:, 2:], want[:, 2:])                      # counts, min and max: exact
+
+
+@pytest.mark.parametrize("name", list(outputs()))
+def test_the_kernel_counts_and_summarises_like_torch(name, monkeypatch):
+    output = outputs()[name]
+    options = dict(bins=40, range=(-5, 5))
+    assert_same(recorded("fused", monkeypatch, output, **options), recorded("torch", monkeypatch, output, **options))
+
+
+@pytest.mark.parametrize("options", [dict(scale="symlog", linthresh=0.5, range=(-1e6, 1e6)), dict(stats=False),
+                                     dict(sample=100), dict(sample=100, stats=False), dict(near_zero=1.0)])
+def test_the_kernel_follows_every_option_like_torch(options, monkeypatch):
+    for name in ("normal", "nan and inf", "(batch, features)", "huge"):
+        output = outputs()[name]
+        fast, slow = recorded("fused", monkeypatch, output, **options), recorded("torch", monkeypatch, output, **options)
+        if options.get("stats", True):
+            assert_same(fast, slow)
+        else:
+            assert (fast.counts["out"] == slow.counts["out"]).all()
+            assert np.isnan(fast.mean["out"]).all() and np.isnan(slow.mean["out"]).all()
+
+
+def test_known_answers_from_the_kernel(monkeypatch):
+    "Independent of the torch path: numpy's histogram, and statistics worked out by hand."
+    values = torch.tensor([[-7.0, -1.0, 0.0, 0.01], [0.5, 2.0, 3.0, 9.0], [math.nan, 1.0, 1.0, 1.0]])
+    recording = recorded("fused", monkeypatch, values[:2], bins=3, range=(-3, 3), near_zero=0.05)
+    finite = values[:2].numpy().ravel()
+    both = np.concatenate([finite, finite * -0.5])
+    inside = np.histogram(both, bins=3, range=(-3, 3))[0]
+    assert recording.counts["out"][0].tolist() == [(both < -3).sum(), *inside, (both > 3).sum()]
+    assert recording.mean["out"][0] == pytest.approx(both.mean())
+    assert recording.near_zero["out"][0] == pytest.approx(4 / 16)
+    assert (recording.min["out"][0], recording.max["out"][0]) == (-7.0, 9.0)
+    # units are dim 1, 4 per call: the first call's maxima are 0.5, 2, 3, 9; the second's (x -0.5) are
+    # 3.5, 0.5, -0.0, -0.005: two dead units out of 8
+    assert recording.dead_rate["out"][0] == pytest.approx(2 / 8)
+    with_nan = recorded("fused", monkeypatch, values, bins=3, range=(-3, 3))
+    assert with_nan.nan["out"][0] == 2 and np.isnan(with_nan.mean["out"][0]) and np.isnan(with_nan.max["out"][0])
