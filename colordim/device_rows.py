@@ -16,6 +16,7 @@ class DeviceRows:
     def __init__(self, rows: int, bins: int, device):
         moments_dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64  # MPS has no float64
         self.counts = torch.zeros(rows, bins + 2, dtype=torch.int64, device=device)
+        self.size = rows
         self.moments = torch.empty(rows, len(MOMENTS), dtype=moments_dtype, device=device)
         # Distributed runs only: each unit's largest value per row, so that ranks can merge dead units
         # exactly (a unit is dead when it is <= 0 on every rank's shard, not on average).
@@ -26,6 +27,7 @@ class DeviceRows:
 
     def keep_unit_max(self, row: int, per_unit: torch.Tensor) -> None:
         "Merge this output's per-unit maxima into `row` (the width is the first output's unit count)."
+        per_unit = torch.as_tensor(per_unit)  # the CPU kernel gives a numpy array
         if self.unit_max is None:
             self.unit_max = torch.full((len(self), per_unit.numel()), -math.inf, device=self.counts.device,
                                        dtype=self.moments.dtype)
@@ -40,7 +42,7 @@ class DeviceRows:
                 wider[:, :self.unit_max.shape[1]].copy_(self.unit_max)
             self.unit_max = wider
 
-    def __len__(self): return self.counts.shape[0]
+    def __len__(self): return self.size
 
     def grown(self, rows: int) -> "DeviceRows":
         bigger = DeviceRows(rows, self.counts.shape[1] - 2, self.counts.device)

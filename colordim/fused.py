@@ -159,11 +159,20 @@ def summarise(flat, batch, units, low, high, bins, linthresh, near, stats, count
         _add_moments(moments[row], total, squares, near_zero, unit_max, minimum, maximum)
 
 
+@_jit_fast(_EXTREMES)
+def _min_max(block):
+    "Minimum and maximum of a 1-D block with no NaN."
+    low, high = np.float32(np.inf), np.float32(-np.inf)
+    for i in range(block.shape[0]):
+        low, high = min(low, block[i]), max(high, block[i])
+    return low, high
+
+
 @_jit
-def summarise_sample(flat, positions, unit_of, low, high, bins, linthresh, near, stats, counts, moments, row,
-                     unit_max):
-    """`summarise` of the values of `flat` at `positions` (each in unit `unit_of`): a unit never sampled
-    gets +inf in `unit_max` (not dead)."""
+def summarise_sample(flat, positions, unit_of, unsampled, low, high, bins, linthresh, near, stats, counts, moments,
+                     row, unit_max):
+    """`summarise` of the values of `flat` at `positions` (each in unit `unit_of`); the units in
+    `unsampled` get +inf in `unit_max` (never seen, so not dead)."""
     sample = np.empty(positions.shape[0], np.float32)
     for j in range(positions.shape[0]):
         sample[j] = flat[positions[j]]
@@ -177,15 +186,15 @@ def summarise_sample(flat, positions, unit_of, low, high, bins, linthresh, near,
         return
     total, squares, near_zero, nan = _sums(sample, np.float32(near))
     unit_max[:] = -np.inf
-    seen = np.zeros(unit_max.shape[0], np.bool_)
-    minimum, maximum = np.float32(np.inf), np.float32(-np.inf)
-    for j in range(sample.shape[0]):
-        value, unit = sample[j], unit_of[j]
-        unit_max[unit] = _nan_max(value, unit_max[unit])
-        seen[unit] = True
-        minimum = _nan_min(value, minimum)
-        maximum = _nan_max(value, maximum)
-    for unit in range(unit_max.shape[0]):
-        if not seen[unit]:
-            unit_max[unit] = np.inf
+    if nan == 0:
+        for j in range(sample.shape[0]):
+            if sample[j] > unit_max[unit_of[j]]:
+                unit_max[unit_of[j]] = sample[j]
+        minimum, maximum = _min_max(sample)
+    else:  # NaN wins: in a unit's maximum (not dead), in the minimum and maximum
+        for j in range(sample.shape[0]):
+            unit_max[unit_of[j]] = _nan_max(sample[j], unit_max[unit_of[j]])
+        minimum = maximum = np.float32(np.nan)
+    for unit in unsampled:
+        unit_max[unit] = np.inf
     _add_moments(moments[row], total, squares, near_zero, unit_max, minimum, maximum)

@@ -61,7 +61,11 @@ class FusedPlan:
     def __init__(self, shape, sample, bins, limits, linthresh, near_zero, stats):
         self.units = channel_count(shape)
         self.batch = shape[0] if len(shape) >= 2 else 1  # a 0-d or 1-d output is one unit
-        self.sample = None if sample is None else tuple(part.numpy() for part in sample)
+        if sample is not None:  # positions, the unit of each, and the units with no position
+            positions, unit_of = (part.numpy() for part in sample)
+            self.sample = positions, unit_of, np.setdiff1d(np.arange(self.units), unit_of).astype(np.int64)
+        else:
+            self.sample = None
         self.unit_max = np.empty(self.units, dtype=np.float32)
         self.options = (*limits, bins, linthresh or 0.0, near_zero, stats)
         counted = math.prod(shape) if sample is None else sample[0].numel()
@@ -70,12 +74,11 @@ class FusedPlan:
     def __call__(self, values: torch.Tensor, rows, row: int):
         "Add `values` to row `row` of `rows` (DeviceRows on the CPU); each unit's maximum over `values`."
         flat = values.contiguous().numpy().reshape(-1)
-        counts, moments = rows.host
         if self.sample is None:
-            fused.summarise(flat, self.batch, self.units, *self.options, counts, moments, row, self.unit_max)
+            fused.summarise(flat, self.batch, self.units, *self.options, *rows.host, row, self.unit_max)
         else:
-            fused.summarise_sample(flat, *self.sample, *self.options, counts, moments, row, self.unit_max)
-        return torch.from_numpy(self.unit_max)
+            fused.summarise_sample(flat, *self.sample, *self.options, *rows.host, row, self.unit_max)
+        return self.unit_max  # numpy: `DeviceRows.keep_unit_max` takes it as it is
 
 
 def make_plan(values: torch.Tensor, sample: int, seed: int, bins: int, limits, linthresh, near_zero: float,

@@ -45,6 +45,8 @@ class HistogramRecorder:
         self._bin_limits = [None if self.range == "auto" else self._binned(self.range)] * len(self.names)
         self.stats, self.near_zero, self.sample = bool(stats), check_near_zero(near_zero), check_sample(sample)
         self._plans = {}  # (slot, shape, device) -> how such outputs are summarised (`colordim.plans`)
+        self._last = [None] * len(self.names)  # per layer: the plan of its last output (the next is alike)
+        self._used = []  # the plans used in the open column: the host counts their sizes at its end
         self._scratch = Scratch()  # CPU buffers the size of the biggest output, reused by every hook
         self.max_columns, self._width = check_max_columns(max_columns), 1  # batches per column once merging started
         self.grads = bool(grads)
@@ -94,6 +96,9 @@ class HistogramRecorder:
     def _hook(self, slot, module, inputs, output):
         if self._row is None:  # between batches or outside a fit: nothing to record
             return
+        if not self.grads and isinstance(output, torch.Tensor):  # the common case, kept short: it runs per layer
+            self._record(slot, output)
+            return
         for part, value in self._parts(slot, output):
             if self.grads and isinstance(value, torch.Tensor) and value.requires_grad:
                 # a hook on the output tensor, not register_full_backward_hook: in-place ops break that
@@ -117,6 +122,7 @@ class HistogramRecorder:
             self.names.append(self.names[slot] + path)
             self._parent.append(slot)
             self._rows.append(None)
+            self._last.append(None)
             self._limits.append(self._limits[slot] if self.range != "auto" else None)
             self._bin_limits.append(self._bin_limits[slot] if self.range != "auto" else None)
             self._sizes = np.concatenate([self._sizes, np.zeros((self._capacity, 1, 3), np.int64)], axis=1)
@@ -128,34 +134,43 @@ class HistogramRecorder:
 
     def _record(self, slot, output):
         "Histogram (and summarise) one output, or one gradient, into the open column."
-        row = self._row
-        name = self.names[slot]
-        if not isinstance(output, torch.Tensor):
-            self.skipped[name] = f"output is a {type(output).__name__}, not a tensor"
+        if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+            self._skip(slot, output)
             return
-        if not output.is_floating_point():
-            self.skipped[name] = f"output dtype {output.dtype} is not floating point"
-            return
-        if self._pending[2] == "train" or name not in self.shapes:  # a training batch's shape is the one to show
-            self.shapes[name] = tuple(output.shape)
-        if not output.numel():
-            return
+        plan = self._last[slot]  # worked out when a shape is first seen
+        if plan is None or plan.shape != output.shape or plan.device != output.device:
+            if not output.numel():
+                self.shapes[self.names[slot]] = tuple(output.shape)
+                return
+            plan = self._plan(slot, output)
         # One float32 view or copy for everything: histc and sums of fp16/bf16 would count in that dtype.
-        values = output.detach().float()
-        if self._limits[slot] is None:
-            self._set_auto_range(slot, values)
-        plan = self._plans.get((slot, values.shape, values.device))
-        if plan is None:
-            plan = self._plans[(slot, values.shape, values.device)] = make_plan(
-                values, self.sample, len(self._plans), self.bins, self._bin_limits[slot], self.linthresh,
-                self.near_zero, self.stats, self._scratch)
+        values, row = output.detach().float(), self._row
         rows = self._rows[slot]
-        if rows is None or len(rows) < self._capacity:
+        if rows is None or rows.size < self._capacity:
             rows = self._device_rows(slot, values.device)
         per_unit = plan(values, rows, row)
         if self._unit_maxima:
             rows.keep_unit_max(row, per_unit)
-        self._sizes[row, slot] += plan.sizes  # shapes are metadata: known on the host, no sync
+        self._used.append(plan)  # its sizes are metadata, counted on the host when the column ends
+
+    def _skip(self, slot, output) -> None:
+        "Note why a layer's output is not recorded (shown in `recording.skipped`)."
+        self.skipped[self.names[slot]] = f"output is a {type(output).__name__}, not a tensor" \
+            if not isinstance(output, torch.Tensor) else f"output dtype {output.dtype} is not floating point"
+
+    def _plan(self, slot, output: torch.Tensor):
+        "How this layer's outputs of this shape are summarised: the range first (range='auto'), then the plan."
+        values = output.detach().float()
+        if self._limits[slot] is None:
+            self._set_auto_range(slot, values)
+        key = (slot, output.shape, output.device)
+        if key not in self._plans:
+            self._plans[key] = make_plan(values, self.sample, len(self._plans), self.bins, self._bin_limits[slot],
+                                         self.linthresh, self.near_zero, self.stats, self._scratch)
+            self._plans[key].slot, self._plans[key].name = slot, self.names[slot]
+            self._plans[key].shape, self._plans[key].device = output.shape, output.device
+        self._last[slot] = self._plans[key]
+        return self._plans[key]
 
     def _binned(self, limits) -> tuple[float, float]:
         return limits if self.linthresh is None else tuple(float(symlog(end, self.linthresh)) for end in limits)
@@ -200,8 +215,13 @@ class HistogramRecorder:
     def end_column(self) -> None:
         "Keep the open column."
         if self._row is not None:
+            for plan in self._used:  # what each output added, known on the host: no sync
+                self._sizes[self._row, plan.slot] += plan.sizes
+                if self._pending[2] == "train" or plan.name not in self.shapes:  # a training batch's shape shows
+                    self.shapes[plan.name] = tuple(plan.shape)
             self._index.append(self._pending)
             self._row = self._pending = None
+        self._used = []
 
     def abandon_column(self) -> None:
         "Drop the open column (an interrupted batch): its row is cleared for the next one."
@@ -211,6 +231,7 @@ class HistogramRecorder:
             if rows is not None:
                 rows.clear(self._row)
         self._sizes[self._row] = 0
+        self._used = []
         self._row = self._pending = None
 
     def _set_capacity(self, rows: int) -> None:
