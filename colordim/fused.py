@@ -19,7 +19,7 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; a broken install falls back to torch
     njit = None
 
-LANES = 4  # counts go into 4 interleaved histograms: neighbours (ReLU zeros) rarely bump the same counter
+LANES = 8  # counts go into 8 interleaved histograms: neighbours (ReLU zeros) rarely bump the same counter
 _SUMS = {"reassoc", "nsz", "contract"}  # lets sums vectorise; NaN still propagates
 _EXTREMES = {"nnan", "reassoc", "nsz"}  # lets min/max vectorise; a block with a NaN is redone exactly
 
@@ -108,13 +108,16 @@ def _keys(block, low, scale, bins, high, linthresh, keys):
 @_jit
 def _count(keys, lanes):
     for i in range(keys.shape[0]):
-        lanes[i & 3, keys[i]] += 1
+        lanes[i & (LANES - 1), keys[i]] += 1
 
 
 @_jit
 def _add_counts(lanes, counts):
+    "Add the lanes' counts (all but the NaN bin) to `counts` and zero the lanes for the next call."
     for k in range(counts.shape[0]):
-        counts[k] += lanes[0, k] + lanes[1, k] + lanes[2, k] + lanes[3, k]
+        for lane in range(LANES):
+            counts[k] += lanes[lane, k]
+    lanes[:] = 0
 
 
 @_jit
@@ -132,14 +135,14 @@ def _add_moments(moments, total, squares, near_zero, unit_max, low, high):
 
 
 @_jit
-def summarise(flat, batch, units, low, high, bins, linthresh, near, stats, counts, moments, row, unit_max):
+def summarise(flat, batch, units, low, high, bins, linthresh, near, stats, counts, moments, row, unit_max, keys,
+              lanes):
     """Add a float32 output's counts to `counts[row]` (bins + 2) and, with `stats`, its moments to
-    `moments[row]` (6); `flat` is laid out (batch, units, inner). Each unit's maximum goes to `unit_max`."""
+    `moments[row]` (6); `flat` is laid out (batch, units, inner). Each unit's maximum goes to `unit_max`.
+    Scratch: `keys` (units * inner int32), `lanes` (LANES, bins + 3) int64 zeros."""
     values = flat.reshape(batch, units, flat.shape[0] // (batch * units))
     low32, high32, near32 = np.float32(low), np.float32(high), np.float32(near)
     scale, linthresh32 = np.float32(bins / (high - low)), np.float32(linthresh)
-    lanes = np.zeros((LANES, bins + 3), np.int64)
-    keys = np.empty(values.shape[1] * values.shape[2], np.int32)
     rows = flat.reshape(batch, keys.shape[0])
     unit_max[:] = -np.inf
     total, squares, near_zero, minimum = 0.0, 0.0, 0, np.float32(np.inf)
@@ -170,14 +173,12 @@ def _min_max(block):
 
 @_jit
 def summarise_sample(flat, positions, unit_of, unsampled, low, high, bins, linthresh, near, stats, counts, moments,
-                     row, unit_max):
+                     row, unit_max, keys, lanes, sample):
     """`summarise` of the values of `flat` at `positions` (each in unit `unit_of`); the units in
-    `unsampled` get +inf in `unit_max` (never seen, so not dead)."""
-    sample = np.empty(positions.shape[0], np.float32)
+    `unsampled` get +inf in `unit_max` (never seen, so not dead). Scratch: `sample` (float32) and
+    `keys` (int32) as long as `positions`, `lanes` as in `summarise`."""
     for j in range(positions.shape[0]):
         sample[j] = flat[positions[j]]
-    keys = np.empty(sample.shape[0], np.int32)
-    lanes = np.zeros((LANES, bins + 3), np.int64)
     _keys(sample, np.float32(low), np.float32(bins / (high - low)), bins, np.float32(high),
           np.float32(linthresh), keys)
     _count(keys, lanes)

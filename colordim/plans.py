@@ -67,17 +67,22 @@ class FusedPlan:
         else:
             self.sample = None
         self.unit_max = np.empty(self.units, dtype=np.float32)
-        self.options = (*limits, bins, linthresh or 0.0, near_zero, stats)
         counted = math.prod(shape) if sample is None else sample[0].numel()
+        batch_size = counted if sample is not None else math.prod(shape) // self.batch  # values per batch row
+        # the kernels' scratch, kept so that a call allocates nothing: bin keys, count lanes, the sample
+        self.scratch = (np.empty(batch_size, np.int32), np.zeros((fused.LANES, bins + 3), np.int64)) \
+            + (() if sample is None else (np.empty(counted, np.float32),))
+        self.options = (*limits, bins, linthresh or 0.0, near_zero, stats)
         self.sizes = np.array([math.prod(shape), self.units, counted], dtype=np.int64)
 
     def __call__(self, values: torch.Tensor, rows, row: int):
         "Add `values` to row `row` of `rows` (DeviceRows on the CPU); each unit's maximum over `values`."
-        flat = values.contiguous().numpy().reshape(-1)
+        flat = values.numpy().ravel()  # a view; a copy when `values` is not contiguous
         if self.sample is None:
-            fused.summarise(flat, self.batch, self.units, *self.options, *rows.host, row, self.unit_max)
+            fused.summarise(flat, self.batch, self.units, *self.options, *rows.host, row, self.unit_max,
+                            *self.scratch)
         else:
-            fused.summarise_sample(flat, *self.sample, *self.options, *rows.host, row, self.unit_max)
+            fused.summarise_sample(flat, *self.sample, *self.options, *rows.host, row, self.unit_max, *self.scratch)
         return self.unit_max  # numpy: `DeviceRows.keep_unit_max` takes it as it is
 
 
