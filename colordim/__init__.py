@@ -1,4 +1,5 @@
 """colordim: the colorful-dimension plot of layer activations for fastai and PyTorch."""
+from .diagnose import Report, diagnose
 from .layers import find_layers
 from .loop import record
 from .recorder import HistogramRecorder
@@ -6,8 +7,8 @@ from .recording import Recording
 
 __version__ = "0.1.0"
 _FIGURES = ("color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats", "compare")
-__all__ = ["ActivationHistogram", "HistogramRecorder", "Recording", "find_layers", "record", "to_tensorboard",
-           *_FIGURES, "__version__"]
+__all__ = ["ActivationHistogram", "HistogramRecorder", "Recording", "Report", "diagnose", "find_layers", "record",
+           "to_tensorboard", *_FIGURES, "__version__"]
 
 
 def __getattr__(name):

@@ -11,6 +11,7 @@ from fastcore.basics import patch, store_attr
 from . import plot
 from .distributed import is_main_process
 from .layers import find_layers
+from .diagnose import diagnose
 from .checks import check_bins, check_near_zero, check_range, check_sample, check_scale
 from .recorder import Recorders
 from .recording import Recording
@@ -43,6 +44,7 @@ class ActivationHistogram(Callback):
         grad_scale: str = "linear",  # or "symlog"
         record_inference: bool = False,  # also record get_preds/validate outside a fit, as 'valid' columns
         export_recording: bool = False,  # let learn.export() carry the recording (host arrays, no hooks)
+        report: bool = False,  # print the health report (`colordim.diagnose`) after each fit
     ):
         check_bins(bins), check_range(range), check_scale(scale, linthresh)  # fail now, not at the first batch
         check_range(grad_range), check_scale(grad_scale, linthresh)
@@ -117,6 +119,8 @@ class ActivationHistogram(Callback):
         "Sum the last columns across ranks (when distributed), remove the hooks; the recording stays."
         if self._active:
             self.engine.flush()
+            if self.report and self._trained and is_main_process():
+                print(diagnose(self.engine.recording))
         self._unhook()
 
     def _unhook(self):
@@ -228,6 +232,13 @@ def dead_chart(self: Learner, layers=None, **kwargs):
 def plot_layer_stats(self: Learner, layer=0, **kwargs):
     "Mean, std, share near zero and dead-unit rate of `layer` per batch."
     return plot.plot_layer_stats(learner_recording(self, layer), layer, **kwargs)
+
+
+@patch
+def activation_report(self: Learner, **thresholds):
+    """The health report of what the ActivationHistogram recorded: a table per layer and findings in
+    plain words (prints as text, shows as HTML in a notebook); thresholds as in `colordim.diagnose`."""
+    return diagnose(learner_recording(self), **thresholds)
 
 
 @patch

@@ -1,4 +1,4 @@
-"""The `colordim` command: the demo; PNGs, comparisons and TensorBoard logs of saved runs."""
+"""The `colordim` command: the demo; PNGs, comparisons, health reports and TensorBoard logs of saved runs."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--phase", choices=["train", "valid"], default="train",
                          help="training or validation batches (default: train)")
     compare.add_argument("-o", "--out", default="compare.png", metavar="FILE", help="the PNG (default: compare.png)")
+    report = commands.add_parser(
+        "report", help="the health report of a saved run, printed, and as one self-contained HTML page",
+        description="Print the health report of a saved run (a table per layer and findings in plain words) "
+                    "and write one HTML page with it, the run's metadata and every figure embedded; the page "
+                    "opens in any browser with no server and no network.")
+    report.add_argument("run", metavar="RUN.npz", help="the saved run")
+    report.add_argument("-o", "--out", default="report.html", metavar="FILE",
+                        help="the HTML page (default: report.html)")
     board = commands.add_parser(
         "tensorboard", help="write a saved run as TensorBoard histograms",
         description="Write every layer's per-batch histograms of a saved run (activations, and gradients if "
@@ -65,6 +73,8 @@ def main(argv=None) -> int:
             _plot_run(args)
         elif args.command == "compare":
             _compare_runs(args)
+        elif args.command == "report":
+            _report_run(args)
         elif args.command == "tensorboard":
             from .recording import Recording
             from .tensorboard import to_tensorboard
@@ -79,6 +89,17 @@ def main(argv=None) -> int:
 def _layer(recording, spec: str):
     "A layer given on the command line: its name, or its position when no layer has that name."
     return int(spec) if spec not in recording.layer_names and re.fullmatch(r"-?\d+", spec) else spec
+
+
+def _report_run(args) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    from .diagnose import diagnose
+    from .recording import Recording
+    recording = Recording.load(args.run)
+    print(diagnose(recording))
+    path = recording.to_html(args.out, title=f"colordim report: {Path(args.run).name}")
+    print(f"wrote {path}")
 
 
 def _plot_run(args) -> None:

@@ -68,13 +68,18 @@ def run_demo(out="out", epochs: int = 3, lr: float = 6e-2) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from .callback import learner_recording
     out, started, written = Path(out), time.perf_counter(), []
     runs = {}
     for label, batch_norm in (("batchnorm", True), ("no_batchnorm", False)):
         print(f"Training the seed CNN {'with' if batch_norm else 'without'} batch norm, {epochs} epochs at lr {lr}")
         learn = runs[label] = train(batch_norm, epochs=epochs, lr=lr)
+        print(f"\nHealth report, {label.replace('_', ' ').replace('batchnorm', 'batch norm')}:")
+        print(learn.activation_report(), "\n")
         folder = out / label
         folder.mkdir(parents=True, exist_ok=True)
+        written.append(folder / "report.html")
+        learner_recording(learn).to_html(written[-1], title=f"colordim demo: seed CNN, {label}, lr {lr}")
         for name in BLOCKS:
             written.append(folder / f"block{name}.png")
             learn.color_dim(name, overlay="mean", figsize=(10, 3.5), fname=written[-1])

@@ -265,6 +265,12 @@ class Recording:
         from .saved import save
         return save(self, path)
 
+    def to_html(self, path, title: str = "colordim report", **thresholds):
+        """Write one self-contained HTML page of this run (metadata, health report, every figure as an
+        embedded PNG) to `path`; `thresholds` as in `colordim.diagnose`. Returns the path."""
+        from .html_report import write_html
+        return write_html(self, path, title=title, **thresholds)
+
     @classmethod
     def load(cls, path) -> "Recording":
         "Read a Recording saved by `save` (never unpickles: opening a file cannot run code)."

