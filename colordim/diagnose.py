@@ -100,7 +100,9 @@ def _format(key, value) -> str:
         return str(value)
     if key == "jitter":
         return f"{value:.2f}"
-    return f"{100 * value:.1f}%" if value >= 0.001 or value == 0 else f"{100 * value:.2g}%"
+    if value == 0 or value >= 0.001:
+        return f"{100 * value:.1f}%"
+    return f"{100 * value:.2f}%" if value >= 0.0001 else "<0.01%"
 
 
 def diagnose(recording: Recording, tail: float = THRESHOLDS["tail"], dead: float = THRESHOLDS["dead"],

@@ -1,12 +1,11 @@
 """colordim.diagnose: each finding on a small recording with a known answer, the demo's good and bad runs."""
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from colordim import Recording, Report, diagnose
+from colordim import Recording, diagnose
 from colordim.recorder import HistogramRecorder
 
 
