@@ -29,7 +29,7 @@ THRESHOLDS = {
 class Finding:
     "One problem seen in one layer: what was measured, against which threshold, and what to try."
     layer: str
-    check: str          # "nan", "inf", "dead", "near_zero", "below", "above" or "jitter"
+    check: str          # "silent", "nan", "inf", "dead", "near_zero", "below", "above" or "jitter"
     value: float        # the figure measured
     threshold: float    # healthy is at or below this (for nan/inf: 0 batches)
     message: str        # what was seen, in plain words
@@ -49,6 +49,7 @@ class Report:
     rows: list
     findings: list
     thresholds: dict = field(default_factory=lambda: dict(THRESHOLDS))
+    columns: int = 0    # columns (batches) the recording held
 
     COLUMNS = (("layer", "layer"), ("shape", "shape"), ("dead", "dead units"), ("near_zero", "near zero"),
                ("below", "below range"), ("above", "above range"), ("nan_batches", "NaN batches"),
@@ -75,7 +76,8 @@ class Report:
         table.insert(1, "  ".join("-" * width for width in widths))
         tail = self.thresholds["tail"]
         notes = [f"dead units and near zero: the last {tail:.0%} of training batches; jitter: the last epoch",
-                 "Findings:" if self.findings else "Findings: none, every figure is within its threshold."]
+                 "Findings:" if self.findings else "Findings: none, every figure is within its threshold."
+                 if self.columns else "Findings: none, nothing was recorded yet."]
         return "\n".join(table + [""] + notes + [f"  - {finding}" for finding in self.findings])
 
     __repr__ = __str__
@@ -126,7 +128,7 @@ def diagnose(recording: Recording, tail: float = THRESHOLDS["tail"], dead: float
         row = _figures(recording, name, columns)
         rows.append(row)
         findings += _findings(recording, name, row, thresholds)
-    return Report(rows, findings, thresholds)
+    return Report(rows, findings, thresholds, columns=len(recording))
 
 
 class _Columns:
@@ -195,6 +197,11 @@ def _first(recording: Recording, mask: np.ndarray):
 def _findings(recording: Recording, name: str, row: dict, limits: dict) -> list:
     "The findings about one layer, most serious first."
     found, tail = [], f"the last {limits['tail']:.0%} of training batches"
+    if len(recording) and not recording.numel[name].sum():
+        reason = recording.skipped.get(name)
+        return [Finding(name, "silent", 0, 0, f"nothing recorded: {reason}" if reason else
+                        "nothing recorded: the layer never ran in a recorded batch",
+                        "check that the model's forward uses it, or choose another layer")]
     for check, label in (("nan", "NaN"), ("inf", "Inf")):
         batches = row[f"{check}_batches"]
         if batches:

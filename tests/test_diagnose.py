@@ -161,3 +161,18 @@ def test_the_demo_runs_collapsed_and_healthy():
     healthy = train(True, epochs=1, lr=6e-2).activation_report()
     assert not [f for f in healthy.findings if f.check in ("dead", "near_zero", "nan", "inf", "jitter")]
     assert [row["dead"] for row in healthy.rows] == [0.0] * 5
+
+
+def test_a_layer_that_never_ran_and_an_empty_recording():
+    model, unused = nn.Sequential(nn.Linear(3, 4), nn.ReLU()), nn.Linear(2, 2)
+    engine = HistogramRecorder({"0": model[0], "unused": unused})
+    assert str(diagnose(engine.recording)).endswith("Findings: none, nothing was recorded yet.")
+    with engine:
+        for iteration in range(3):
+            engine.begin_column("valid", iteration=iteration)   # validation only: read as it is
+            model(torch.randn(5, 3))
+            engine.end_column()
+    report = diagnose(engine.recording)
+    assert [(f.layer, f.check) for f in report.findings] == [("unused", "silent")]
+    assert "never ran in a recorded batch" in report.findings[0].message
+    assert report.rows[0]["near_zero"] >= 0 and math.isnan(report.rows[1]["dead"])
