@@ -119,7 +119,7 @@ def diagnose(recording: Recording, tail: float = THRESHOLDS["tail"], dead: float
         raise TypeError(f"recording: expected a colordim Recording, got {type(recording).__name__}")
     thresholds = dict(tail=tail, dead=dead, near_zero=near_zero, outside=outside, jitter=jitter)
     for name, value in thresholds.items():
-        if not (isinstance(value, (int, float)) and value >= 0 and (name != "tail" or 0 < value <= 1)):
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and (name != "tail" or 0 < value <= 1)):
             valid = "a share in (0, 1]" if name == "tail" else "a number >= 0"
             raise ValueError(f"{name}: {value!r} is not a threshold; use {valid}")
     columns = _Columns(recording, tail)
@@ -210,7 +210,8 @@ def _findings(recording: Recording, name: str, row: dict, limits: dict) -> list:
                                  "lower the learning rate, clip gradients, or look for it in the inputs and the loss"))
     if row["relu_like"] and row["dead"] > limits["dead"]:
         found.append(Finding(name, "dead", row["dead"], limits["dead"],
-                             f"{row['dead']:.0%} of channels output nothing over {tail} (healthy: below "
+                             f"{row['dead']:.0%} of {'channels' if len(row['shape']) > 2 else 'units'} output "
+                             f"nothing over {tail} (healthy: below "
                              f"{limits['dead']:.0%})", "lower the learning rate or add normalisation"))
     elif row["near_zero"] > limits["near_zero"]:
         threshold = recording.near_zero_threshold
