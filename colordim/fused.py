@@ -24,18 +24,48 @@ _SUMS = {"reassoc", "nsz", "contract"}  # lets sums vectorise; NaN still propaga
 _EXTREMES = {"nnan", "reassoc", "nsz"}  # lets min/max vectorise; a block with a NaN is redone exactly
 
 
+_WORKS = None  # whether the kernels compiled and ran here (checked once, on first use)
+
+
 def available() -> bool:
-    "Whether the compiled CPU kernels can run (numba imports)."
-    return njit is not None
+    "Whether the compiled CPU kernels run here: numba imports, and a first tiny call compiles and works."
+    global _WORKS
+    if _WORKS is None:
+        _WORKS = njit is not None and _smoke_test()
+    return _WORKS
+
+
+def _smoke_test() -> bool:
+    "Compile (or load from the cache) and run both kernels once; on any failure, warn and use torch."
+    try:
+        values, counts, moments = np.array([0.5, -1.0], np.float32), np.zeros((1, 4), np.int64), np.zeros((1, 6))
+        scratch = np.empty(2, np.int32), np.zeros((LANES, 5), np.int64)
+        summarise(values, 1, 1, -1.0, 1.0, 2, 0.0, 0.05, True, counts, moments, 0, np.empty(1, np.float32), *scratch)
+        positions = np.array([1], np.int64)
+        summarise_sample(values, positions, positions * 0, positions[:0], -1.0, 1.0, 2, 0.0, 0.05, True, counts,
+                         moments, 0, np.empty(1, np.float32), *scratch, np.empty(1, np.float32))
+        return counts[0].tolist() == [0, 2, 1, 0]  # -1.0 twice (the second call's sample) and 0.5
+    except Exception as error:  # noqa: BLE001 - whatever numba raises, recording goes on with torch
+        import warnings
+        warnings.warn(f"colordim: the compiled CPU kernel is unavailable ({type(error).__name__}: {error}); "
+                      "using torch ops on the CPU instead (slower)", RuntimeWarning, stacklevel=3)
+        return False
+
+
+def _compiled(function, **options):
+    "`function` compiled by numba, cached on disk when there is somewhere to cache it."
+    try:
+        return njit(nogil=True, cache=True, boundscheck=False, **options)(function)
+    except RuntimeError:  # no writable cache location (read-only install, no home): compile per process
+        return njit(nogil=True, boundscheck=False, **options)(function)
 
 
 def _jit(function):
-    return njit(nogil=True, cache=True, boundscheck=False)(function) if njit else function
+    return _compiled(function) if njit else function
 
 
 def _jit_fast(flags):
-    return lambda function: njit(nogil=True, cache=True, boundscheck=False, fastmath=flags)(function) \
-        if njit else function
+    return lambda function: _compiled(function, fastmath=flags) if njit else function
 
 
 @_jit_fast(_SUMS)
@@ -139,11 +169,12 @@ def summarise(flat, batch, units, low, high, bins, linthresh, near, stats, count
               lanes):
     """Add a float32 output's counts to `counts[row]` (bins + 2) and, with `stats`, its moments to
     `moments[row]` (6); `flat` is laid out (batch, units, inner). Each unit's maximum goes to `unit_max`.
-    Scratch: `keys` (units * inner int32), `lanes` (LANES, bins + 3) int64 zeros."""
-    values = flat.reshape(batch, units, flat.shape[0] // (batch * units))
+    Scratch: `keys` (at least units * inner int32), `lanes` (LANES, bins + 3) int64 zeros."""
+    width = flat.shape[0] // batch
+    values = flat.reshape(batch, units, width // units)
     low32, high32, near32 = np.float32(low), np.float32(high), np.float32(near)
     scale, linthresh32 = np.float32(bins / (high - low)), np.float32(linthresh)
-    rows = flat.reshape(batch, keys.shape[0])
+    rows, keys = flat.reshape(batch, width), keys[:width]
     unit_max[:] = -np.inf
     total, squares, near_zero, minimum = 0.0, 0.0, 0, np.float32(np.inf)
     for n in range(batch):  # one sample at a time, while it is in cache
@@ -176,7 +207,8 @@ def summarise_sample(flat, positions, unit_of, unsampled, low, high, bins, linth
                      row, unit_max, keys, lanes, sample):
     """`summarise` of the values of `flat` at `positions` (each in unit `unit_of`); the units in
     `unsampled` get +inf in `unit_max` (never seen, so not dead). Scratch: `sample` (float32) and
-    `keys` (int32) as long as `positions`, `lanes` as in `summarise`."""
+    `keys` (int32) at least as long as `positions`, `lanes` as in `summarise`."""
+    sample, keys = sample[:positions.shape[0]], keys[:positions.shape[0]]
     for j in range(positions.shape[0]):
         sample[j] = flat[positions[j]]
     _keys(sample, np.float32(low), np.float32(bins / (high - low)), bins, np.float32(high),

@@ -93,3 +93,21 @@ def test_known_answers_from_the_kernel(monkeypatch):
     assert recording.dead_rate["out"][0] == pytest.approx(2 / 8)
     with_nan = recorded("fused", monkeypatch, values, bins=3, range=(-3, 3))
     assert with_nan.nan["out"][0] == 2 and np.isnan(with_nan.mean["out"][0]) and np.isnan(with_nan.max["out"][0])
+
+
+def test_a_kernel_that_fails_to_compile_falls_back_to_torch_with_a_warning(monkeypatch):
+    from colordim.plans import TorchPlan
+    def broken(*args):
+        raise RuntimeError("no LLVM here")
+    monkeypatch.setattr(fused, "_WORKS", None)
+    monkeypatch.setattr(fused, "summarise", broken)
+    with pytest.warns(RuntimeWarning, match="compiled CPU kernel is unavailable .RuntimeError: no LLVM here.; "
+                                            "using torch ops"):
+        assert not fused.available()
+    emit = Emit()
+    with HistogramRecorder({"out": emit}, bins=4, range=(-2, 2)) as engine:
+        engine.begin_column()
+        emit(torch.tensor([[-3.0, -1.0, 0.5, 1.5, 9.0]]))
+        engine.end_column()
+    assert isinstance(next(iter(engine._plans.values())), TorchPlan)
+    assert engine.recording.counts["out"].tolist() == [[1, 0, 1, 1, 1, 1]]   # -1.0 opens bin [-1, 0)
