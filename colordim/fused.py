@@ -41,9 +41,9 @@ def _smoke_test() -> bool:
         values, counts, moments = np.array([0.5, -1.0], np.float32), np.zeros((1, 4), np.int64), np.zeros((1, 6))
         scratch = np.empty(2, np.int32), np.zeros((LANES, 5), np.int64)
         summarise(values, 1, 1, -1.0, 1.0, 2, 0.0, 0.05, True, counts, moments, 0, np.empty(1, np.float32), *scratch)
-        positions = np.array([1], np.int64)
+        positions = np.array([1], np.int32)
         summarise_sample(values, positions, positions * 0, positions[:0], -1.0, 1.0, 2, 0.0, 0.05, True, counts,
-                         moments, 0, np.empty(1, np.float32), *scratch, np.empty(1, np.float32))
+                         moments, 0, np.empty(1, np.float32), scratch[1])
         return counts[0].tolist() == [0, 2, 1, 0]  # -1.0 twice (the second call's sample) and 0.5
     except Exception as error:  # noqa: BLE001 - whatever numba raises, recording goes on with torch
         import warnings
@@ -193,41 +193,44 @@ def summarise(flat, batch, units, low, high, bins, linthresh, near, stats, count
         _add_moments(moments[row], total, squares, near_zero, unit_max, minimum, maximum)
 
 
-@_jit_fast(_EXTREMES)
-def _min_max(block):
-    "Minimum and maximum of a 1-D block with no NaN."
-    low, high = np.float32(np.inf), np.float32(-np.inf)
-    for i in range(block.shape[0]):
-        low, high = min(low, block[i]), max(high, block[i])
-    return low, high
+@_jit
+def _symlog(value, linthresh):
+    return np.float32(math.copysign(math.log1p(abs(value) / linthresh), value))
 
 
 @_jit
 def summarise_sample(flat, positions, unit_of, unsampled, low, high, bins, linthresh, near, stats, counts, moments,
-                     row, unit_max, keys, lanes, sample):
+                     row, unit_max, lanes):
     """`summarise` of the values of `flat` at `positions` (each in unit `unit_of`); the units in
-    `unsampled` get +inf in `unit_max` (never seen, so not dead). Scratch: `sample` (float32) and
-    `keys` (int32) at least as long as `positions`, `lanes` as in `summarise`."""
-    sample, keys = sample[:positions.shape[0]], keys[:positions.shape[0]]
-    for j in range(positions.shape[0]):
-        sample[j] = flat[positions[j]]
-    _keys(sample, np.float32(low), np.float32(bins / (high - low)), bins, np.float32(high),
-          np.float32(linthresh), keys)
-    _count(keys, lanes)
-    _add_counts(lanes, counts[row])
-    if not stats:
-        return
-    total, squares, near_zero, nan = _sums(sample, np.float32(near))
+    `unsampled` get +inf in `unit_max` (never seen, so not dead). One loop and no buffer but
+    `lanes`: a sample is small, and what it reads stays in cache from one batch to the next."""
+    low32, high32, near32 = np.float32(low), np.float32(high), np.float32(near)
+    scale, linthresh32, top = np.float32(bins / (high - low)), np.float32(linthresh), np.float32(bins + 1)
+    total, squares, near_zero, nan = 0.0, 0.0, 0, 0
+    minimum, maximum = np.float32(np.inf), np.float32(-np.inf)
     unit_max[:] = -np.inf
-    if nan == 0:
-        for j in range(sample.shape[0]):
-            if sample[j] > unit_max[unit_of[j]]:
-                unit_max[unit_of[j]] = sample[j]
-        minimum, maximum = _min_max(sample)
-    else:  # NaN wins: in a unit's maximum (not dead), in the minimum and maximum
-        for j in range(sample.shape[0]):
-            unit_max[unit_of[j]] = _nan_max(sample[j], unit_max[unit_of[j]])
-        minimum = maximum = np.float32(np.nan)
-    for unit in unsampled:
-        unit_max[unit] = np.inf
-    _add_moments(moments[row], total, squares, near_zero, unit_max, minimum, maximum)
+    for j in range(positions.shape[0]):
+        value = flat[positions[j]]
+        binned = _symlog(value, linthresh32) if linthresh32 > 0 else value
+        index = (binned - low32) * scale + np.float32(1)  # as in `_keys`
+        index = np.float32(0) if index < np.float32(0) else index
+        index = top if index > top else index
+        key = bins + 2 if binned != binned else np.int32(index) - np.int32(binned == high32)
+        lanes[j & (LANES - 1), key] += 1
+        if stats:
+            total += value
+            squares += value * value
+            near_zero += abs(value) <= near32
+            if value != value:
+                nan += 1
+            else:
+                minimum = value if value < minimum else minimum
+                maximum = value if value > maximum else maximum
+            unit_max[unit_of[j]] = _nan_max(value, unit_max[unit_of[j]])
+    _add_counts(lanes, counts[row])
+    if stats:
+        if nan:  # NaN wins, as in torch.aminmax
+            minimum = maximum = np.float32(np.nan)
+        for unit in unsampled:
+            unit_max[unit] = np.inf
+        _add_moments(moments[row], total, squares, near_zero, unit_max, minimum, maximum)

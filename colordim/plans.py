@@ -61,17 +61,18 @@ class FusedPlan:
     def __init__(self, shape, sample, bins, limits, linthresh, near_zero, stats):
         self.units = channel_count(shape)
         self.batch = shape[0] if len(shape) >= 2 else 1  # a 0-d or 1-d output is one unit
-        if sample is not None:  # positions, the unit of each, and the units with no position
-            positions, unit_of = (part.numpy() for part in sample)
-            self.sample = positions, unit_of, np.setdiff1d(np.arange(self.units), unit_of).astype(np.int64)
+        if sample is not None:  # positions, the unit of each, and the units with no position; int32 when
+            # they fit: half the bytes a call reads, and they must stay in cache from one batch to the next
+            index = np.int32 if math.prod(shape) < 2 ** 31 else np.int64
+            positions, unit_of = (part.numpy().astype(index) for part in sample)
+            self.sample = positions, unit_of, np.setdiff1d(np.arange(self.units), unit_of).astype(index)
         else:
             self.sample = None
         self.unit_max = np.empty(self.units, dtype=np.float32)
         counted = math.prod(shape) if sample is None else sample[0].numel()
-        batch_size = counted if sample is not None else math.prod(shape) // self.batch  # values per batch row
-        # the kernels' scratch, kept so that a call allocates nothing: bin keys, count lanes, the sample
-        self.scratch = (np.empty(batch_size, np.int32), np.zeros((fused.LANES, bins + 3), np.int64)) \
-            + (() if sample is None else (np.empty(counted, np.float32),))
+        # the kernels' scratch, kept so that a call allocates nothing: count lanes, and (exact) bin keys
+        lanes = np.zeros((fused.LANES, bins + 3), np.int64)
+        self.scratch = (lanes,) if sample is not None else (np.empty(math.prod(shape) // self.batch, np.int32), lanes)
         self.options = (*limits, bins, linthresh or 0.0, near_zero, stats)
         self.sizes = np.array([math.prod(shape), self.units, counted], dtype=np.int64)
 
