@@ -52,7 +52,7 @@ class ActivationHistogram(Callback):
         store_attr()
         self.engine, self._fit, self._trained, self._active, self._hooked_for = None, -1, False, False, None
         self._checked = False  # the first forward pass of this fit has been checked
-        self._unsaved = False  # columns recorded since the last write to `save_to`
+        self._saved = 0  # the engine's `ended` count at the last write to `save_to`
 
     # --- fastai events -----------------------------------------------------------------------------
     def before_fit(self):
@@ -67,6 +67,7 @@ class ActivationHistogram(Callback):
                                     linthresh=self.linthresh, stats=self.stats, near_zero=self.near_zero,
                                     sample=self.sample, max_columns=self.max_columns, grads=self.grads,
                                     grad_range=self.grad_range, grad_scale=self.grad_scale)
+            self._saved = 0
         self.engine.attach()
         engines = _ENGINES.setdefault(self.learn, [])
         if self.engine not in engines:
@@ -83,13 +84,14 @@ class ActivationHistogram(Callback):
         "Open a column for this batch (host bookkeeping only, nothing touches the device)."
         if not self._active:
             return
-        if self.training:
+        learn = self.learn  # read from the learner itself: a callback's own lookup goes through fastcore's
+        if learn.training:  # GetAttr, several times slower, and this runs every batch
             if not self._trained:  # the first training batch of this fit starts a new fit index
                 self._trained, self._fit = True, self._fit + 1
         elif not (self.valid and self._trained or self.record_inference):  # get_preds/validate outside a fit
             return
-        self.engine.begin_column("train" if self.training else "valid", epoch=getattr(self, "epoch", 0),
-                                 fit=max(self._fit, 0), iteration=self.iter)
+        self.engine.begin_column("train" if learn.training else "valid", epoch=getattr(learn, "epoch", 0),
+                                 fit=max(self._fit, 0), iteration=learn.iter)
 
     def after_pred(self):
         "After the first forward pass of a fit, before any step: a layer that gives no tensor is an error."
@@ -102,8 +104,8 @@ class ActivationHistogram(Callback):
 
     def after_batch(self):
         if self._active:
-            self.engine.end_column()
-            self._unsaved = True
+            self.engine.end_column()  # counts it in `engine.ended`: no callback attribute set per batch
+                                      # (fastai's Callback.__setattr__ looks the name up on the learner)
 
     def after_cancel_batch(self):
         "A cancelled batch is not a complete batch: drop its column."
@@ -133,9 +135,9 @@ class ActivationHistogram(Callback):
 
     def _save(self):
         "Write to `save_to` what is new since the last write (after_fit follows the last after_epoch)."
-        if self.save_to is not None and self._unsaved and is_main_process():  # rank 0 alone writes
+        if self.save_to is not None and self.engine.ended != self._saved and is_main_process():  # rank 0 writes
             self.engine.recording.save(self.save_to)
-        self._unsaved = False
+        self._saved = self.engine.ended
 
     # --- results -----------------------------------------------------------------------------------
     @property

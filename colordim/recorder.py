@@ -404,6 +404,7 @@ class Recorders:
                                                            grads=True)) if grads else None
         self.modules, self.names = self.activations.modules, self.activations.names
         self._all = [engine for engine in (self.activations, self.gradients) if engine is not None]
+        self.ended = 0  # end_column calls so far: what is new since a caller last looked
 
     def attach(self) -> "Recorders":
         "Hook every layer for both kinds."
@@ -421,6 +422,7 @@ class Recorders:
         for engine in self._all: engine.begin_column(phase, epoch=epoch, fit=fit, iteration=iteration)
 
     def end_column(self) -> None:
+        self.ended += 1
         for engine in self._all: engine.end_column()
 
     def abandon_column(self) -> None:
