@@ -13,6 +13,9 @@ __all__ = ["DeviceRows"]
 
 class DeviceRows:
     "One layer's rows on its device: histogram counts (rows, bins + 2) and moments (rows, 6)."
+    # Made as normal tensors even when the first output comes under torch.inference_mode (get_preds):
+    # inference tensors could not be updated in place once training resumes.
+    @torch.inference_mode(False)
     def __init__(self, rows: int, bins: int, device):
         moments_dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64  # MPS has no float64
         self.counts = torch.zeros(rows, bins + 2, dtype=torch.int64, device=device)
@@ -25,6 +28,7 @@ class DeviceRows:
         # on the CPU, numpy views of the same memory for the compiled kernels (`colordim.fused`)
         self.host = (self.counts.numpy(), self.moments.numpy()) if self.counts.device.type == "cpu" else None
 
+    @torch.inference_mode(False)
     def keep_unit_max(self, row: int, per_unit: torch.Tensor) -> None:
         "Merge this output's per-unit maxima into `row` (the width is the first output's unit count)."
         per_unit = torch.as_tensor(per_unit)  # the CPU kernel gives a numpy array
@@ -34,6 +38,7 @@ class DeviceRows:
         if per_unit.numel() == self.unit_max.shape[1]:
             torch.maximum(self.unit_max[row], per_unit.to(self.unit_max.dtype), out=self.unit_max[row])
 
+    @torch.inference_mode(False)
     def widen(self, units: int) -> None:
         "Unit maxima `units` wide (ranks must agree before a collective); -inf where nothing was seen."
         if self.unit_max is None or self.unit_max.shape[1] < units:

@@ -87,6 +87,7 @@ class FusedPlan:
         return self.unit_max  # numpy: `DeviceRows.keep_unit_max` takes it as it is
 
 
+@torch.inference_mode(False)  # its tensors are used in and out of inference mode
 def make_plan(values: torch.Tensor, sample: int, seed: int, bins: int, limits, linthresh, near_zero: float,
               stats: bool, scratch):
     "The plan for outputs like `values`: `sample` positions drawn from `seed` when it has more values."

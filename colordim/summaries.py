@@ -21,6 +21,7 @@ class Scratch:
         self.floats = self.keys = self.flags = self.lanes = None
         self.width = None  # the lane offsets are (i % LANES) * width
 
+    @torch.inference_mode(False)  # normal tensors, to be written in place in and out of inference mode
     def take(self, size: int, width: int = None):
         "Views of `size` elements: float32, int32 and bool scratch, and (given `width`) the lane offsets."
         if self.floats is None or self.floats.numel() < size:

@@ -295,3 +295,20 @@ def test_gradients_of_tuple_outputs_are_recorded_per_tensor():
     assert grads.layer_names == ["model[0]", "model[1][0]", "model[1][1]"]
     assert grads.numel["model[0]"].tolist() == [2 * 5 * 4] and grads.numel["model[1][0]"].tolist() == [8]
     assert grads.numel["model[1][1]"].tolist() == [0]                     # c took no part in the loss
+
+
+def test_a_first_output_under_inference_mode_does_not_break_later_training(cpu_path):
+    "Buffers made in a hook under torch.inference_mode are normal tensors: training can update them after."
+    from colordim import record
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+    with record(model, layers=[0, 1], sample=20) as rec:
+        with torch.inference_mode():
+            model.eval()
+            model(torch.randn(5, 4))
+        model.train()
+        model(torch.randn(5, 4)).sum().backward()
+        rec.epoch()
+        model(torch.randn(5, 4))
+    recording = rec.recording
+    assert recording.phase.tolist() == ["valid", "train", "train"]
+    assert recording.numel["0"].tolist() == [40, 40, 40] and recording.counts["1"].sum(1).tolist() == [40] * 3
