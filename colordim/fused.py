@@ -120,13 +120,19 @@ def _extremes_with_nan(block, unit_max):
 
 
 @_jit
+def _symlog(value, linthresh):
+    "sign(x) log1p(|x| / linthresh) in float32: the bins of scale=\"symlog\"."
+    return np.float32(math.copysign(math.log1p(abs(value) / linthresh), value))
+
+
+@_jit
 def _keys(block, low, scale, bins, high, linthresh, keys):
     "Each value's bin: 0 under, 1..bins, bins + 1 over, bins + 2 NaN; the torch path's float32 arithmetic."
     top = np.float32(bins + 1)
     for i in range(block.shape[0]):
         value = block[i]
         if linthresh > 0:  # symlog: bins uniform in sign(x) log1p(|x| / linthresh)
-            value = np.float32(math.copysign(math.log1p(abs(value) / linthresh), value))
+            value = _symlog(value, linthresh)
         index = (value - low) * scale + np.float32(1)
         index = np.float32(0) if index < np.float32(0) else index
         index = top if index > top else index
@@ -191,11 +197,6 @@ def summarise(flat, batch, units, low, high, bins, linthresh, near, stats, count
         for unit in range(units):
             maximum = _nan_max(unit_max[unit], maximum)
         _add_moments(moments[row], total, squares, near_zero, unit_max, minimum, maximum)
-
-
-@_jit
-def _symlog(value, linthresh):
-    return np.float32(math.copysign(math.log1p(abs(value) / linthresh), value))
 
 
 @_jit
