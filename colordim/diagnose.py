@@ -83,12 +83,22 @@ class Report:
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
+        table = self.table_html('class="colordim-report"')
+        return f"{table}<p>Findings:</p>{self.findings_html('none')}"
+
+    def table_html(self, attributes: str = "", shade: bool = False) -> str:
+        "The table as HTML (`attributes` of its tag); `shade`: the rows of layers with findings get class 'finding'."
         head = "".join(f"<th>{html.escape(title)}</th>" for _, title in self.COLUMNS)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in self._cells(row)) + "</tr>"
-                       for row in self.rows)
-        items = "".join(f"<li>{finding.html()}</li>" for finding in self.findings) or "<li>none</li>"
-        return (f'<table class="colordim-report"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-                f"<p>Findings:</p><ul>{items}</ul>")
+        rows = []
+        for row in self.rows:
+            css = ' class="finding"' if shade and self.findings_for(row["layer"]) else ""
+            rows.append(f"<tr{css}>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in self._cells(row)) + "</tr>")
+        return f'<table {attributes}><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+    def findings_html(self, none: str) -> str:
+        "The findings as an HTML list (`none`: the one item when there is no finding)."
+        return "<ul>" + ("".join(f"<li>{finding.html()}</li>" for finding in self.findings)
+                         or f"<li>{html.escape(none)}</li>") + "</ul>"
 
 
 def _format(key, value) -> str:

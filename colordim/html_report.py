@@ -67,19 +67,11 @@ def _metadata(recording: Recording, title: str) -> str:
 
 def _findings_table(report) -> str:
     "The health table, one row per layer, a layer with findings shaded, then the findings."
-    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in report.COLUMNS)
-    rows = []
-    for row in report.rows:
-        css = ' class="finding"' if report.findings_for(row["layer"]) else ""
-        cells = "".join(f"<td>{html.escape(cell)}</td>" for cell in report._cells(row))
-        rows.append(f"<tr{css}>{cells}</tr>")
-    items = "".join(f"<li>{finding.html()}</li>" for finding in report.findings) \
-        or "<li>none: every figure is within its threshold</li>"
-    tail = report.thresholds["tail"]
-    return (f'<h2>Health</h2><table id="findings"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody>'
-            f"</table><p>Dead units and near zero: the last {tail:.0%} of training batches; below and above "
+    tail, table = report.thresholds["tail"], report.table_html('id="findings"', shade=True)
+    return (f"<h2>Health</h2>{table}"
+            f"<p>Dead units and near zero: the last {tail:.0%} of training batches; below and above "
             f"range: all training batches; jitter: the std of the batch-to-batch change of log(std) over the "
-            f"last epoch.</p><h3>Findings</h3><ul>{items}</ul>")
+            f"last epoch.</p><h3>Findings</h3>{report.findings_html('none: every figure is within its threshold')}")
 
 
 def report_html(recording: Recording, title: str = "colordim report", **thresholds) -> str:
