@@ -178,18 +178,18 @@ def _figures(recording: Recording, name: str, columns: _Columns) -> dict:
         change = np.diff(np.log(std))
     change = change[np.isfinite(change)]
     minimum = recording.min[name][train]
+    nan = recording.nan[name] > 0
+    inf = (recording.max[name] == np.inf) | (recording.min[name] == -np.inf)
     return dict(
         layer=name, shape=tuple(recording.shapes.get(name, ())),
         dead=_tail_mean(recording.dead_rate[name], columns),
         near_zero=_tail_mean(recording.near_zero[name], columns),
         below=_share(recording.underflow[name][train], recording.numel[name][train]),
         above=_share(recording.overflow[name][train], recording.numel[name][train]),
-        nan_batches=int((recording.nan[name] > 0).sum()),
-        inf_batches=int(((recording.max[name] == np.inf) | (recording.min[name] == -np.inf)).sum()),
+        nan_batches=int(nan.sum()), inf_batches=int(inf.sum()),
         jitter=float(np.std(change)) if len(change) >= 2 else math.nan,
         relu_like=bool(len(minimum) and np.nanmin(minimum, initial=np.inf) >= 0),
-        first_nan=_first(recording, recording.nan[name] > 0),
-        first_inf=_first(recording, (recording.max[name] == np.inf) | (recording.min[name] == -np.inf)),
+        first_nan=_first(recording, nan), first_inf=_first(recording, inf),
         range=recording.range(name),
     )
 
