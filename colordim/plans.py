@@ -36,6 +36,7 @@ def draw_sample(shape, size: int, seed: int):
 class TorchPlan:
     "Torch ops on the output's own device, no sync: the path for GPUs (and for the CPU without numba)."
     def __init__(self, shape, device, sample, bins, limits, linthresh, near_zero, stats, scratch):
+        self.shape, self.device = torch.Size(shape), torch.device(device)  # the outputs this plan is for
         self.units = channel_count(shape)
         self.sample = None if sample is None else tuple(part.to(device) for part in sample)
         self.options = bins, limits, linthresh, near_zero, stats, scratch
@@ -59,6 +60,7 @@ class TorchPlan:
 class FusedPlan:
     "One compiled call per output on the CPU: histogram and moments in one pass (`colordim.fused`)."
     def __init__(self, shape, sample, bins, limits, linthresh, near_zero, stats):
+        self.shape, self.device = torch.Size(shape), torch.device("cpu")  # the outputs this plan is for
         self.units = channel_count(shape)
         self.batch = shape[0] if len(shape) >= 2 else 1  # a 0-d or 1-d output is one unit
         if sample is not None:  # positions, the unit of each, and the units with no position; int32 when

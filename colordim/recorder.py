@@ -46,7 +46,7 @@ class HistogramRecorder:
         self.stats, self.near_zero, self.sample = bool(stats), check_near_zero(near_zero), check_sample(sample)
         self._plans = {}  # (slot, shape, device) -> how such outputs are summarised (`colordim.plans`)
         self._last = [None] * len(self.names)  # per layer: the plan of its last output (the next is alike)
-        self._used = []  # the plans used in the open column: the host counts their sizes at its end
+        self._used = []  # (slot, plan) of each output in the open column: the host counts sizes at its end
         self._scratch = Scratch()  # CPU buffers the size of the biggest output, reused by every hook
         self.max_columns, self._width = check_max_columns(max_columns), 1  # batches per column once merging started
         self.grads = bool(grads)
@@ -151,7 +151,7 @@ class HistogramRecorder:
         per_unit = plan(values, rows, row)
         if self._unit_maxima:
             rows.keep_unit_max(row, per_unit)
-        self._used.append(plan)  # its sizes are metadata, counted on the host when the column ends
+        self._used.append((slot, plan))  # its sizes are metadata, counted on the host when the column ends
 
     def _skip(self, slot, output) -> None:
         "Note why a layer's output is not recorded (shown in `recording.skipped`)."
@@ -167,8 +167,6 @@ class HistogramRecorder:
         if key not in self._plans:
             self._plans[key] = make_plan(values, self.sample, len(self._plans), self.bins, self._bin_limits[slot],
                                          self.linthresh, self.near_zero, self.stats, self._scratch)
-            self._plans[key].slot, self._plans[key].name = slot, self.names[slot]
-            self._plans[key].shape, self._plans[key].device = output.shape, output.device
         self._last[slot] = self._plans[key]
         return self._plans[key]
 
@@ -215,10 +213,11 @@ class HistogramRecorder:
     def end_column(self) -> None:
         "Keep the open column."
         if self._row is not None:
-            for plan in self._used:  # what each output added, known on the host: no sync
-                self._sizes[self._row, plan.slot] += plan.sizes
-                if self._pending[2] == "train" or plan.name not in self.shapes:  # a training batch's shape shows
-                    self.shapes[plan.name] = tuple(plan.shape)
+            for slot, plan in self._used:  # what each output added, known on the host: no sync
+                self._sizes[self._row, slot] += plan.sizes
+                name = self.names[slot]
+                if self._pending[2] == "train" or name not in self.shapes:  # a training batch's shape shows
+                    self.shapes[name] = tuple(plan.shape)
             self._index.append(self._pending)
             self._row = self._pending = None
         self._used = []
