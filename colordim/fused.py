@@ -43,7 +43,7 @@ def _smoke_test() -> bool:
         summarise(values, 1, 1, -1.0, 1.0, 2, 0.0, 0.05, True, counts, moments, 0, np.empty(1, np.float32), *scratch)
         positions = np.array([1], np.int32)
         summarise_sample(values, positions, positions * 0, positions[:0], -1.0, 1.0, 2, 0.0, 0.05, True, counts,
-                         moments, 0, np.empty(1, np.float32), scratch[1])
+                         moments, 0, np.empty(1, np.float32), np.empty(1, np.float32), *scratch)
         return counts[0].tolist() == [0, 2, 1, 0]  # -1.0 twice (the second call's sample) and 0.5
     except Exception as error:  # noqa: BLE001 - whatever numba raises, recording goes on with torch
         import warnings
@@ -200,38 +200,51 @@ def summarise(flat, batch, units, low, high, bins, linthresh, near, stats, count
 
 
 @_jit
-def summarise_sample(flat, positions, unit_of, unsampled, low, high, bins, linthresh, near, stats, counts, moments,
-                     row, unit_max, lanes):
-    """`summarise` of the values of `flat` at `positions` (each in unit `unit_of`); the units in
-    `unsampled` get +inf in `unit_max` (never seen, so not dead). One loop and no buffer but
-    `lanes`: a sample is small, and what it reads stays in cache from one batch to the next."""
-    low32, high32, near32 = np.float32(low), np.float32(high), np.float32(near)
-    scale, linthresh32, top = np.float32(bins / (high - low)), np.float32(linthresh), np.float32(bins + 1)
-    total, squares, near_zero, nan = 0.0, 0.0, 0, 0
-    minimum, maximum = np.float32(np.inf), np.float32(-np.inf)
-    unit_max[:] = -np.inf
+def _gather(flat, positions, out):
+    "out[j] = flat[positions[j]]: a loop of loads only, so many cache misses are in flight at once."
     for j in range(positions.shape[0]):
-        value = flat[positions[j]]
-        binned = _symlog(value, linthresh32) if linthresh32 > 0 else value
-        index = (binned - low32) * scale + np.float32(1)  # as in `_keys`
-        index = np.float32(0) if index < np.float32(0) else index
-        index = top if index > top else index
-        key = bins + 2 if binned != binned else np.int32(index) - np.int32(binned == high32)
-        lanes[j & (LANES - 1), key] += 1
-        if stats:
-            total += value
-            squares += value * value
-            near_zero += abs(value) <= near32
-            if value != value:
-                nan += 1
-            else:
-                minimum = value if value < minimum else minimum
-                maximum = value if value > maximum else maximum
-            unit_max[unit_of[j]] = _nan_max(value, unit_max[unit_of[j]])
+        out[j] = flat[positions[j]]
+
+
+@_jit_fast(_EXTREMES)
+def _min_max(block):
+    "Minimum and maximum of a 1-D block with no NaN."
+    low, high = np.float32(np.inf), np.float32(-np.inf)
+    for i in range(block.shape[0]):
+        low = min(low, block[i])
+        high = max(high, block[i])
+    return low, high
+
+
+@_jit
+def _unit_maxima(values, unit_of, unit_max):
+    "unit_max[unit_of[j]] = max over j of values[j], NaN winning; stored only when it changes (rarely)."
+    for j in range(values.shape[0]):
+        value, unit = values[j], unit_of[j]
+        if value > unit_max[unit] or value != value:
+            unit_max[unit] = value
+
+
+@_jit
+def summarise_sample(flat, positions, unit_of, unsampled, low, high, bins, linthresh, near, stats, counts, moments,
+                     row, unit_max, values, keys, lanes):
+    """`summarise` of the values of `flat` at `positions` (each in unit `unit_of`); the units in
+    `unsampled` get +inf in `unit_max` (never seen, so not dead). The sample is gathered first into
+    `values` (float32 scratch, at least as long as `positions`; `keys` int32 alike): the gather is
+    what costs when the output is out of cache, and the passes after it run over contiguous memory."""
+    sampled = positions.shape[0]
+    values, keys = values[:sampled], keys[:sampled]
+    _gather(flat, positions, values)
+    low32, high32, near32 = np.float32(low), np.float32(high), np.float32(near)
+    scale, linthresh32 = np.float32(bins / (high - low)), np.float32(linthresh)
+    _keys(values, low32, scale, bins, high32, linthresh32, keys)
+    _count(keys, lanes)
     _add_counts(lanes, counts[row])
     if stats:
-        if nan:  # NaN wins, as in torch.aminmax
-            minimum = maximum = np.float32(np.nan)
+        total, squares, near_zero, nan = _sums(values, near32)
+        unit_max[:] = -np.inf
+        _unit_maxima(values, unit_of, unit_max)
+        minimum, maximum = _min_max(values) if nan == 0 else (np.float32(np.nan), np.float32(np.nan))  # NaN wins
         for unit in unsampled:
             unit_max[unit] = np.inf
         _add_moments(moments[row], total, squares, near_zero, unit_max, minimum, maximum)

@@ -72,9 +72,11 @@ class FusedPlan:
             self.sample = None
         self.unit_max = np.empty(self.units, dtype=np.float32)
         counted = math.prod(shape) if sample is None else sample[0].numel()
-        # the kernels' scratch, kept so that a call allocates nothing: count lanes, and (exact) bin keys
+        # the kernels' scratch, kept so that a call allocates nothing: bin keys (of a sample, or of one item
+        # of the batch), the gathered sample, and count lanes
         lanes = np.zeros((fused.LANES, bins + 3), np.int64)
-        self.scratch = (lanes,) if sample is not None else (np.empty(math.prod(shape) // self.batch, np.int32), lanes)
+        self.scratch = (np.empty(counted, np.float32), np.empty(counted, np.int32), lanes) if sample is not None \
+            else (np.empty(math.prod(shape) // self.batch, np.int32), lanes)
         self.options = (*limits, bins, linthresh or 0.0, near_zero, stats)
         self.sizes = np.array([math.prod(shape), self.units, counted], dtype=np.int64)
 
