@@ -193,3 +193,28 @@ def test_export_carries_the_recording_when_asked(tmp_path):
     learn.fit(1)
     callback = pickle.loads(pickle.dumps(learn.activation_histogram))
     assert callback.engine is None and callback.recording == learn.activation_histogram.recording
+
+
+def test_event_dispatch_skips_only_events_it_has_no_method_for():
+    class Counting(ActivationHistogram):
+        steps = 0
+
+        def after_step(self):  # a subclass's own event still runs
+            self.steps += 1
+    callback = Counting(layers=nn.Conv2d, valid=False)
+    learn = make_learner(cbs=callback)
+    assert callback("before_backward") is None and callback("after_cancel_train") is None
+    learn.fit(1)
+    assert callback.steps == TRAIN_BATCHES and len(callback.recording) == TRAIN_BATCHES
+    callback.run = False  # fastai's switch: no event runs, until the fit's end sets it back
+    learn.fit(1)
+    assert len(callback.recording) == TRAIN_BATCHES and callback.steps == TRAIN_BATCHES and callback.run
+    learn.fit(1)
+    assert len(callback.recording) == 2 * TRAIN_BATCHES
+
+
+def test_an_error_in_an_event_names_the_callback_and_event():
+    learn = make_learner(cbs=ActivationHistogram(layers="no_such_layer"))
+    with pytest.raises(Exception, match="ActivationHistogram.*before_fit") as error:
+        learn.fit(1)
+    assert "no_such_layer" in str(error.value)
