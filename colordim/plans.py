@@ -44,8 +44,11 @@ class TorchPlan:
         self.sizes = np.array([math.prod(shape), self.units, counted], dtype=np.int64)  # what the host counts
 
     def __call__(self, values: torch.Tensor, rows, row: int):
-        "Add `values` to row `row` of `rows` (DeviceRows); each unit's maximum (for distributed runs)."
+        "Add an output to row `row` of `rows` (DeviceRows); each unit's maximum (for distributed runs)."
         bins, (low, high), linthresh, near_zero, stats, scratch = self.options
+        # a float32 view or copy for everything, out of autograd: histc and sums of fp16/bf16 would count
+        # in that dtype
+        values = values.detach().float()
         flat = values.reshape(-1)
         counted = flat if self.sample is None else flat.index_select(0, self.sample[0])
         binned = counted if linthresh is None else symlog_(counted, linthresh)
@@ -66,7 +69,7 @@ class FusedPlan:
         if sample is not None:  # positions, the unit of each, and the units with no position; int32 when
             # they fit: half the bytes a call reads, and they must stay in cache from one batch to the next
             index = np.int32 if math.prod(shape) < 2 ** 31 else np.int64
-            positions, unit_of = (part.numpy().astype(index) for part in sample)
+            positions, unit_of = (np.ascontiguousarray(part.numpy(), dtype=index) for part in sample)
             self.sample = positions, unit_of, np.setdiff1d(np.arange(self.units), unit_of).astype(index)
         else:
             self.sample = None
@@ -74,20 +77,30 @@ class FusedPlan:
         counted = math.prod(shape) if sample is None else sample[0].numel()
         # the kernels' scratch, kept so that a call allocates nothing: bin keys (of a sample, or of one item
         # of the batch), the gathered sample, and count lanes
-        lanes = np.zeros((fused.LANES, bins + 3), np.int64)
-        self.scratch = (np.empty(counted, np.float32), np.empty(counted, np.int32), lanes) if sample is not None \
-            else (np.empty(math.prod(shape) // self.batch, np.int32), lanes)
-        self.options = (*limits, bins, linthresh or 0.0, near_zero, stats)
+        self.keys = np.empty(counted if sample is not None else math.prod(shape) // self.batch, np.int32)
+        self.gathered = np.empty(counted, np.float32) if sample is not None else None
+        self.lanes = np.zeros((fused.LANES, bins + 3), np.int64)
+        self.options = dict(limits=limits, bins=bins, linthresh=linthresh or 0.0, near=near_zero, stats=stats,
+                            numel=math.prod(shape), batch=self.batch, sample=self.sample, gathered=self.gathered)
         self.sizes = np.array([math.prod(shape), self.units, counted], dtype=np.int64)
+        self.numel = math.prod(shape)
+        self._run = fused.run_exact if sample is None else fused.run_sample
+        self._rows = self._packed = None  # the rows the packed call writes into, and that call's arguments
 
     def __call__(self, values: torch.Tensor, rows, row: int):
-        "Add `values` to row `row` of `rows` (DeviceRows on the CPU); each unit's maximum over `values`."
-        flat = values.numpy().ravel()  # a view; a copy when `values` is not contiguous
-        if self.sample is None:
-            fused.summarise(flat, self.batch, self.units, *self.options, *rows.host, row, self.unit_max,
-                            *self.scratch)
-        else:
-            fused.summarise_sample(flat, *self.sample, *self.options, *rows.host, row, self.unit_max, *self.scratch)
+        "Add an output to row `row` of `rows` (DeviceRows on the CPU); each unit's maximum over the output."
+        if values.dtype is not torch.float32:  # bf16/fp16 are counted in float32, as on the torch path
+            values = values.detach().float()
+        if values.numel() != self.numel or not values.is_cpu:  # the call reads `numel` floats by address
+            raise TypeError(f"a plan for CPU outputs of shape {tuple(self.shape)} got {tuple(values.shape)} "
+                            f"on {values.device}")
+        if not values.is_contiguous():
+            values = values.contiguous()  # alive until the call returns
+        if rows is not self._rows:  # made or grown since the last call: pack the call for these rows
+            counts, moments = rows.host
+            self._packed = fused.pack(counts, moments, self.unit_max, self.keys, self.lanes, **self.options)
+            self._rows = rows  # kept alive with this plan: the packed call holds the addresses of its arrays
+        self._run(*self._packed, values.data_ptr(), row)  # data_ptr: no grad, so no detach needed
         return self.unit_max  # numpy: `DeviceRows.keep_unit_max` takes it as it is
 
 

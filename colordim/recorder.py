@@ -47,6 +47,7 @@ class HistogramRecorder:
         self._plans = {}  # (slot, shape, device) -> how such outputs are summarised (`colordim.plans`)
         self._last = [None] * len(self.names)  # per layer: the plan of its last output (the next is alike)
         self._used = []  # (slot, plan) of each output in the open column: the host counts sizes at its end
+        self._sizes_of = {}  # (slot, plan) sequence of a column -> its sizes and shapes (`_column_sizes`)
         self._scratch = Scratch()  # CPU buffers the size of the biggest output, reused by every hook
         self.max_columns, self._width = check_max_columns(max_columns), 1  # batches per column once merging started
         self.grads = bool(grads)
@@ -126,6 +127,7 @@ class HistogramRecorder:
             self._limits.append(self._limits[slot] if self.range != "auto" else None)
             self._bin_limits.append(self._bin_limits[slot] if self.range != "auto" else None)
             self._sizes = np.concatenate([self._sizes, np.zeros((self._capacity, 1, 3), np.int64)], axis=1)
+            self._sizes_of = {}  # worked out for fewer layers
         return self._part_slots[(slot, path)]
 
     def _gradient_hook(self, slot, gradient):
@@ -143,14 +145,12 @@ class HistogramRecorder:
                 self.shapes[self.names[slot]] = tuple(output.shape)
                 return
             plan = self._plan(slot, output)
-        # One float32 view or copy for everything: histc and sums of fp16/bf16 would count in that dtype.
-        values, row = output.detach().float(), self._row
         rows = self._rows[slot]
         if rows is None or rows.size < self._capacity:
-            rows = self._device_rows(slot, values.device)
-        per_unit = plan(values, rows, row)
+            rows = self._device_rows(slot, output.device)
+        per_unit = plan(output, rows, self._row)  # the plan takes it to float32 (and out of autograd)
         if self._unit_maxima:
-            rows.keep_unit_max(row, per_unit)
+            rows.keep_unit_max(self._row, per_unit)
         self._used.append((slot, plan))  # its sizes are metadata, counted on the host when the column ends
 
     def _skip(self, slot, output) -> None:
@@ -213,14 +213,29 @@ class HistogramRecorder:
     def end_column(self) -> None:
         "Keep the open column."
         if self._row is not None:
-            for slot, plan in self._used:  # what each output added, known on the host: no sync
-                self._sizes[self._row, slot] += plan.sizes
-                name = self.names[slot]
-                if self._pending[2] == "train" or name not in self.shapes:  # a training batch's shape shows
-                    self.shapes[name] = tuple(plan.shape)
+            sizes, shapes = self._column_sizes(tuple(self._used))  # known on the host: no sync
+            self._sizes[self._row] += sizes
+            if self._pending[2] == "train":  # a training batch's shapes show; another's only where none is known
+                self.shapes.update(shapes)
+            else:
+                for name, shape in shapes.items():
+                    self.shapes.setdefault(name, shape)
             self._index.append(self._pending)
             self._row = self._pending = None
         self._used = []
+
+    def _column_sizes(self, used: tuple):
+        """What a column's outputs, `((slot, plan), ...)`, add to the host's sizes (layers, 3), and their
+        shapes: worked out once per sequence of plans, which is the same batch after batch."""
+        if used not in self._sizes_of:
+            if len(self._sizes_of) >= 64:  # shapes that keep changing (say, text of any length): stay bounded
+                self._sizes_of.clear()
+            sizes, shapes = np.zeros((len(self.names), 3), np.int64), {}
+            for slot, plan in used:
+                sizes[slot] += plan.sizes
+                shapes[self.names[slot]] = tuple(plan.shape)
+            self._sizes_of[used] = sizes, shapes
+        return self._sizes_of[used]
 
     def abandon_column(self) -> None:
         "Drop the open column (an interrupted batch): its row is cleared for the next one."

@@ -100,7 +100,7 @@ def test_a_kernel_that_fails_to_compile_falls_back_to_torch_with_a_warning(monke
     def broken(*args):
         raise RuntimeError("no LLVM here")
     monkeypatch.setattr(fused, "_WORKS", None)
-    monkeypatch.setattr(fused, "summarise", broken)
+    monkeypatch.setattr(fused, "run_exact", broken)
     with pytest.warns(RuntimeWarning, match="compiled CPU kernel is unavailable .RuntimeError: no LLVM here.; "
                                             "using torch ops"):
         assert not fused.available()
@@ -111,3 +111,21 @@ def test_a_kernel_that_fails_to_compile_falls_back_to_torch_with_a_warning(monke
         engine.end_column()
     assert isinstance(next(iter(engine._plans.values())), TorchPlan)
     assert engine.recording.counts["out"].tolist() == [[1, 0, 1, 1, 1, 1]]   # -1.0 opens bin [-1, 0)
+
+
+def test_packed_calls_check_what_they_will_read_by_address():
+    "The compiled calls read arrays and outputs by address: anything of the wrong kind is refused first."
+    counts, moments = np.zeros((2, 6), np.int64), np.zeros((2, 6))
+    arrays = dict(counts=counts, moments=moments, unit_max=np.empty(3, np.float32), keys=np.empty(8, np.int32),
+                  lanes=np.zeros((fused.LANES, 7), np.int64), limits=(-1.0, 1.0), bins=4, linthresh=0.0, near=0.05,
+                  stats=True, numel=8)
+    fused.pack(**arrays)
+    with pytest.raises(TypeError, match="moments: needs a C-contiguous numpy array of float64, got float32"):
+        fused.pack(**{**arrays, "moments": moments.astype(np.float32)})
+    with pytest.raises(TypeError, match="counts: needs a C-contiguous"):
+        fused.pack(**{**arrays, "counts": np.zeros((6, 2), np.int64).T})
+    with pytest.raises(ValueError, match=r"lanes \(8, 7\) expected"):
+        fused.pack(**{**arrays, "lanes": np.zeros((fused.LANES, 6), np.int64)})
+    plan = colordim.plans.make_plan(torch.zeros(2, 4), None, 0, 4, (-1.0, 1.0), None, 0.05, True, None)
+    with pytest.raises(TypeError, match=r"CPU outputs of shape \(2, 4\) got \(3, 4\) on cpu"):
+        plan(torch.zeros(3, 4), None, 0)
