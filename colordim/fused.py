@@ -210,23 +210,17 @@ def _gather(flat, positions, out):
         out[j] = flat[positions[j]]
 
 
-@_jit_fast(_EXTREMES)
-def _min_max(block):
-    "Minimum and maximum of a 1-D block with no NaN."
-    low, high = np.float32(np.inf), np.float32(-np.inf)
-    for i in range(block.shape[0]):
-        low = min(low, block[i])
-        high = max(high, block[i])
-    return low, high
-
-
 @_jit
 def _unit_maxima(values, unit_of, unit_max):
-    "unit_max[unit_of[j]] = max over j of values[j], NaN winning; stored only when it changes (rarely)."
+    """unit_max[unit_of[j]] = max over j of values[j], NaN winning, stored only when it changes (rarely);
+    returns the minimum (a scalar loop anyway: min costs nothing here, and numba does not vectorise it)."""
+    low = np.float32(np.inf)
     for j in range(values.shape[0]):
         value, unit = values[j], unit_of[j]
+        low = value if value < low else low
         if value > unit_max[unit] or value != value:
             unit_max[unit] = value
+    return low
 
 
 @_jit
@@ -247,8 +241,11 @@ def summarise_sample(flat, positions, unit_of, unsampled, low, high, bins, linth
     if stats:
         total, squares, near_zero, nan = _sums(values, near32)
         unit_max[:] = -np.inf
-        _unit_maxima(values, unit_of, unit_max)
-        minimum, maximum = _min_max(values) if nan == 0 else (np.float32(np.nan), np.float32(np.nan))  # NaN wins
+        minimum, maximum = _unit_maxima(values, unit_of, unit_max), np.float32(-np.inf)
+        for unit in range(unit_max.shape[0]):
+            maximum = max(maximum, unit_max[unit])
+        if nan:  # NaN wins, as in torch.aminmax
+            minimum = maximum = np.float32(np.nan)
         for unit in unsampled:
             unit_max[unit] = np.inf
         _add_moments(moments[row], total, squares, near_zero, unit_max, minimum, maximum)

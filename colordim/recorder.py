@@ -60,7 +60,7 @@ class HistogramRecorder:
         self._parent = [slot for slot, _ in enumerate(self.names)]  # each slot's module slot
         self._containers, self._part_slots = set(), {}  # module slots that returned containers; (slot, path) -> slot
         self._capacity = 0                     # rows every layer will have
-        self._sizes = np.zeros((0, len(self.names), 3), dtype=np.int64)  # host: NUMEL, CHANNELS, SAMPLED per row
+        self._row_sizes = []  # host, per committed row: (layers, 3) NUMEL, CHANNELS, SAMPLED (shared, read-only)
         self._index = []                       # host: (fit, epoch, phase, iteration) per committed row
         self._row = None                       # the row hooks write into now, or None: not recording
         self._pending = None                   # its (fit, epoch, phase, iteration)
@@ -126,7 +126,6 @@ class HistogramRecorder:
             self._last.append(None)
             self._limits.append(self._limits[slot] if self.range != "auto" else None)
             self._bin_limits.append(self._bin_limits[slot] if self.range != "auto" else None)
-            self._sizes = np.concatenate([self._sizes, np.zeros((self._capacity, 1, 3), np.int64)], axis=1)
             self._sizes_of = {}  # worked out for fewer layers
         return self._part_slots[(slot, path)]
 
@@ -214,7 +213,7 @@ class HistogramRecorder:
         "Keep the open column."
         if self._row is not None:
             sizes, shapes = self._column_sizes(tuple(self._used))  # known on the host: no sync
-            self._sizes[self._row] += sizes
+            self._row_sizes.append(sizes)  # kept as it is: a numpy op here costs ~20 us with cold caches
             if self._pending[2] == "train":  # a training batch's shapes show; another's only where none is known
                 self.shapes.update(shapes)
             else:
@@ -244,14 +243,11 @@ class HistogramRecorder:
         for rows in self._rows:
             if rows is not None:
                 rows.clear(self._row)
-        self._sizes[self._row] = 0
         self._used = []
         self._row = self._pending = None
 
     def _set_capacity(self, rows: int) -> None:
         if rows > self._capacity:  # device rows follow in `_device_rows`, on their own device
-            more = np.zeros((rows - self._capacity, len(self.names), 3), np.int64)
-            self._sizes = np.concatenate([self._sizes, more])
             self._capacity = rows
 
     # --- to the host -------------------------------------------------------------------------------
@@ -278,16 +274,19 @@ class HistogramRecorder:
             rows.clear(slice(0, used))
             if self._row is not None:  # a column is open: it becomes the first row
                 rows.move(self._row, 0)
-        sizes = self._sizes[:used].copy()
+        sizes, self._row_sizes = self._host_sizes(), []
         if self._row is not None:
-            self._sizes[0] = self._sizes[self._row]
-            self._sizes[1:used + 1] = 0
             self._row = 0
-        else:
-            self._sizes[:used] = 0
         self._host.append(self._to_recording(counts, moments, sizes, self._index))
         self._index = []
         self._compact()
+
+    def _host_sizes(self) -> np.ndarray:
+        "The committed rows' sizes as one (rows, layers, 3) array (layers added since are zero)."
+        sizes = np.zeros((len(self._row_sizes), len(self.names), 3), np.int64)
+        for row, part in enumerate(self._row_sizes):  # once per epoch; most rows share one array
+            sizes[row, :len(part)] = part
+        return sizes
 
     def _reduce_device(self):
         devices = [rows.counts.device for rows in self._rows if rows is not None]
@@ -307,18 +306,19 @@ class HistogramRecorder:
             all_reduce([], [widths], device)
             for rows, width in zip(self._rows, widths.tolist()):
                 rows.widen(int(width))
-        sizes = torch.from_numpy(self._sizes[:used].copy()).to(device)  # (used, layers, 3)
+        sizes = torch.from_numpy(self._host_sizes()).to(device)  # (used, layers, 3)
         maxima = [rows.moments[:used, 4:] for rows in self._rows]
         maxima += [rows.unit_max[:used] for rows in self._rows] if self._unit_maxima else []
         all_reduce([rows.counts[:used] for rows in self._rows] + [rows.moments[:used, :4] for rows in self._rows]
                    + [sizes], maxima, device)
-        self._sizes[:used] = sizes.cpu().numpy()
+        summed = sizes.cpu().numpy()
         if self._unit_maxima:  # dead = <= 0 on every rank: count over the merged maxima, over each unit once
             for slot, rows in enumerate(self._rows):
-                ran = self._sizes[:used, slot, NUMEL] > 0
+                ran = summed[:, slot, NUMEL] > 0
                 dead = (rows.unit_max[:used] <= 0).sum(1).to(rows.moments.dtype)
                 rows.moments[:used, 3] = dead * torch.from_numpy(ran).to(device)
-                self._sizes[:used, slot, CHANNELS] = np.where(ran, rows.unit_max.shape[1], 0)
+                summed[:, slot, CHANNELS] = np.where(ran, rows.unit_max.shape[1], 0)
+        self._row_sizes = list(summed)
 
     def _compact(self) -> None:
         "One host Recording of at most `max_columns` columns: merge pairs of neighbours while it is longer."
