@@ -15,18 +15,34 @@ import torch
 from . import fused
 from .summaries import add_moments, channel_count, histogram_counts, symlog_
 
-__all__ = ["make_plan", "draw_sample", "FusedPlan", "TorchPlan"]
+__all__ = ["make_plan", "draw_sample", "FusedPlan", "TorchPlan", "LINE"]
 
 USE_FUSED = True  # tests set it False to run the torch path (the GPU's) on the CPU
 
 
+LINE = 16  # float32 values in a 64-byte cache line
+LINES_UP_TO = 64  # outputs of at most 64 x sample values are sampled in whole lines
+
+
 def draw_sample(shape, size: int, seed: int):
-    "`size` sorted positions in a flat output of `shape`, from `seed`, and the unit (dim 1) of each."
+    """About `size` sorted positions in a flat output of `shape`, from `seed`, and the unit (dim 1) of each.
+
+    Reading one value costs its whole 64-byte cache line. In an output of at most 64 x `size` values,
+    `size` independent positions would read a large share of its lines (63% when it holds 16 x `size`),
+    so the sample is `size // 16` whole lines (runs of 16 neighbouring values) instead: 16 times fewer
+    lines for the same count. Neighbours are correlated, so they estimate less than independent values
+    (on the demo CNN 4096 values in lines do as well as ~2,700 independent ones), but for the time an
+    output of that size allows, much more. Bigger outputs, where independent values are cheap next to
+    the layer itself, get `size` independent positions."""
     numel, generator = math.prod(shape), torch.Generator().manual_seed(seed)
-    # without repeats when that is cheap; else with (rare among many values): randperm of a big output
-    # costs more than the whole sampled run
-    positions = torch.randperm(numel, generator=generator)[:size] if numel <= 4 * size \
-        else torch.randint(numel, (size,), generator=generator)
+    if numel <= LINES_UP_TO * size and size >= LINE:
+        lines = torch.randperm(-(-numel // LINE), generator=generator)[:size // LINE]
+        positions = (lines[:, None] * LINE + torch.arange(LINE)).reshape(-1)
+        positions = positions[positions < numel]  # the last line may be short
+    else:  # without repeats when that is cheap; else with (rare among many values): randperm of a big
+        # output costs more than the whole sampled run
+        positions = torch.randperm(numel, generator=generator)[:size] if numel <= 4 * size \
+            else torch.randint(numel, (size,), generator=generator)
     positions = positions.sort().values  # read in memory order: several times faster than at random
     inner = math.prod(shape[2:]) if len(shape) >= 2 else numel
     unit_of = positions // inner % channel_count(shape) if len(shape) >= 2 else torch.zeros_like(positions)

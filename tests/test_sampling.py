@@ -64,3 +64,31 @@ def test_the_same_positions_every_batch(cpu_path):
 def test_bad_sample(value):
     with pytest.raises(ValueError, match="sample: expected None"):
         HistogramRecorder({"x": nn.Identity()}, sample=value)
+
+
+def test_outputs_up_to_64_times_the_sample_are_sampled_in_whole_cache_lines():
+    from colordim.plans import LINE, draw_sample
+    positions, unit_of = draw_sample((64, 8, 14, 14), 4096, seed=3)   # 100,352 values <= 64 x 4096
+    runs = positions.reshape(-1, LINE)
+    assert len(positions) == 4096 and LINE == 16
+    assert (runs[:, 0] % LINE == 0).all() and (runs - runs[:, :1] == torch.arange(LINE)).all()
+    assert len(set(runs[:, 0].tolist())) == 4096 // LINE                  # no line twice
+    assert (unit_of == positions // (14 * 14) % 8).all()
+    big, _ = draw_sample((64, 32, 32, 32), 4096, seed=3)                    # 2,097,152 values: independent
+    assert len(big) == 4096 and (big[1:] >= big[:-1]).all()
+    assert (big[1:] - big[:-1] == 1).float().mean() < 0.01                 # not in runs
+    short, _ = draw_sample((1000,), 200, seed=0)                            # 63 lines, the last of 8 values
+    assert len(short) in (192, 184) and short.max() < 1000 and len(set(short.tolist())) == len(short)
+
+
+def test_sample_in_lines_of_correlated_values_stays_close_to_the_exact_histogram(cpu_path):
+    "Smooth maps (each value the mean of its 4 x 4 neighbourhood): lines of neighbours still do."
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(64, 8, 35, 35, generator=generator)
+    smooth = nn.functional.avg_pool2d(noise, 4, stride=1) * 4                # (64, 8, 32, 32), std ~1
+    exact, sampled = record([smooth]).recording, record([smooth], sample=8192).recording
+    exact_share = exact.counts["x"][0] / exact.numel["x"][0]
+    sampled_share = sampled.counts["x"][0] / sampled.numel["x"][0]
+    # 6 standard errors of independent values (1.5 for neighbours' correlation, times 4); measured: 2.5
+    assert (np.abs(sampled_share - exact_share) <= 6 * np.sqrt(exact_share * (1 - exact_share) / 8192) + 1e-4).all()
+    assert abs(sampled.mean["x"][0] - exact.mean["x"][0]) < 6 / np.sqrt(8192)
