@@ -2,13 +2,13 @@
 colordim exact and colordim sampled, on the same model, data and hooked modules. Run: `make bench`.
 
 A shared machine's speed drifts by 10-20% over seconds, more than the overheads measured. So the
-variants take turns batch by batch in the same fit (A B C D, in a new random order every four
-batches): each variant's batches are spread over the same seconds and the drift cancels. Every
-recorder is on the learner all along; a switch callback lets one record each batch (fastai's hooks
-are put on for its batches only, colordim's callbacks skip the others' batches, their hooks then
-return at once: about 1 us per module, paid by every variant alike). Per round (one epoch), the
-median time of each variant's batches; printed: the median over rounds of times and of each round's
-ratio to "none" (the first round warms up and is not counted). Ratios, not pass/fail.
+variants take turns batch by batch in the same fit: each turn is four training batches, one per
+variant, in a new random order, and gives each variant's time as a ratio to "none" measured within
+the same ~30 ms. Every recorder is on the learner all along; a switch callback lets one record each
+batch, and only its hooks are on the modules then (the others' are taken off and put back as they
+were: a module with no hook at all takes torch's fast path, as with no callback). Printed: the
+median over all turns of each variant's time and of its ratio to "none" (the first round, one epoch,
+warms up and is not counted). Ratios, not pass/fail.
 On CUDA each batch ends with torch.cuda.synchronize() (so that a batch is timed whole).
 """
 from __future__ import annotations
@@ -78,6 +78,20 @@ def recorders(model, sample):
             "d sampled": ActivationHistogram(layers=hooked(model), sample=sample)}
 
 
+def park(recorder):
+    "Take an ActivationHistogram's hooks off its modules, to be put back as they were by `unpark`."
+    parked = []
+    for handle in recorder.engine.activations._handles:
+        hooks = handle.hooks_dict_ref()
+        parked.append((hooks, handle.id, hooks.pop(handle.id)))
+    return parked
+
+
+def unpark(parked):
+    for hooks, key, hook in parked:
+        hooks[key] = hook
+
+
 def switch(chosen, device, seed=0):
     "A callback that gives each training batch to one variant in turn and times it."
     import random
@@ -87,46 +101,59 @@ def switch(chosen, device, seed=0):
         order = -1000  # before every recorder's events
 
         def before_fit(self):
-            self.times, self.turns, self.current, self.started = {key: [] for key in VARIANTS}, [], None, None
+            self.turns, self.turn, self.queue, self.current, self.started = [], {}, [], None, None
             self.rng, self.fastai_hooked = random.Random(seed), True  # fastai hooks in its before_fit
+            self.parked = {}  # colordim recorders whose hooks are off the modules for now
 
         def before_batch(self):
             self._stop_clock()
             if not self.training:
                 return
-            if not self.turns:
-                self.turns = self.rng.sample(VARIANTS, len(VARIANTS))
-            self.current = self.turns.pop()
+            if not self.queue:  # a new turn: each variant once, in a new order
+                self.queue, self.turn = self.rng.sample(VARIANTS, len(VARIANTS)), {}
+                self.turns.append(self.turn)
+            self.current = self.queue.pop()
             for key, recorder in chosen.items():  # only this batch's recorder sees its batch events
                 recorder.run = key == self.current
             fastai = chosen["b fastai"]
             if (self.current == "b fastai") != self.fastai_hooked:  # fastai's hooks: on for its turns only
                 fastai._register() if not self.fastai_hooked else fastai._remove()
                 self.fastai_hooked = not self.fastai_hooked
+            for key in ("c exact", "d sampled"):  # colordim's too: a module with no hook skips torch's hook path
+                if key == self.current and key in self.parked:
+                    unpark(self.parked.pop(key))
+                elif key != self.current and key not in self.parked:
+                    self.parked[key] = park(chosen[key])
             self.started = time.perf_counter()  # the hook switching above is nobody's time
 
         def before_validate(self):
             self._stop_clock()
             for recorder in chosen.values():
                 recorder.run = True
+            for key in list(self.parked):
+                unpark(self.parked.pop(key))
 
         def _stop_clock(self):
             if self.started is not None:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                self.times[self.current].append(time.perf_counter() - self.started)
+                self.turn[self.current] = time.perf_counter() - self.started
                 self.started = None
+
+        @property
+        def complete_turns(self):
+            return [turn for turn in self.turns if len(turn) == len(VARIANTS)]
     return Switch()
 
 
 def one_round(make_model_and_dls, device, sample):
-    "One epoch with the variants taking turns: {variant: median seconds per training batch}."
+    "One epoch with the variants taking turns: its complete turns, {variant: seconds}."
     torch.manual_seed(0)
     model, dls = make_model_and_dls()
     chosen = recorders(model, sample)
     timer = switch(chosen, device)
     learner(model.to(device), dls, list(chosen.values()) + [timer]).fit(1, 1e-3)
-    return {key: statistics.median(seconds) for key, seconds in timer.times.items()}
+    return timer.complete_turns
 
 
 def recording_bytes(make_model_and_dls, device, sample):
@@ -144,10 +171,11 @@ def recording_bytes(make_model_and_dls, device, sample):
 
 def run(name, make_model_and_dls, device, repeats, sample):
     rounds = [one_round(make_model_and_dls, device, sample) for _ in range(repeats + 1)][1:]  # 1st: warm-up
-    median = {key: statistics.median(r[key] for r in rounds) for key in VARIANTS}
-    ratio = {key: statistics.median(r[key] / r["a none"] for r in rounds) for key in VARIANTS}
+    turns = [turn for turns in rounds for turn in turns]
+    median = {key: statistics.median(turn[key] for turn in turns) for key in VARIANTS}
+    ratio = {key: statistics.median(turn[key] / turn["a none"] for turn in turns) for key in VARIANTS}
     memory = recording_bytes(make_model_and_dls, device, sample)
-    print(f"\n{name} on {device}, median of {repeats} rounds:")
+    print(f"\n{name} on {device}, median of {len(turns)} turns in {repeats} rounds:")
     for key in VARIANTS:
         overhead = "" if key == "a none" else f"   overhead {100 * (ratio[key] - 1):6.1f}%   ratio {ratio[key]:.3f}"
         print(f"  {key:10s} {1000 * median[key]:8.2f} ms/batch{overhead}   recording {memory[key] / 1e6:7.2f} MB")
@@ -159,7 +187,7 @@ def run(name, make_model_and_dls, device, repeats, sample):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10, help="rounds (epochs) after a warm-up one")
     parser.add_argument("--sample", type=int, default=4096, help="sample=N for the sampled variant")
     parser.add_argument("--resnet-batch-size", type=int, default=None, help="default 64 on CPU, 256 on CUDA")
     parser.add_argument("--only", choices=["demo", "resnet"], default=None)

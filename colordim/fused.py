@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 
-__all__ = ["available", "summarise", "summarise_sample", "pack", "run_exact", "run_sample"]
+__all__ = ["available", "summarise", "summarise_sample", "summarise_lines", "pack", "run_exact", "run_sample",
+           "run_lines"]
 
 try:
     from numba import carray, njit, types
@@ -20,6 +21,7 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; a broken install falls back to torch
     njit = None
 
+LINE = 16  # float32 values in a 64-byte cache line: how `summarise_lines` samples
 LANES = 8  # counts go into 8 interleaved histograms: neighbours (ReLU zeros) rarely bump the same counter
 _SUMS = {"reassoc", "nsz", "contract"}  # lets sums vectorise; NaN still propagates
 _EXTREMES = {"nnan", "reassoc", "nsz"}  # lets min/max vectorise; a block with a NaN is redone exactly
@@ -37,7 +39,7 @@ def available() -> bool:
 
 
 def _smoke_test() -> bool:
-    "Compile (or load from the cache) and run both kernels once, as plans call them; on failure, warn, use torch."
+    "Compile (or load from the cache) and run the kernels once, as plans call them; on failure, warn, use torch."
     try:
         values, counts, moments = np.array([0.5, -1.0], np.float32), np.zeros((1, 4), np.int64), np.zeros((1, 6))
         unit_max, lanes = np.empty(1, np.float32), np.zeros((LANES, 5), np.int64)
@@ -48,7 +50,11 @@ def _smoke_test() -> bool:
         sample = positions, positions * 0, positions[:0]
         run_sample(*pack(keys=np.empty(1, np.int32), sample=sample, gathered=np.empty(1, np.float32), **common),
                    values.ctypes.data, 0)
-        return counts[0].tolist() == [0, 2, 1, 0]  # -1.0 twice (the second call's sample) and 0.5
+        zero = np.zeros(1, np.int32)
+        lines = zero, zero, zero + 2, zero[:0]  # one line from 0, in unit 0 up to position 2
+        run_lines(*pack(keys=np.empty(LINE, np.int32), lines=lines, inner=2, gathered=np.empty(LINE, np.float32),
+                        **common), values.ctypes.data, 0)
+        return counts[0].tolist() == [0, 3, 2, 0]  # -1.0 three times (exact, sample, line), 0.5 twice
     except Exception as error:  # noqa: BLE001 - whatever numba raises, recording goes on with torch
         import warnings
         warnings.warn(f"colordim: the compiled CPU kernel is unavailable ({type(error).__name__}: {error}); "
@@ -251,6 +257,53 @@ def summarise_sample(flat, positions, unit_of, unsampled, low, high, bins, linth
         _add_moments(moments[row], total, squares, near_zero, unit_max, minimum, maximum)
 
 
+
+@_jit
+def summarise_lines(flat, starts, line_unit, line_boundary, unsampled, inner, units, low, high, bins, linthresh,
+                    near, stats, counts, moments, row, unit_max, values, keys, lanes):
+    """`summarise` of the values of `flat` in the lines of LINE values that begin at `starts` (the last
+    may be cut short by the end). Line `s` begins in unit `line_unit[s]`, which ends at position
+    `line_boundary[s]`; units follow each other every `inner` values. The lines are copied into
+    `values` (float32 scratch, LINE per line) and the passes run over that; `keys` (int32) is a chunk."""
+    numel, sampled = flat.shape[0], 0
+    for s in range(starts.shape[0]):  # whole lines: 16 times fewer cache lines than independent values
+        end = min(starts[s] + LINE, numel)
+        values[sampled:sampled + end - starts[s]] = flat[starts[s]:end]
+        sampled += end - starts[s]
+    values = values[:sampled]
+    low32, high32, near32 = np.float32(low), np.float32(high), np.float32(near)
+    scale, linthresh32 = np.float32(bins / (high - low)), np.float32(linthresh)
+    chunk = keys.shape[0]
+    for begin in range(0, sampled, chunk):  # keys a chunk at a time: they stay in L1
+        part, part_keys = values[begin:begin + chunk], keys[:min(chunk, sampled - begin)]
+        _keys(part, low32, scale, bins, high32, linthresh32, part_keys)
+        _count(part_keys, lanes)
+    _add_counts(lanes, counts[row])
+    if not stats:
+        return
+    total, squares, near_zero, nan = _sums(values, near32)
+    unit_max[:] = -np.inf
+    minimum, maximum, taken = np.float32(np.inf), np.float32(-np.inf), 0
+    for s in range(starts.shape[0]):  # each unit's part of each line: one part, or more where units are short
+        position, end = starts[s], min(starts[s] + LINE, numel)
+        unit, boundary = line_unit[s], line_boundary[s]
+        while position < end:
+            stop = min(end, boundary)
+            part_max = unit_max[unit]
+            for i in range(taken, taken + stop - position):
+                value = values[i]
+                minimum = value if value < minimum else minimum  # NaN: ignored here, wins below
+                part_max = value if value > part_max or value != value else part_max
+            unit_max[unit] = part_max
+            maximum = part_max if part_max > maximum else maximum
+            taken += stop - position
+            position, boundary, unit = stop, boundary + inner, unit + 1 if unit + 1 < units else 0
+    if nan:  # NaN wins, as in torch.aminmax
+        minimum = maximum = np.float32(np.nan)
+    for unit in unsampled:
+        unit_max[unit] = np.inf
+    _add_moments(moments[row], total, squares, near_zero, unit_max, minimum, maximum)
+
 # --- calls with few arguments ---------------------------------------------------------------------
 # numba checks and unboxes every argument of every call: for the kernels' 15 to 17, about 1 us with
 # warm caches and about 8 us in a hook, where the model's layers have just evicted them. So a plan
@@ -259,7 +312,9 @@ def summarise_sample(flat, positions, unit_of, unsampled, low, high, bins, linth
 # packed array alive as long as it calls with them, and the output alive during the call.
 # ints: 0 rows, 1 bins, 2 units, 3 stats, 4 numel, 5-9 addresses of counts, moments, unit_max, keys,
 # lanes, 10 length of keys; exact: 11 batch; sampled: 11 sampled, 12 unsampled, 13 positions are
-# int64, 14-17 addresses of positions, unit_of, unsampled, gathered. floats: low, high, linthresh, near.
+# int64, 14-17 addresses of positions, unit_of, unsampled, gathered; lines: 11 lines, 12 unsampled,
+# 13 inner, 14-18 addresses of starts, line_unit, line_boundary, unsampled (int32), gathered.
+# floats: low, high, linthresh, near.
 
 def _address(array, dtype, name) -> int:
     "The address of a C-contiguous `array` of `dtype` (what the compiled side will read it as)."
@@ -270,15 +325,26 @@ def _address(array, dtype, name) -> int:
 
 
 def pack(counts, moments, unit_max, keys, lanes, limits, bins, linthresh, near, stats, numel, batch=1,
-         sample=None, gathered=None):
-    "The (ints, floats) a `run_exact` call (or, given `sample` and `gathered`, `run_sample`) takes."
+         sample=None, gathered=None, lines=None, inner=1):
+    """The (ints, floats) a `run_exact` call takes; given `sample` (positions, unit_of, unsampled) and
+    `gathered`, a `run_sample` call; given `lines` (starts, line_unit, line_boundary, unsampled),
+    `inner` and `gathered`, a `run_lines` call."""
     if lanes.shape != (LANES, bins + 3) or counts.ndim != 2 or counts.shape[1] != bins + 2 or moments.shape[1:] != (6,):
         raise ValueError(f"pack: counts (rows, {bins + 2}), moments (rows, 6) and lanes ({LANES}, {bins + 3}) "
                          f"expected, got {counts.shape}, {moments.shape}, {lanes.shape}")
     ints = [len(counts), bins, len(unit_max), int(stats), numel, _address(counts, np.int64, "counts"),
             _address(moments, np.float64, "moments"), _address(unit_max, np.float32, "unit_max"),
             _address(keys, np.int32, "keys"), _address(lanes, np.int64, "lanes"), len(keys)]
-    if sample is None:
+    if lines is not None:
+        starts, line_unit, line_boundary, unsampled = lines
+        ints += [len(starts), len(unsampled), inner, _address(starts, np.int32, "starts"),
+                 _address(line_unit, np.int32, "line_unit"), _address(line_boundary, np.int32, "line_boundary"),
+                 _address(unsampled, np.int32, "unsampled"), _address(gathered, np.float32, "gathered")]
+        if len(line_unit) != len(starts) or len(line_boundary) != len(starts) or not len(keys) \
+                or len(gathered) < LINE * len(starts):
+            raise ValueError("pack: line_unit and line_boundary as long as starts, keys, and gathered of "
+                             f"{LINE} values per line")
+    elif sample is None:
         ints.append(batch)
     else:
         positions, unit_of, unsampled = sample
@@ -338,3 +404,15 @@ def run_sample(ints, floats, address, row):
                          carray(_pointer(ints[15], np.int32), sampled), carray(_pointer(ints[16], np.int32), unsampled),
                          floats[0], floats[1], ints[1], floats[2], floats[3], ints[3] != 0, counts, moments, row,
                          unit_max, gathered, keys, lanes)
+
+
+@_jit
+def run_lines(ints, floats, address, row):
+    "`summarise_lines` of the float32 output at `address` (contiguous, `numel` values) into `row`, as packed."
+    counts, moments, unit_max, keys, lanes = _packed(ints)
+    flat = carray(_pointer(address, np.float32), ints[4])
+    lines, unsampled = ints[11], ints[12]
+    summarise_lines(flat, carray(_pointer(ints[14], np.int32), lines), carray(_pointer(ints[15], np.int32), lines),
+                    carray(_pointer(ints[16], np.int32), lines), carray(_pointer(ints[17], np.int32), unsampled),
+                    ints[13], ints[2], floats[0], floats[1], ints[1], floats[2], floats[3], ints[3] != 0, counts,
+                    moments, row, unit_max, carray(_pointer(ints[18], np.float32), lines * LINE), keys, lanes)

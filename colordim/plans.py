@@ -15,17 +15,19 @@ import torch
 from . import fused
 from .summaries import add_moments, channel_count, histogram_counts, symlog_
 
-__all__ = ["make_plan", "draw_sample", "FusedPlan", "TorchPlan", "LINE"]
+__all__ = ["make_plan", "draw_sample", "FusedPlan", "TorchPlan"]
+
+LINE = fused.LINE  # float32 values in a 64-byte cache line
 
 USE_FUSED = True  # tests set it False to run the torch path (the GPU's) on the CPU
 
 
-LINE = 16  # float32 values in a 64-byte cache line
 LINES_UP_TO = 64  # outputs of at most 64 x sample values are sampled in whole lines
 
 
 def draw_sample(shape, size: int, seed: int):
-    """About `size` sorted positions in a flat output of `shape`, from `seed`, and the unit (dim 1) of each.
+    """About `size` sorted positions in a flat output of `shape`, from `seed`, the unit (dim 1) of each,
+    and the (sorted) indices of the lines they fill, or None when they are independent.
 
     Reading one value costs its whole 64-byte cache line. In an output of at most 64 x `size` values,
     `size` independent positions would read a large share of its lines (63% when it holds 16 x `size`),
@@ -34,9 +36,9 @@ def draw_sample(shape, size: int, seed: int):
     (on the demo CNN 4096 values in lines do as well as ~2,700 independent ones), but for the time an
     output of that size allows, much more. Bigger outputs, where independent values are cheap next to
     the layer itself, get `size` independent positions."""
-    numel, generator = math.prod(shape), torch.Generator().manual_seed(seed)
+    numel, generator, lines = math.prod(shape), torch.Generator().manual_seed(seed), None
     if numel <= LINES_UP_TO * size and size >= LINE:
-        lines = torch.randperm(-(-numel // LINE), generator=generator)[:size // LINE]
+        lines = torch.randperm(-(-numel // LINE), generator=generator)[:size // LINE].sort().values
         positions = (lines[:, None] * LINE + torch.arange(LINE)).reshape(-1)
         positions = positions[positions < numel]  # the last line may be short
     else:  # without repeats when that is cheap; else with (rare among many values): randperm of a big
@@ -46,7 +48,7 @@ def draw_sample(shape, size: int, seed: int):
     positions = positions.sort().values  # read in memory order: several times faster than at random
     inner = math.prod(shape[2:]) if len(shape) >= 2 else numel
     unit_of = positions // inner % channel_count(shape) if len(shape) >= 2 else torch.zeros_like(positions)
-    return positions, unit_of
+    return positions, unit_of, lines
 
 
 class TorchPlan:
@@ -54,7 +56,7 @@ class TorchPlan:
     def __init__(self, shape, device, sample, bins, limits, linthresh, near_zero, stats, scratch):
         self.shape, self.device = torch.Size(shape), torch.device(device)  # the outputs this plan is for
         self.units = channel_count(shape)
-        self.sample = None if sample is None else tuple(part.to(device) for part in sample)
+        self.sample = None if sample is None else tuple(part.to(device) for part in sample[:2])
         self.options = bins, limits, linthresh, near_zero, stats, scratch
         counted = math.prod(shape) if sample is None else sample[0].numel()
         self.sizes = np.array([math.prod(shape), self.units, counted], dtype=np.int64)  # what the host counts
@@ -77,31 +79,50 @@ class TorchPlan:
 
 
 class FusedPlan:
-    "One compiled call per output on the CPU: histogram and moments in one pass (`colordim.fused`)."
+    """One compiled call per output on the CPU (`colordim.fused`): histogram and moments in one pass over
+    the whole output, over its sampled lines, or over its sampled positions."""
     def __init__(self, shape, sample, bins, limits, linthresh, near_zero, stats):
         self.shape, self.device = torch.Size(shape), torch.device("cpu")  # the outputs this plan is for
-        self.units = channel_count(shape)
+        self.numel, self.units = math.prod(shape), channel_count(shape)
         self.batch = shape[0] if len(shape) >= 2 else 1  # a 0-d or 1-d output is one unit
-        if sample is not None:  # positions, the unit of each, and the units with no position; int32 when
-            # they fit: half the bytes a call reads, and they must stay in cache from one batch to the next
-            index = np.int32 if math.prod(shape) < 2 ** 31 else np.int64
-            positions, unit_of = (np.ascontiguousarray(part.numpy(), dtype=index) for part in sample)
-            self.sample = positions, unit_of, np.setdiff1d(np.arange(self.units), unit_of).astype(index)
-        else:
-            self.sample = None
+        counted = self.numel if sample is None else sample[0].numel()
+        self.sizes = np.array([self.numel, self.units, counted], dtype=np.int64)
         self.unit_max = np.empty(self.units, dtype=np.float32)
-        counted = math.prod(shape) if sample is None else sample[0].numel()
-        # the kernels' scratch, kept so that a call allocates nothing: bin keys (of a sample, or of one item
-        # of the batch), the gathered sample, and count lanes
-        self.keys = np.empty(counted if sample is not None else math.prod(shape) // self.batch, np.int32)
-        self.gathered = np.empty(counted, np.float32) if sample is not None else None
-        self.lanes = np.zeros((fused.LANES, bins + 3), np.int64)
+        self.lanes = np.zeros((fused.LANES, bins + 3), np.int64)  # count lanes, zero between calls
         self.options = dict(limits=limits, bins=bins, linthresh=linthresh or 0.0, near=near_zero, stats=stats,
-                            numel=math.prod(shape), batch=self.batch, sample=self.sample, gathered=self.gathered)
-        self.sizes = np.array([math.prod(shape), self.units, counted], dtype=np.int64)
-        self.numel = math.prod(shape)
-        self._run = fused.run_exact if sample is None else fused.run_sample
+                            numel=self.numel)
+        # what each kind of call reads besides the output, made once so that a call allocates nothing;
+        # the plan owns these arrays: the packed call holds their addresses
+        if sample is None:
+            self.keys, self._run = np.empty(self.numel // self.batch, np.int32), fused.run_exact
+            self.options.update(batch=self.batch)
+        elif sample[2] is not None and self.numel < 2 ** 31:
+            self.keys, self._run = np.empty(256, np.int32), fused.run_lines
+            self.options.update(lines=self._lines(shape, sample), inner=self._inner(shape),
+                                gathered=np.empty(fused.LINE * len(sample[2]), np.float32))
+        else:  # positions (int32 when they fit: half the bytes), the unit of each, the units never sampled
+            index = np.int32 if self.numel < 2 ** 31 else np.int64
+            positions, unit_of = (np.ascontiguousarray(part.numpy(), dtype=index) for part in sample[:2])
+            self.keys, self._run = np.empty(counted, np.int32), fused.run_sample
+            self.options.update(sample=(positions, unit_of, self._unsampled(unit_of, index)),
+                                gathered=np.empty(counted, np.float32))
         self._rows = self._packed = None  # the rows the packed call writes into, and that call's arguments
+
+    def _inner(self, shape) -> int:
+        "Values per unit and item: units follow each other every `inner` values."
+        return math.prod(shape[2:]) if len(shape) >= 2 else max(self.numel, 1)
+
+    def _unsampled(self, unit_of, dtype=np.int32):
+        return np.setdiff1d(np.arange(self.units), unit_of).astype(dtype)
+
+    def _lines(self, shape, sample):
+        "(starts, line_unit, line_boundary, unsampled) for `fused.summarise_lines`."
+        inner = self._inner(shape)
+        starts = sample[2].numpy().astype(np.int64) * fused.LINE
+        block = starts // inner
+        line_unit = (block % self.units).astype(np.int32)
+        line_boundary = ((block + 1) * inner).astype(np.int32)  # at most numel, a multiple of inner
+        return starts.astype(np.int32), line_unit, line_boundary, self._unsampled(sample[1].numpy())
 
     def __call__(self, values: torch.Tensor, rows, row: int):
         "Add an output to row `row` of `rows` (DeviceRows on the CPU); each unit's maximum over the output."

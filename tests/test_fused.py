@@ -65,8 +65,10 @@ def test_the_kernel_counts_and_summarises_like_torch(name, monkeypatch):
 
 
 @pytest.mark.parametrize("options", [dict(scale="symlog", linthresh=0.5, range=(-1e6, 1e6)), dict(stats=False),
-                                     dict(sample=100), dict(sample=100, stats=False), dict(near_zero=1.0)])
+                                     dict(sample=100), dict(sample=100, stats=False), dict(near_zero=1.0),
+                                     dict(sample=40), dict(sample=40, scale="symlog")])
 def test_the_kernel_follows_every_option_like_torch(options, monkeypatch):
+    "sample=100: in lines (outputs of at most 6,400 values here); sample=40: independent positions too."
     for name in ("normal", "nan and inf", "(batch, features)", "huge"):
         output = outputs()[name]
         fast, slow = recorded("fused", monkeypatch, output, **options), recorded("torch", monkeypatch, output, **options)

@@ -68,16 +68,17 @@ def test_bad_sample(value):
 
 def test_outputs_up_to_64_times_the_sample_are_sampled_in_whole_cache_lines():
     from colordim.plans import LINE, draw_sample
-    positions, unit_of = draw_sample((64, 8, 14, 14), 4096, seed=3)   # 100,352 values <= 64 x 4096
+    positions, unit_of, lines = draw_sample((64, 8, 14, 14), 4096, seed=3)   # 100,352 values <= 64 x 4096
     runs = positions.reshape(-1, LINE)
     assert len(positions) == 4096 and LINE == 16
     assert (runs[:, 0] % LINE == 0).all() and (runs - runs[:, :1] == torch.arange(LINE)).all()
     assert len(set(runs[:, 0].tolist())) == 4096 // LINE                  # no line twice
+    assert (lines * LINE == runs[:, 0]).all()
     assert (unit_of == positions // (14 * 14) % 8).all()
-    big, _ = draw_sample((64, 32, 32, 32), 4096, seed=3)                    # 2,097,152 values: independent
+    big, _, none = draw_sample((64, 32, 32, 32), 4096, seed=3)                    # 2,097,152 values: independent
     assert len(big) == 4096 and (big[1:] >= big[:-1]).all()
-    assert (big[1:] - big[:-1] == 1).float().mean() < 0.01                 # not in runs
-    short, _ = draw_sample((1000,), 200, seed=0)                            # 63 lines, the last of 8 values
+    assert (big[1:] - big[:-1] == 1).float().mean() < 0.01 and none is None  # not in runs
+    short, _, _ = draw_sample((1000,), 200, seed=0)                            # 63 lines, the last of 8 values
     assert len(short) in (192, 184) and short.max() < 1000 and len(set(short.tolist())) == len(short)
 
 
