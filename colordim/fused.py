@@ -259,6 +259,32 @@ def summarise_sample(flat, positions, unit_of, unsampled, low, high, bins, linth
 
 
 @_jit
+def _line_unit_maxima(values, starts, line_unit, line_boundary, numel, inner, units, unit_max, nan):
+    """Each unit's maximum over its part of each line (copied into `values`, line after line) into
+    `unit_max`; returns the minimum and maximum. Without NaN, branch-free selects; with, NaN wins."""
+    minimum, maximum, taken = np.float32(np.inf), np.float32(-np.inf), 0
+    for s in range(starts.shape[0]):  # each unit's part of each line: one part, or more where units are short
+        position, end = starts[s], min(starts[s] + LINE, numel)
+        unit, boundary = line_unit[s], line_boundary[s]
+        while position < end:
+            stop = min(end, boundary)
+            part_max, part_min = unit_max[unit], minimum
+            if nan:
+                for i in range(taken, taken + stop - position):
+                    part_max = _nan_max(values[i], part_max)
+            else:
+                for i in range(taken, taken + stop - position):
+                    value = values[i]
+                    part_max = max(part_max, value)
+                    part_min = min(part_min, value)
+            unit_max[unit], minimum = part_max, part_min
+            maximum = max(maximum, part_max)
+            taken += stop - position
+            position, boundary, unit = stop, boundary + inner, unit + 1 if unit + 1 < units else 0
+    return minimum, maximum
+
+
+@_jit
 def summarise_lines(flat, starts, line_unit, line_boundary, unsampled, inner, units, low, high, bins, linthresh,
                     near, stats, counts, moments, row, unit_max, values, keys, lanes):
     """`summarise` of the values of `flat` in the lines of LINE values that begin at `starts` (the last
@@ -267,9 +293,15 @@ def summarise_lines(flat, starts, line_unit, line_boundary, unsampled, inner, un
     `values` (float32 scratch, LINE per line) and the passes run over that; `keys` (int32) is a chunk."""
     numel, sampled = flat.shape[0], 0
     for s in range(starts.shape[0]):  # whole lines: 16 times fewer cache lines than independent values
-        end = min(starts[s] + LINE, numel)
-        values[sampled:sampled + end - starts[s]] = flat[starts[s]:end]
-        sampled += end - starts[s]
+        start = starts[s]
+        if start + LINE <= numel:
+            for k in range(LINE):  # a fixed count: two vector loads and stores
+                values[sampled + k] = flat[start + k]
+            sampled += LINE
+        else:  # the output's last line, cut short
+            for position in range(start, numel):
+                values[sampled] = flat[position]
+                sampled += 1
     values = values[:sampled]
     low32, high32, near32 = np.float32(low), np.float32(high), np.float32(near)
     scale, linthresh32 = np.float32(bins / (high - low)), np.float32(linthresh)
@@ -283,21 +315,8 @@ def summarise_lines(flat, starts, line_unit, line_boundary, unsampled, inner, un
         return
     total, squares, near_zero, nan = _sums(values, near32)
     unit_max[:] = -np.inf
-    minimum, maximum, taken = np.float32(np.inf), np.float32(-np.inf), 0
-    for s in range(starts.shape[0]):  # each unit's part of each line: one part, or more where units are short
-        position, end = starts[s], min(starts[s] + LINE, numel)
-        unit, boundary = line_unit[s], line_boundary[s]
-        while position < end:
-            stop = min(end, boundary)
-            part_max = unit_max[unit]
-            for i in range(taken, taken + stop - position):
-                value = values[i]
-                minimum = value if value < minimum else minimum  # NaN: ignored here, wins below
-                part_max = value if value > part_max or value != value else part_max
-            unit_max[unit] = part_max
-            maximum = part_max if part_max > maximum else maximum
-            taken += stop - position
-            position, boundary, unit = stop, boundary + inner, unit + 1 if unit + 1 < units else 0
+    minimum, maximum = _line_unit_maxima(values, starts, line_unit, line_boundary, numel, inner, units, unit_max,
+                                         nan > 0)
     if nan:  # NaN wins, as in torch.aminmax
         minimum = maximum = np.float32(np.nan)
     for unit in unsampled:
