@@ -5,6 +5,11 @@ On the CPU there is no device to overlap with, so every eager op is paid in full
 kernels read each value once or twice while it is in cache, at ~1.2 ns a value, and cost one call.
 Same results as the torch path: same float32 bin arithmetic, same NaN rules (`tests/test_fused.py`).
 Without numba, `available()` is False and the torch path runs.
+
+Three kernels: `summarise` (the whole output), `summarise_lines` (a sample of whole cache lines) and
+`summarise_sample` (a sample of independent positions). Plans call them through `run_exact`,
+`run_lines` and `run_sample`, whose arguments `pack` made once per plan: a hook pays for as few
+arguments as possible, because numba checks each one on every call.
 """
 from __future__ import annotations
 

@@ -17,12 +17,10 @@ from .summaries import add_moments, channel_count, histogram_counts, symlog_
 
 __all__ = ["make_plan", "draw_sample", "FusedPlan", "TorchPlan"]
 
-LINE = fused.LINE  # float32 values in a 64-byte cache line
-
 USE_FUSED = True  # tests set it False to run the torch path (the GPU's) on the CPU
-
-
+LINE = fused.LINE  # float32 values in a 64-byte cache line
 LINES_UP_TO = 64  # outputs of at most 64 x sample values are sampled in whole lines
+KEYS_CHUNK = 256  # a line sample's bin keys are worked out this many at a time (they stay in L1)
 
 
 def draw_sample(shape, size: int, seed: int):
@@ -97,7 +95,7 @@ class FusedPlan:
             self.keys, self._run = np.empty(self.numel // self.batch, np.int32), fused.run_exact
             self.options.update(batch=self.batch)
         elif sample[2] is not None and self.numel < 2 ** 31:
-            self.keys, self._run = np.empty(256, np.int32), fused.run_lines
+            self.keys, self._run = np.empty(KEYS_CHUNK, np.int32), fused.run_lines
             self.options.update(lines=self._lines(shape, sample), inner=self._inner(shape),
                                 gathered=np.empty(fused.LINE * len(sample[2]), np.float32))
         else:  # positions (int32 when they fit: half the bytes), the unit of each, the units never sampled
@@ -113,6 +111,7 @@ class FusedPlan:
         return math.prod(shape[2:]) if len(shape) >= 2 else max(self.numel, 1)
 
     def _unsampled(self, unit_of, dtype=np.int32):
+        "The units no sampled value is in: +inf maxima (never seen, so not dead)."
         return np.setdiff1d(np.arange(self.units), unit_of).astype(dtype)
 
     def _lines(self, shape, sample):
