@@ -60,7 +60,7 @@ class HistogramRecorder:
         self._parent = [slot for slot, _ in enumerate(self.names)]  # each slot's module slot
         self._containers, self._part_slots = set(), {}  # module slots that returned containers; (slot, path) -> slot
         self._capacity = 0                     # rows every layer will have
-        self._row_sizes = []  # host, per committed row: (layers, 3) NUMEL, CHANNELS, SAMPLED (shared, read-only)
+        self._row_sizes = []  # host, per committed row: its outputs' (slot, plan), or (layers, 3) NUMEL, CHANNELS, SAMPLED
         self._index = []                       # host: (fit, epoch, phase, iteration) per committed row
         self._row = None                       # the row hooks write into now, or None: not recording
         self._pending = None                   # its (fit, epoch, phase, iteration)
@@ -212,13 +212,9 @@ class HistogramRecorder:
     def end_column(self) -> None:
         "Keep the open column."
         if self._row is not None:
-            sizes, shapes = self._column_sizes(tuple(self._used))  # known on the host: no sync
-            self._row_sizes.append(sizes)  # kept as it is: a numpy op here costs ~20 us with cold caches
-            if self._pending[2] == "train":  # a training batch's shapes show; another's only where none is known
-                self.shapes.update(shapes)
-            else:
-                for name, shape in shapes.items():
-                    self.shapes.setdefault(name, shape)
+            # what its outputs added is known on the host (no sync), and worked out at the flush: every
+            # step here costs several times more than later, with the caches the batch has just used
+            self._row_sizes.append(self._used)
             self._index.append(self._pending)
             self._row = self._pending = None
         self._used = []
@@ -282,9 +278,17 @@ class HistogramRecorder:
         self._compact()
 
     def _host_sizes(self) -> np.ndarray:
-        "The committed rows' sizes as one (rows, layers, 3) array (layers added since are zero)."
+        """The committed rows' sizes as one (rows, layers, 3) array (layers added since are zero); the
+        layers' shapes from them: a training batch's shapes show, another's only where none is known."""
         sizes = np.zeros((len(self._row_sizes), len(self.names), 3), np.int64)
         for row, part in enumerate(self._row_sizes):  # once per epoch; most rows share one array
+            if isinstance(part, list):  # the (slot, plan) of each output, as `end_column` kept them
+                part, shapes = self._column_sizes(tuple(part))
+                if self._index[row][2] == "train":
+                    self.shapes.update(shapes)
+                else:
+                    for name, shape in shapes.items():
+                        self.shapes.setdefault(name, shape)
             sizes[row, :len(part)] = part
         return sizes
 
@@ -348,7 +352,10 @@ class HistogramRecorder:
     def reset(self) -> None:
         "Forget everything recorded (the hooks stay as they are)."
         self.abandon_column()
-        self._index, self._host = [], []
+        for rows in self._rows:  # columns not yet flushed: their device rows are reused from row 0
+            if rows is not None:
+                rows.clear(slice(0, len(self._index)))
+        self._index, self._host, self._row_sizes = [], [], []
 
     @property
     def nbytes(self) -> int:

@@ -312,3 +312,16 @@ def test_a_first_output_under_inference_mode_does_not_break_later_training(cpu_p
     recording = rec.recording
     assert recording.phase.tolist() == ["valid", "train", "train"]
     assert recording.numel["0"].tolist() == [40, 40, 40] and recording.counts["1"].sum(1).tolist() == [40] * 3
+
+
+def test_reset_forgets_flushed_and_unflushed_columns(cpu_path):
+    layer = nn.Identity()
+    with HistogramRecorder({"x": layer}, bins=4, range=(-2, 2)) as engine:
+        run_batches(engine, layer, [torch.full((3,), -1.5)] * 2)
+        engine.flush()
+        run_batches(engine, layer, [torch.full((5,), -0.5)], epoch=1)   # committed, still on the device
+        engine.reset()
+        run_batches(engine, layer, [torch.tensor([0.5, 1.5])], epoch=2)
+    recording = engine.recording
+    assert recording.counts["x"].tolist() == [[0, 0, 0, 1, 1, 0]]
+    assert recording.epoch.tolist() == [2] and recording.numel["x"].tolist() == [2]
