@@ -186,6 +186,16 @@ def _add_moments(moments, total, squares, near_zero, unit_max, low, high):
 
 
 @_jit
+def _add_sample_moments(moments, total, squares, near_zero, nan, unit_max, unsampled, low, high):
+    "`_add_moments` for a sample: NaN wins the extremes; units no sampled value is in are not dead (+inf)."
+    if nan:  # as in torch.aminmax
+        low = high = np.float32(np.nan)
+    for unit in unsampled:
+        unit_max[unit] = np.inf
+    _add_moments(moments, total, squares, near_zero, unit_max, low, high)
+
+
+@_jit
 def summarise(flat, batch, units, low, high, bins, linthresh, near, stats, counts, moments, row, unit_max, keys,
               lanes):
     """Add a float32 output's counts to `counts[row]` (bins + 2) and, with `stats`, its moments to
@@ -255,11 +265,7 @@ def summarise_sample(flat, positions, unit_of, unsampled, low, high, bins, linth
         minimum, maximum = _unit_maxima(values, unit_of, unit_max), np.float32(-np.inf)
         for unit in range(unit_max.shape[0]):
             maximum = max(maximum, unit_max[unit])
-        if nan:  # NaN wins, as in torch.aminmax
-            minimum = maximum = np.float32(np.nan)
-        for unit in unsampled:
-            unit_max[unit] = np.inf
-        _add_moments(moments[row], total, squares, near_zero, unit_max, minimum, maximum)
+        _add_sample_moments(moments[row], total, squares, near_zero, nan, unit_max, unsampled, minimum, maximum)
 
 
 
@@ -322,11 +328,7 @@ def summarise_lines(flat, starts, line_unit, line_boundary, unsampled, inner, un
     unit_max[:] = -np.inf
     minimum, maximum = _line_unit_maxima(values, starts, line_unit, line_boundary, numel, inner, units, unit_max,
                                          nan > 0)
-    if nan:  # NaN wins, as in torch.aminmax
-        minimum = maximum = np.float32(np.nan)
-    for unit in unsampled:
-        unit_max[unit] = np.inf
-    _add_moments(moments[row], total, squares, near_zero, unit_max, minimum, maximum)
+    _add_sample_moments(moments[row], total, squares, near_zero, nan, unit_max, unsampled, minimum, maximum)
 
 # --- calls with few arguments ---------------------------------------------------------------------
 # numba checks and unboxes every argument of every call: for the kernels' 15 to 17, about 1 us with
