@@ -268,7 +268,6 @@ def summarise_sample(flat, positions, unit_of, unsampled, low, high, bins, linth
         _add_sample_moments(moments[row], total, squares, near_zero, nan, unit_max, unsampled, minimum, maximum)
 
 
-
 @_jit
 def _line_unit_maxima(values, starts, line_unit, line_boundary, numel, inner, units, unit_max, nan):
     """Each unit's maximum over its part of each line (copied into `values`, line after line) into
