@@ -182,6 +182,10 @@ def run(name, make_model_and_dls, device, repeats, sample):
     fastai, exact = ratio["b fastai"] - 1, ratio["c exact"] - 1
     print(f"  colordim exact overhead / fastai overhead = {exact / fastai:.2f} (target <= 0.5)")
     print(f"  colordim sampled overhead = {100 * (ratio['d sampled'] - 1):.1f}% (target <= 5%)")
+    modules = len(hooked(make_model_and_dls()[0]))
+    per_module = {key: 1e6 * (ratio[key] - 1) * median["a none"] / modules for key in VARIANTS[1:]}
+    print(f"  per hooked module and batch ({modules} modules): "
+          + ", ".join(f"{key[2:]} {us:.0f} us" for key, us in per_module.items()))
     return median, ratio
 
 
