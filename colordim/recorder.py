@@ -214,7 +214,9 @@ class HistogramRecorder:
         if self._row is not None:
             # what its outputs added is known on the host (no sync), and worked out at the flush: every
             # step here costs several times more than later, with the caches the batch has just used
-            self._row_sizes.append(self._used)
+            last = self._row_sizes[-1] if self._row_sizes else None  # most columns use the plans the last did:
+            same = type(last) is list and last == self._used            # share its list (memory stays small)
+            self._row_sizes.append(last if same else self._used)
             self._index.append(self._pending)
             self._row = self._pending = None
         self._used = []
@@ -281,14 +283,20 @@ class HistogramRecorder:
         """The committed rows' sizes as one (rows, layers, 3) array (layers added since are zero); the
         layers' shapes from them: a training batch's shapes show, another's only where none is known."""
         sizes = np.zeros((len(self._row_sizes), len(self.names), 3), np.int64)
-        for row, part in enumerate(self._row_sizes):  # once per epoch; most rows share one array
+        shared, worked_out, applied = None, None, None
+        for row, part in enumerate(self._row_sizes):  # once per epoch; most rows share one list
             if isinstance(part, list):  # the (slot, plan) of each output, as `end_column` kept them
-                part, shapes = self._column_sizes(tuple(part))
-                if self._index[row][2] == "train":
-                    self.shapes.update(shapes)
-                else:
-                    for name, shape in shapes.items():
-                        self.shapes.setdefault(name, shape)
+                if part is not shared:
+                    shared, worked_out = part, self._column_sizes(tuple(part))
+                training = self._index[row][2] == "train"
+                part, shapes = worked_out
+                if applied != (id(shared), training):  # the same again would change nothing
+                    applied = id(shared), training
+                    if training:
+                        self.shapes.update(shapes)
+                    else:
+                        for name, shape in shapes.items():
+                            self.shapes.setdefault(name, shape)
             sizes[row, :len(part)] = part
         return sizes
 

@@ -325,3 +325,19 @@ def test_reset_forgets_flushed_and_unflushed_columns(cpu_path):
     recording = engine.recording
     assert recording.counts["x"].tolist() == [[0, 0, 0, 1, 1, 0]]
     assert recording.epoch.tolist() == [2] and recording.numel["x"].tolist() == [2]
+
+
+def test_column_sizes_and_shapes_follow_each_column_when_shapes_alternate(cpu_path):
+    layer = nn.Identity()
+    shapes = [(4, 3), (4, 3), (2, 3), (4, 3), (5, 3), (5, 3)]
+    phases = ["train", "train", "valid", "train", "valid", "train"]
+    with HistogramRecorder({"x": layer}, bins=4, range=(-2, 2), sample=8) as engine:
+        for iteration, (shape, phase) in enumerate(zip(shapes, phases)):
+            engine.begin_column(phase, iteration=iteration)
+            layer(torch.zeros(shape))
+            engine.end_column()
+        assert len({id(part) for part in engine._row_sizes}) == 4       # repeated plans share one list
+    recording = engine.recording
+    assert recording.numel["x"].tolist() == [12, 12, 6, 12, 15, 15]
+    assert recording.counts["x"].sum(1).tolist() == [12, 12, 6, 12, 15, 15]  # a sample of 8 scaled to the whole
+    assert recording.shapes["x"] == (5, 3)                                   # the last training batch's
