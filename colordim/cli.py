@@ -30,18 +30,14 @@ def _parser() -> argparse.ArgumentParser:
                       help="folder for the PNGs (default: colordim_plots)")
     plot.add_argument("--layers", nargs="+", metavar="LAYER",
                       help="layer names (or positions among the recorded layers); default: all")
-    plot.add_argument("--epoch", type=int, default=None, help="draw only this epoch (default: all)")
-    plot.add_argument("--phase", choices=["train", "valid"], default="train",
-                      help="training or validation batches (default: train)")
+    _add_columns_choice(plot)
     compare = commands.add_parser(
         "compare", help="one layer of several saved runs side by side, on one colour scale",
         description="Draw the same layer of two or more saved runs one above the other, on one colour scale "
                     "(for example a run with batch norm against one without).")
     compare.add_argument("runs", nargs="+", metavar="RUN.npz", help="the saved runs")
     compare.add_argument("--layer", default="0", help="layer name or position among the recorded ones (default: 0)")
-    compare.add_argument("--epoch", type=int, default=None, help="draw only this epoch (default: all)")
-    compare.add_argument("--phase", choices=["train", "valid"], default="train",
-                         help="training or validation batches (default: train)")
+    _add_columns_choice(compare)
     compare.add_argument("-o", "--out", default="compare.png", metavar="FILE", help="the PNG (default: compare.png)")
     report = commands.add_parser(
         "report", help="the health report of a saved run, printed, and as one self-contained HTML page",
@@ -58,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     board.add_argument("run", metavar="RUN.npz", help="the saved run")
     board.add_argument("log_dir", metavar="LOG_DIR", help="TensorBoard's log folder")
     return parser
+
+
+def _add_columns_choice(command) -> None:
+    "The --epoch and --phase options of the commands that draw a saved run."
+    command.add_argument("--epoch", type=int, default=None, help="draw only this epoch (default: all)")
+    command.add_argument("--phase", choices=["train", "valid"], default="train",
+                         help="training or validation batches (default: train)")
 
 
 def main(argv=None) -> int:
