@@ -59,6 +59,11 @@ class TorchPlan:
         counted = math.prod(shape) if sample is None else sample[0].numel()
         self.sizes = np.array([math.prod(shape), self.units, counted], dtype=np.int64)  # what the host counts
 
+    def fits(self, output) -> bool:
+        "Whether `output` is a floating-point tensor of this plan's shape and device."
+        return isinstance(output, torch.Tensor) and output.is_floating_point() and output.shape == self.shape \
+            and output.device == self.device
+
     def __call__(self, values: torch.Tensor, rows, row: int):
         "Add an output to row `row` of `rows` (DeviceRows); each unit's maximum (for distributed runs)."
         bins, (low, high), linthresh, near_zero, stats, scratch = self.options
@@ -105,6 +110,11 @@ class FusedPlan:
             self.options.update(sample=(positions, unit_of, self._unsampled(unit_of, index)),
                                 gathered=np.empty(counted, np.float32))
         self._rows = self._packed = None  # the rows the packed call writes into, and that call's arguments
+
+    def fits(self, output) -> bool:
+        "Whether `output` is a float32 CPU tensor of this plan's shape (other float dtypes take the long way)."
+        return isinstance(output, torch.Tensor) and output.dtype is torch.float32 and output.is_cpu \
+            and output.shape == self.shape
 
     def _inner(self, shape) -> int:
         "Values per unit and item: units follow each other every `inner` values."

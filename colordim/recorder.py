@@ -72,8 +72,8 @@ class HistogramRecorder:
         self.detach()
         self._rows = [None] * len(self.names)  # made again on the device of the next output
         self._unit_maxima = self.stats and is_distributed()  # to merge dead units across ranks exactly
-        self._handles = [module.register_forward_hook(partial(self._hook, slot))
-                         for slot, module in enumerate(self.modules.values())]
+        hook = self._gradient_forward_hook if self.grads else self._forward_hook
+        self._handles = [module.register_forward_hook(hook(slot)) for slot, module in enumerate(self.modules.values())]
         return self
 
     def detach(self) -> None:
@@ -94,18 +94,39 @@ class HistogramRecorder:
     def __enter__(self): return self.attach()
     def __exit__(self, *exc): self.detach()
 
-    def _hook(self, slot, module, inputs, output):
-        if self._row is None:  # between batches or outside a fit: nothing to record
-            return
-        if not self.grads and isinstance(output, torch.Tensor):  # the common case, kept short: it runs per layer
-            self._record(slot, output)
-            return
-        for part, value in self._parts(slot, output):
-            if self.grads and isinstance(value, torch.Tensor) and value.requires_grad:
-                # a hook on the output tensor, not register_full_backward_hook: in-place ops break that
-                value.register_hook(partial(self._gradient_hook, part))
-            elif not self.grads or not isinstance(value, torch.Tensor) or not value.is_floating_point():
-                self._record(part, value)  # an output, or (for grads) the reason it is skipped
+    def _forward_hook(self, slot: int):
+        """Module `slot`'s forward hook. It runs once per layer and batch between the layers' own work,
+        which has just evicted it from the caches: there every step costs several times what it costs
+        in a loop, so the common case (a tensor like the layer's last one) takes as few as it can."""
+        def hook(module, inputs, output):
+            row = self._row
+            if row is None:  # between batches or outside a fit: nothing to record
+                return
+            plan, rows = self._last[slot], self._rows[slot]
+            if plan is not None and rows is not None and plan.fits(output) and rows.size >= self._capacity:
+                per_unit = plan(output, rows, row)
+                if self._unit_maxima:
+                    rows.keep_unit_max(row, per_unit)
+                self._used.append(plan.used)
+            elif isinstance(output, torch.Tensor):
+                self._record(slot, output)
+            else:
+                for part, value in self._parts(slot, output):
+                    self._record(part, value)
+        return hook
+
+    def _gradient_forward_hook(self, slot: int):
+        "Module `slot`'s forward hook when gradients are recorded: a hook on each output tensor."
+        def hook(module, inputs, output):
+            if self._row is None:
+                return
+            for part, value in self._parts(slot, output):
+                if isinstance(value, torch.Tensor) and value.requires_grad:
+                    # a hook on the output tensor, not register_full_backward_hook: in-place ops break that
+                    value.register_hook(partial(self._gradient_hook, part))
+                elif not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                    self._record(part, value)  # the reason it is skipped
+        return hook
 
     def _parts(self, slot, output, path=""):
         "[(slot, value)]: the output itself, or one slot per leaf of a tuple, list or dict of them."
@@ -150,7 +171,7 @@ class HistogramRecorder:
         per_unit = plan(output, rows, self._row)  # the plan takes it to float32 (and out of autograd)
         if self._unit_maxima:
             rows.keep_unit_max(self._row, per_unit)
-        self._used.append((slot, plan))  # its sizes are metadata, counted on the host when the column ends
+        self._used.append(plan.used)  # (slot, plan): its sizes are metadata, counted on the host at the flush
 
     def _skip(self, slot, output) -> None:
         "Note why a layer's output is not recorded (shown in `recording.skipped`)."
@@ -166,6 +187,7 @@ class HistogramRecorder:
         if key not in self._plans:
             self._plans[key] = make_plan(values, self.sample, len(self._plans), self.bins, self._bin_limits[slot],
                                          self.linthresh, self.near_zero, self.stats, self._scratch)
+            self._plans[key].used = (slot, self._plans[key])  # what a column keeps of each output
         self._last[slot] = self._plans[key]
         return self._plans[key]
 
