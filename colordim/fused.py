@@ -50,15 +50,17 @@ def _smoke_test() -> bool:
         unit_max, lanes = np.empty(1, np.float32), np.zeros((LANES, 5), np.int64)
         common = dict(counts=counts, moments=moments, unit_max=unit_max, lanes=lanes, limits=(-1.0, 1.0), bins=2,
                       linthresh=0.0, near=0.05, stats=True, numel=2)
-        run_exact(*pack(keys=np.empty(2, np.int32), batch=1, **common), values.ctypes.data, 0)
+        exact = pack(keys=np.empty(2, np.int32), batch=1, **common)  # held: the calls read them by address
+        run_exact(exact.ctypes.data, values.ctypes.data, 0)
         positions = np.array([1], np.int32)
         sample = positions, positions * 0, positions[:0]
-        run_sample(*pack(keys=np.empty(1, np.int32), sample=sample, gathered=np.empty(1, np.float32), **common),
-                   values.ctypes.data, 0)
+        sampled = pack(keys=np.empty(1, np.int32), sample=sample, gathered=np.empty(1, np.float32), **common)
+        run_sample(sampled.ctypes.data, values.ctypes.data, 0)
         zero = np.zeros(1, np.int32)
         lines = zero, zero, zero + 2, zero[:0]  # one line from 0, in unit 0 up to position 2
-        run_lines(*pack(keys=np.empty(LINE, np.int32), lines=lines, inner=2, gathered=np.empty(LINE, np.float32),
-                        **common), values.ctypes.data, 0)
+        in_lines = pack(keys=np.empty(LINE, np.int32), lines=lines, inner=2, gathered=np.empty(LINE, np.float32),
+                        **common)
+        run_lines(in_lines.ctypes.data, values.ctypes.data, 0)
         return counts[0].tolist() == [0, 3, 2, 0]  # -1.0 three times (exact, sample, line), 0.5 twice
     except Exception as error:  # noqa: BLE001 - whatever numba raises, recording goes on with torch
         import warnings
@@ -331,15 +333,16 @@ def summarise_lines(flat, starts, line_unit, line_boundary, unsampled, inner, un
 
 # --- calls with few arguments ---------------------------------------------------------------------
 # numba checks and unboxes every argument of every call: for the kernels' 15 to 17, about 1 us with
-# warm caches and about 8 us in a hook, where the model's layers have just evicted them. So a plan
-# packs its fixed arguments once (`pack`): the sizes and addresses of its arrays as int64, its bounds
-# as float64; a call passes those two arrays, the output's address and the row. The caller keeps every
-# packed array alive as long as it calls with them, and the output alive during the call.
-# ints: 0 rows, 1 bins, 2 units, 3 stats, 4 numel, 5-9 addresses of counts, moments, unit_max, keys,
+# warm caches and about 8 us in a hook, where the model's layers have just evicted them; an array
+# costs more than an int. So a plan packs its fixed arguments once (`pack`) into one int64 array: its
+# bounds (float64 bits) and the sizes and addresses of its arrays; a call passes three ints: that
+# array's address, the output's and the row. The caller keeps the packed array and every array it
+# points to alive as long as it calls with them, and the output alive during the call.
+# Packed: 0-3 floats: low, high, linthresh, near; then ints (`FLOATS` on): 0 rows, 1 bins, 2 units, 3 stats, 4 numel, 5-9 addresses of counts, moments, unit_max, keys,
 # lanes, 10 length of keys; exact: 11 batch; sampled: 11 sampled, 12 unsampled, 13 positions are
 # int64, 14-17 addresses of positions, unit_of, unsampled, gathered; lines: 11 lines, 12 unsampled,
 # 13 inner, 14-18 addresses of starts, line_unit, line_boundary, unsampled (int32), gathered.
-# floats: low, high, linthresh, near.
+FLOATS = 4
 
 def _address(array, dtype, name) -> int:
     "The address of a C-contiguous `array` of `dtype` (what the compiled side will read it as)."
@@ -379,7 +382,8 @@ def pack(counts, moments, unit_max, keys, lanes, limits, bins, linthresh, near, 
                  _address(gathered, np.float32, "gathered")]
         if len(unit_of) != len(positions) or len(keys) < len(positions) or len(gathered) < len(positions):
             raise ValueError("pack: unit_of, keys and gathered must be as long as positions")
-    return np.array(ints, np.int64), np.array([*limits, linthresh, near], np.float64)
+    floats = np.array([*limits, linthresh, near], np.float64).view(np.int64)
+    return np.concatenate([floats, np.array(ints, np.int64)])
 
 
 if njit is not None:
@@ -396,6 +400,12 @@ else:  # pragma: no cover
 
 
 @_jit
+def _unpacked(packed, count):
+    "The floats and the first `count` ints of the array `pack` made, at address `packed`."
+    return carray(_pointer(packed, np.float64), FLOATS), carray(_pointer(packed + 8 * FLOATS, np.int64), count)
+
+
+@_jit
 def _packed(ints):
     "The arrays every packed call has: counts, moments, unit_max, keys, lanes."
     rows, bins = ints[0], ints[1]
@@ -405,8 +415,9 @@ def _packed(ints):
 
 
 @_jit
-def run_exact(ints, floats, address, row):
+def run_exact(packed, address, row):
     "`summarise` of the float32 output at `address` (contiguous, `numel` values) into `row`, as packed."
+    floats, ints = _unpacked(packed, 12)
     counts, moments, unit_max, keys, lanes = _packed(ints)
     flat = carray(_pointer(address, np.float32), ints[4])
     summarise(flat, ints[11], ints[2], floats[0], floats[1], ints[1], floats[2], floats[3], ints[3] != 0,
@@ -414,8 +425,9 @@ def run_exact(ints, floats, address, row):
 
 
 @_jit
-def run_sample(ints, floats, address, row):
+def run_sample(packed, address, row):
     "`summarise_sample` of the float32 output at `address` (contiguous, `numel` values) into `row`, as packed."
+    floats, ints = _unpacked(packed, 18)
     counts, moments, unit_max, keys, lanes = _packed(ints)
     flat = carray(_pointer(address, np.float32), ints[4])
     sampled, unsampled, gathered = ints[11], ints[12], carray(_pointer(ints[17], np.float32), ints[11])
@@ -432,8 +444,9 @@ def run_sample(ints, floats, address, row):
 
 
 @_jit
-def run_lines(ints, floats, address, row):
+def run_lines(packed, address, row):
     "`summarise_lines` of the float32 output at `address` (contiguous, `numel` values) into `row`, as packed."
+    floats, ints = _unpacked(packed, 19)
     counts, moments, unit_max, keys, lanes = _packed(ints)
     flat = carray(_pointer(address, np.float32), ints[4])
     lines, unsampled = ints[11], ints[12]

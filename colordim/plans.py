@@ -80,6 +80,8 @@ class TorchPlan:
         # on the sample too when there is one: a pass over the whole output is what sampling saves
         return add_moments(values if units is None else counted, near_zero, rows.moments[row], units, scratch)
 
+    add = __call__  # for an output that `fits`
+
 
 class FusedPlan:
     """One compiled call per output on the CPU (`colordim.fused`): histogram and moments in one pass over
@@ -109,7 +111,8 @@ class FusedPlan:
             self.keys, self._run = np.empty(counted, np.int32), fused.run_sample
             self.options.update(sample=(positions, unit_of, self._unsampled(unit_of, index)),
                                 gathered=np.empty(counted, np.float32))
-        self._rows = self._packed = None  # the rows the packed call writes into, and that call's arguments
+        self._rows = self._packed = self._address = None  # the rows the packed call writes into, its
+                                                           # arguments and their address
 
     def fits(self, output) -> bool:
         "Whether `output` is a float32 CPU tensor of this plan's shape (other float dtypes take the long way)."
@@ -140,13 +143,18 @@ class FusedPlan:
         if values.numel() != self.numel or not values.is_cpu:  # the call reads `numel` floats by address
             raise TypeError(f"a plan for CPU outputs of shape {tuple(self.shape)} got {tuple(values.shape)} "
                             f"on {values.device}")
+        return self.add(values, rows, row)
+
+    def add(self, values: torch.Tensor, rows, row: int):
+        "`self(values, rows, row)` for an output that `fits`: what a hook runs for almost every output."
         if not values.is_contiguous():
             values = values.contiguous()  # alive until the call returns
         if rows is not self._rows:  # made or grown since the last call: pack the call for these rows
             counts, moments = rows.host
             self._packed = fused.pack(counts, moments, self.unit_max, self.keys, self.lanes, **self.options)
-            self._rows = rows  # kept alive with this plan: the packed call holds the addresses of its arrays
-        self._run(*self._packed, values.data_ptr(), row)  # data_ptr: no grad, so no detach needed
+            self._address, self._rows = self._packed.ctypes.data, rows  # the rows kept alive with this plan:
+                                                                         # the packed call holds their addresses
+        self._run(self._address, values.data_ptr(), row)  # data_ptr: no grad, so no detach needed
         return self.unit_max  # numpy: `DeviceRows.keep_unit_max` takes it as it is
 
 

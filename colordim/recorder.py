@@ -104,7 +104,7 @@ class HistogramRecorder:
                 return
             plan, rows = self._last[slot], self._rows[slot]
             if plan is not None and rows is not None and plan.fits(output) and rows.size >= self._capacity:
-                per_unit = plan(output, rows, row)
+                per_unit = plan.add(output, rows, row)
                 if self._unit_maxima:
                     rows.keep_unit_max(row, per_unit)
                 self._used.append(plan.used)

@@ -121,7 +121,7 @@ def test_packed_calls_check_what_they_will_read_by_address():
     arrays = dict(counts=counts, moments=moments, unit_max=np.empty(3, np.float32), keys=np.empty(8, np.int32),
                   lanes=np.zeros((fused.LANES, 7), np.int64), limits=(-1.0, 1.0), bins=4, linthresh=0.0, near=0.05,
                   stats=True, numel=8)
-    fused.pack(**arrays)
+    assert fused.pack(**arrays).dtype == np.int64
     with pytest.raises(TypeError, match="moments: needs a C-contiguous numpy array of float64, got float32"):
         fused.pack(**{**arrays, "moments": moments.astype(np.float32)})
     with pytest.raises(TypeError, match="counts: needs a C-contiguous"):
