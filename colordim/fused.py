@@ -270,14 +270,61 @@ def summarise_sample(flat, positions, unit_of, unsampled, low, high, bins, linth
         _add_sample_moments(moments[row], total, squares, near_zero, nan, unit_max, unsampled, minimum, maximum)
 
 
+@_jit_fast(_EXTREMES)
+def _line_extremes(values, at):
+    """Minimum and maximum of the LINE values from `values[at]`, none of them NaN. numba does not
+    vectorise min and max, so four of each run side by side: a chain of 4, not 16, dependent steps."""
+    block = values[at:at + LINE]
+    low0, low1, low2, low3 = block[0], block[1], block[2], block[3]
+    high0, high1, high2, high3 = low0, low1, low2, low3
+    for k in range(4, LINE, 4):
+        low0, high0 = min(low0, block[k]), max(high0, block[k])
+        low1, high1 = min(low1, block[k + 1]), max(high1, block[k + 1])
+        low2, high2 = min(low2, block[k + 2]), max(high2, block[k + 2])
+        low3, high3 = min(low3, block[k + 3]), max(high3, block[k + 3])
+    return min(min(low0, low1), min(low2, low3)), max(max(high0, high1), max(high2, high3))
+
+
+@_jit_fast(_EXTREMES)
+def _value_unit_maxima(values, at, unit, units, unit_max):
+    "Merge the LINE values from `values[at]` into `unit_max` from `unit` on: units of one value (a Linear's)."
+    if unit + LINE <= units:  # no wrap: one vector max
+        for k in range(LINE):
+            unit_max[unit + k] = max(unit_max[unit + k], values[at + k])
+        return
+    for k in range(LINE):
+        unit_max[unit] = max(unit_max[unit], values[at + k])
+        unit = unit + 1 if unit + 1 < units else 0
+
+
 @_jit
 def _line_unit_maxima(values, starts, line_unit, line_boundary, numel, inner, units, unit_max, nan):
     """Each unit's maximum over its part of each line (copied into `values`, line after line) into
     `unit_max`; returns the minimum and maximum. Without NaN, branch-free selects; with, NaN wins."""
     minimum, maximum, taken = np.float32(np.inf), np.float32(-np.inf), 0
+    run_unit, run_max = -1, np.float32(-np.inf)  # consecutive whole lines of one unit: its maximum so far
     for s in range(starts.shape[0]):  # each unit's part of each line: one part, or more where units are short
         position, end = starts[s], min(starts[s] + LINE, numel)
         unit, boundary = line_unit[s], line_boundary[s]
+        if not nan and end - position == LINE and boundary >= end:  # a whole line in one unit: vectorised
+            line_min, line_max = _line_extremes(values, taken)
+            minimum, maximum = min(minimum, line_min), max(maximum, line_max)
+            if unit != run_unit:  # kept in a register while the unit lasts, not stored and loaded per line
+                if run_unit >= 0:
+                    unit_max[run_unit] = max(unit_max[run_unit], run_max)
+                run_unit, run_max = unit, line_max
+            else:
+                run_max = max(run_max, line_max)
+            taken += LINE
+            continue
+        if run_unit >= 0:  # parts of units follow: the run's maximum first
+            unit_max[run_unit], run_unit = max(unit_max[run_unit], run_max), -1
+        if not nan and end - position == LINE and inner == 1:  # units of one value each (a Linear's)
+            line_min, line_max = _line_extremes(values, taken)
+            minimum, maximum = min(minimum, line_min), max(maximum, line_max)
+            _value_unit_maxima(values, taken, unit, units, unit_max)
+            taken += LINE
+            continue
         while position < end:
             stop = min(end, boundary)
             part_max, part_min = unit_max[unit], minimum
@@ -293,6 +340,8 @@ def _line_unit_maxima(values, starts, line_unit, line_boundary, numel, inner, un
             maximum = max(maximum, part_max)
             taken += stop - position
             position, boundary, unit = stop, boundary + inner, unit + 1 if unit + 1 < units else 0
+    if run_unit >= 0:
+        unit_max[run_unit] = max(unit_max[run_unit], run_max)
     return minimum, maximum
 
 

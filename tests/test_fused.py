@@ -22,12 +22,15 @@ def outputs():
     holes[2, 3, 1, 1], holes[5, 0, 0, 0], holes[5, 1, 2, 2] = math.nan, math.inf, -math.inf
     dead = torch.randn(32, 10, generator=generator).relu()
     dead[:, 3] = 0  # unit 3 never fires
+    wide = torch.randn(40, 48, generator=generator).relu()  # more units than a line holds
+    wide[:, 20:23] = 0
+    small_maps = torch.randn(16, 24, 2, 2, generator=generator)  # four units in every line
     return {
         "normal": normal, "relu": normal.relu(), "edges": edges, "nan and inf": holes,
         "(batch, features)": dead, "0-d": torch.tensor(2.5), "1-d": torch.randn(100, generator=generator),
         "transposed": normal.transpose(1, 3), "channels last": normal.contiguous(memory_format=torch.channels_last),
         "bfloat16": normal.bfloat16(), "constant": torch.full((4, 3, 5), 5.0), "huge": normal * 1e6,
-        "all nan": torch.full((3, 2), math.nan),
+        "all nan": torch.full((3, 2), math.nan), "(batch, 48 features)": wide, "2x2 maps": small_maps,
     }
 
 
@@ -69,7 +72,7 @@ def test_the_kernel_counts_and_summarises_like_torch(name, monkeypatch):
                                      dict(sample=40), dict(sample=40, scale="symlog")])
 def test_the_kernel_follows_every_option_like_torch(options, monkeypatch):
     "sample=100: in lines (outputs of at most 6,400 values here); sample=40: independent positions too."
-    for name in ("normal", "nan and inf", "(batch, features)", "huge"):
+    for name in ("normal", "nan and inf", "(batch, features)", "huge", "(batch, 48 features)", "2x2 maps"):
         output = outputs()[name]
         fast, slow = recorded("fused", monkeypatch, output, **options), recorded("torch", monkeypatch, output, **options)
         if options.get("stats", True):
