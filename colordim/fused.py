@@ -8,8 +8,8 @@ Without numba, `available()` is False and the torch path runs.
 
 Three kernels: `summarise` (the whole output), `summarise_lines` (a sample of whole cache lines) and
 `summarise_sample` (a sample of independent positions). Plans call them through `run_exact`,
-`run_lines` and `run_sample`, whose arguments `pack` made once per plan: a hook pays for as few
-arguments as possible, because numba checks each one on every call.
+`run_lines` and `run_sample`, whose arguments `pack` made once per plan: a call takes three ints,
+because numba checks and unboxes each argument on every call.
 """
 from __future__ import annotations
 
@@ -387,11 +387,13 @@ def summarise_lines(flat, starts, line_unit, line_boundary, unsampled, inner, un
 # bounds (float64 bits) and the sizes and addresses of its arrays; a call passes three ints: that
 # array's address, the output's and the row. The caller keeps the packed array and every array it
 # points to alive as long as it calls with them, and the output alive during the call.
-# Packed: 0-3 floats: low, high, linthresh, near; then ints (`FLOATS` on): 0 rows, 1 bins, 2 units, 3 stats, 4 numel, 5-9 addresses of counts, moments, unit_max, keys,
-# lanes, 10 length of keys; exact: 11 batch; sampled: 11 sampled, 12 unsampled, 13 positions are
+# Packed: 0-3 floats: low, high, linthresh, near; then, from `FLOATS` on, ints: 0 rows, 1 bins,
+# 2 units, 3 stats, 4 numel, 5-9 addresses of counts, moments, unit_max, keys, lanes,
+# 10 length of keys; exact: 11 batch; sampled: 11 sampled, 12 unsampled, 13 positions are
 # int64, 14-17 addresses of positions, unit_of, unsampled, gathered; lines: 11 lines, 12 unsampled,
 # 13 inner, 14-18 addresses of starts, line_unit, line_boundary, unsampled (int32), gathered.
 FLOATS = 4
+
 
 def _address(array, dtype, name) -> int:
     "The address of a C-contiguous `array` of `dtype` (what the compiled side will read it as)."
