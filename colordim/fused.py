@@ -302,27 +302,16 @@ def _line_unit_maxima(values, starts, line_unit, line_boundary, numel, inner, un
     """Each unit's maximum over its part of each line (copied into `values`, line after line) into
     `unit_max`; returns the minimum and maximum. Without NaN, branch-free selects; with, NaN wins."""
     minimum, maximum, taken = np.float32(np.inf), np.float32(-np.inf), 0
-    run_unit, run_max = -1, np.float32(-np.inf)  # consecutive whole lines of one unit: its maximum so far
     for s in range(starts.shape[0]):  # each unit's part of each line: one part, or more where units are short
         position, end = starts[s], min(starts[s] + LINE, numel)
         unit, boundary = line_unit[s], line_boundary[s]
-        if not nan and end - position == LINE and boundary >= end:  # a whole line in one unit: vectorised
+        if not nan and end - position == LINE and (boundary >= end or inner == 1):  # a whole line, no NaN
             line_min, line_max = _line_extremes(values, taken)
             minimum, maximum = min(minimum, line_min), max(maximum, line_max)
-            if unit != run_unit:  # kept in a register while the unit lasts, not stored and loaded per line
-                if run_unit >= 0:
-                    unit_max[run_unit] = max(unit_max[run_unit], run_max)
-                run_unit, run_max = unit, line_max
-            else:
-                run_max = max(run_max, line_max)
-            taken += LINE
-            continue
-        if run_unit >= 0:  # parts of units follow: the run's maximum first
-            unit_max[run_unit], run_unit = max(unit_max[run_unit], run_max), -1
-        if not nan and end - position == LINE and inner == 1:  # units of one value each (a Linear's)
-            line_min, line_max = _line_extremes(values, taken)
-            minimum, maximum = min(minimum, line_min), max(maximum, line_max)
-            _value_unit_maxima(values, taken, unit, units, unit_max)
+            if boundary >= end:  # in one unit
+                unit_max[unit] = max(unit_max[unit], line_max)
+            else:  # units of one value each (a Linear's)
+                _value_unit_maxima(values, taken, unit, units, unit_max)
             taken += LINE
             continue
         while position < end:
@@ -340,8 +329,6 @@ def _line_unit_maxima(values, starts, line_unit, line_boundary, numel, inner, un
             maximum = max(maximum, part_max)
             taken += stop - position
             position, boundary, unit = stop, boundary + inner, unit + 1 if unit + 1 < units else 0
-    if run_unit >= 0:
-        unit_max[run_unit] = max(unit_max[run_unit], run_max)
     return minimum, maximum
 
 
