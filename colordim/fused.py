@@ -438,16 +438,14 @@ else:  # pragma: no cover
 
 
 @_jit
-def _unpacked(packed, count):
-    "The floats and the first `count` ints of the array `pack` made, at address `packed`."
-    return carray(_pointer(packed, np.float64), FLOATS), carray(_pointer(packed + 8 * FLOATS, np.int64), count)
-
-
-@_jit
-def _packed(ints):
-    "The arrays every packed call has: counts, moments, unit_max, keys, lanes."
+def _unpacked(packed, count, address):
+    """What every packed call reads, from the array `pack` made (at address `packed`, `count` ints) and
+    the output at `address`: floats, ints, the output, counts, moments, unit_max, keys, lanes."""
+    floats = carray(_pointer(packed, np.float64), FLOATS)
+    ints = carray(_pointer(packed + 8 * FLOATS, np.int64), count)
     rows, bins = ints[0], ints[1]
-    return (carray(_pointer(ints[5], np.int64), (rows, bins + 2)), carray(_pointer(ints[6], np.float64), (rows, 6)),
+    return (floats, ints, carray(_pointer(address, np.float32), ints[4]),
+            carray(_pointer(ints[5], np.int64), (rows, bins + 2)), carray(_pointer(ints[6], np.float64), (rows, 6)),
             carray(_pointer(ints[7], np.float32), ints[2]), carray(_pointer(ints[8], np.int32), ints[10]),
             carray(_pointer(ints[9], np.int64), (LANES, bins + 3)))
 
@@ -455,38 +453,34 @@ def _packed(ints):
 @_jit
 def run_exact(packed, address, row):
     "`summarise` of the float32 output at `address` (contiguous, `numel` values) into `row`, as packed."
-    floats, ints = _unpacked(packed, 12)
-    counts, moments, unit_max, keys, lanes = _packed(ints)
-    flat = carray(_pointer(address, np.float32), ints[4])
+    floats, ints, flat, counts, moments, unit_max, keys, lanes = _unpacked(packed, 12, address)
     summarise(flat, ints[11], ints[2], floats[0], floats[1], ints[1], floats[2], floats[3], ints[3] != 0,
               counts, moments, row, unit_max, keys, lanes)
 
 
 @_jit
+def _run_sample_at(kind, packed, address, row):
+    "`run_sample` with positions, units and unsampled units of integer type `kind`."
+    floats, ints, flat, counts, moments, unit_max, keys, lanes = _unpacked(packed, 18, address)
+    sampled, unsampled, gathered = ints[11], ints[12], carray(_pointer(ints[17], np.float32), ints[11])
+    summarise_sample(flat, carray(_pointer(ints[14], kind), sampled), carray(_pointer(ints[15], kind), sampled),
+                     carray(_pointer(ints[16], kind), unsampled), floats[0], floats[1], ints[1], floats[2],
+                     floats[3], ints[3] != 0, counts, moments, row, unit_max, gathered, keys, lanes)
+
+
+@_jit
 def run_sample(packed, address, row):
     "`summarise_sample` of the float32 output at `address` (contiguous, `numel` values) into `row`, as packed."
-    floats, ints = _unpacked(packed, 18)
-    counts, moments, unit_max, keys, lanes = _packed(ints)
-    flat = carray(_pointer(address, np.float32), ints[4])
-    sampled, unsampled, gathered = ints[11], ints[12], carray(_pointer(ints[17], np.float32), ints[11])
-    if ints[13]:  # an output of 2**31 values or more: int64 positions
-        summarise_sample(flat, carray(_pointer(ints[14], np.int64), sampled),
-                         carray(_pointer(ints[15], np.int64), sampled), carray(_pointer(ints[16], np.int64), unsampled),
-                         floats[0], floats[1], ints[1], floats[2], floats[3], ints[3] != 0, counts, moments, row,
-                         unit_max, gathered, keys, lanes)
+    if carray(_pointer(packed + 8 * (FLOATS + 13), np.int64), 1)[0]:  # 2**31 values or more: int64 positions
+        _run_sample_at(np.int64, packed, address, row)
     else:
-        summarise_sample(flat, carray(_pointer(ints[14], np.int32), sampled),
-                         carray(_pointer(ints[15], np.int32), sampled), carray(_pointer(ints[16], np.int32), unsampled),
-                         floats[0], floats[1], ints[1], floats[2], floats[3], ints[3] != 0, counts, moments, row,
-                         unit_max, gathered, keys, lanes)
+        _run_sample_at(np.int32, packed, address, row)
 
 
 @_jit
 def run_lines(packed, address, row):
     "`summarise_lines` of the float32 output at `address` (contiguous, `numel` values) into `row`, as packed."
-    floats, ints = _unpacked(packed, 19)
-    counts, moments, unit_max, keys, lanes = _packed(ints)
-    flat = carray(_pointer(address, np.float32), ints[4])
+    floats, ints, flat, counts, moments, unit_max, keys, lanes = _unpacked(packed, 19, address)
     lines, unsampled = ints[11], ints[12]
     summarise_lines(flat, carray(_pointer(ints[14], np.int32), lines), carray(_pointer(ints[15], np.int32), lines),
                     carray(_pointer(ints[16], np.int32), lines), carray(_pointer(ints[17], np.int32), unsampled),
