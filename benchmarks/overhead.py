@@ -78,18 +78,52 @@ def recorders(model, sample):
             "d sampled": ActivationHistogram(layers=hooked(model), sample=sample)}
 
 
-def park(recorder):
-    "Take an ActivationHistogram's hooks off its modules, to be put back as they were by `unpark`."
-    parked = []
-    for handle in recorder.engine.activations._handles:
-        hooks = handle.hooks_dict_ref()
-        parked.append((hooks, handle.id, hooks.pop(handle.id)))
-    return parked
+class Taps:
+    """The colordim recorders' hooks, on the modules one recorder at a time (`use`), then all back as
+    they were (`restore`). A torch forward hook is taken out of its module's hook dict; a wrapped
+    forward (`colordim.hooks`, on the CPU) is put alone on its module, calling the module's own."""
+    def __init__(self, recorders):
+        from colordim.hooks import RecordedForward
+        self.handles = {key: list(recorder.engine.activations._handles) for key, recorder in recorders.items()}
+        every = [handle for handles in self.handles.values() for handle in handles]
+        wrappers = [handle for handle in every if isinstance(handle, RecordedForward)]
+        self.modules = {id(handle.module): handle.module for handle in wrappers}
+        self.tops = {key: module.__dict__["forward"] for key, module in self.modules.items()}  # as attached
+        self.calls = {id(handle): handle.call for handle in wrappers}
+        self.own = {}  # each wrapped module's own forward: what its wrappers call at the bottom
+        for key, forward in self.tops.items():
+            while isinstance(forward, RecordedForward):
+                forward = forward.call
+            self.own[key] = forward
+        self.hooks = {id(handle): (handle.hooks_dict_ref(), handle.id, handle.hooks_dict_ref()[handle.id])
+                      for handle in every if id(handle) not in self.calls}
 
+    def use(self, chosen):
+        "Only recorder `chosen`'s hooks on the modules (None: nobody's)."
+        for module in self.modules.values():
+            module.__dict__.pop("forward", None)
+        for key, handles in self.handles.items():
+            for handle in handles:
+                if id(handle) in self.hooks:
+                    hooks, hook_id, hook = self.hooks[id(handle)]
+                    hooks.pop(hook_id, None)
+                    if key == chosen:
+                        hooks[hook_id] = hook
+                elif key == chosen:
+                    handle.call = self.own[id(handle.module)]
+                    handle.module.__dict__["forward"] = handle
 
-def unpark(parked):
-    for hooks, key, hook in parked:
-        hooks[key] = hook
+    def restore(self):
+        "Every recorder's hooks back as they were attached."
+        for handles in self.handles.values():
+            for handle in handles:
+                if id(handle) in self.hooks:
+                    hooks, hook_id, hook = self.hooks[id(handle)]
+                    hooks[hook_id] = hook
+                else:
+                    handle.call = self.calls[id(handle)]
+        for key, module in self.modules.items():
+            module.__dict__["forward"] = self.tops[key]
 
 
 def switch(chosen, device, seed=0):
@@ -103,7 +137,7 @@ def switch(chosen, device, seed=0):
         def before_fit(self):
             self.turns, self.turn, self.queue, self.current, self.started = [], {}, [], None, None
             self.rng, self.fastai_hooked = random.Random(seed), True  # fastai hooks in its before_fit
-            self.parked = {}  # colordim recorders whose hooks are off the modules for now
+            self.taps = None  # the colordim recorders' hooks, taken in turns once the fit runs
 
         def before_batch(self):
             self._stop_clock()
@@ -119,19 +153,19 @@ def switch(chosen, device, seed=0):
             if (self.current == "b fastai") != self.fastai_hooked:  # fastai's hooks: on for its turns only
                 fastai._register() if not self.fastai_hooked else fastai._remove()
                 self.fastai_hooked = not self.fastai_hooked
-            for key in ("c exact", "d sampled"):  # colordim's too: a module with no hook skips torch's hook path
-                if key == self.current and key in self.parked:
-                    unpark(self.parked.pop(key))
-                elif key != self.current and key not in self.parked:
-                    self.parked[key] = park(chosen[key])
+            if self.taps is None:  # every recorder has hooked its modules by now
+                self.taps = Taps({key: chosen[key] for key in ("c exact", "d sampled")})
+            # colordim's: this batch's only; a module with no hook skips torch's hook path
+            self.taps.use(self.current if self.current in ("c exact", "d sampled") else None)
             self.started = time.perf_counter()  # the hook switching above is nobody's time
 
         def before_validate(self):
             self._stop_clock()
             for recorder in chosen.values():
                 recorder.run = True
-            for key in list(self.parked):
-                unpark(self.parked.pop(key))
+            if self.taps is not None:
+                self.taps.restore()
+                self.taps = None
 
         def _stop_clock(self):
             if self.started is not None:

@@ -10,6 +10,7 @@ from .checks import (auto_range, check_bins, check_max_columns, check_near_zero,
                      check_scale)
 from .device_rows import DeviceRows
 from .distributed import all_reduce, check_same_columns, is_distributed
+from .hooks import hook_forward
 from .recording import MOMENTS, PHASES, Recording, bin_edges, symlog
 from .plans import make_plan
 from .summaries import Scratch
@@ -68,12 +69,12 @@ class HistogramRecorder:
 
     # --- hooks -------------------------------------------------------------------------------------
     def attach(self) -> "HistogramRecorder":
-        "Hook every module (after removing any hooks of ours still there)."
+        "Hook every module (after removing any hooks of ours still there): `colordim.hooks`."
         self.detach()
         self._rows = [None] * len(self.names)  # made again on the device of the next output
         self._unit_maxima = self.stats and is_distributed()  # to merge dead units across ranks exactly
         hook = self._gradient_forward_hook if self.grads else self._forward_hook
-        self._handles = [module.register_forward_hook(hook(slot)) for slot, module in enumerate(self.modules.values())]
+        self._handles = [hook_forward(module, hook(slot)) for slot, module in enumerate(self.modules.values())]
         return self
 
     def detach(self) -> None:
@@ -464,7 +465,7 @@ class Recorders:
 
     def detach(self) -> None:
         "Remove every hook; keep every finished column."
-        for engine in self._all: engine.detach()
+        for engine in reversed(self._all): engine.detach()  # the last hooked is on top
 
     def reserve(self, columns: int) -> None:
         for engine in self._all: engine.reserve(columns)

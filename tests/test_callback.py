@@ -7,13 +7,13 @@ from fastai.callback.core import Callback, CancelFitException, CancelBatchExcept
 from fastai.callback.hook import ActivationStats
 
 from colordim import ActivationHistogram
-from conftest import make_dls, make_learner, tiny_cnn
+from conftest import make_dls, make_learner, taps, tiny_cnn
 
 TRAIN_BATCHES, VALID_BATCHES = 6, 3
 
 
 def hook_counts(model):
-    return [len(module._forward_hooks) for module in model.modules()]
+    return [taps(module) for module in model.modules()]
 
 
 def test_train_and_valid_batches_are_separate_phases_with_epoch_columns():
@@ -171,7 +171,7 @@ def test_export_then_load_learner_fits_and_records_again(tmp_path):
     loaded = load_learner(tmp_path / "model.pkl")
     callback = loaded.activation_histogram
     assert callback.engine is None and callback.bins == 9     # settings travel, buffers do not
-    assert all(not module._forward_hooks for module in loaded.model.modules())
+    assert all(not taps(module) for module in loaded.model.modules())
     loaded.fit(1)
     assert len(callback.recording) == TRAIN_BATCHES + VALID_BATCHES
     assert callback.recording.hist["1"].shape == (9, 9)

@@ -7,7 +7,7 @@ from torch import nn
 
 import colordim
 from colordim import ActivationHistogram, Recording
-from conftest import make_learner
+from conftest import make_learner, taps
 
 
 def test_gradient_histograms_equal_numpy_on_hand_captured_gradients():
@@ -39,7 +39,7 @@ def test_gradient_histograms_equal_numpy_on_hand_captured_gradients():
             assert grads.underflow[name][column] == (values < -0.05).sum()
             assert grads.mean[name][column] == pytest.approx(values.mean(), abs=1e-7)
         assert grads.numel[name].tolist() == [16 * (8 if name == "0" else 3)] * 3 + [0]
-    assert all(not module._forward_hooks for module in model.modules())
+    assert all(not taps(module) for module in model.modules())
 
 
 def test_fastai_callback_records_gradients_with_an_auto_range_and_plots_them(tmp_path):

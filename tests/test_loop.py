@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import colordim
+from conftest import taps
 
 
 def model_and_data():
@@ -34,7 +35,7 @@ def test_a_hand_written_loop_records_train_and_valid_columns_per_epoch():
     assert recording.numel["0"].tolist() == [64, 64, 64, 64, 64] * 2      # 8 x 8 features, valid 8 x 8 too
     total = recording.hist["1"].sum(1) + recording.underflow["1"] + recording.overflow["1"]
     assert total.tolist() == recording.numel["1"].tolist()
-    assert all(not module._forward_hooks and not module._forward_pre_hooks for module in model.modules())
+    assert all(not taps(module) and not module._forward_pre_hooks for module in model.modules())
     assert colordim.color_dim(recording, "1").get_ylim() == (-3.0, 3.0)
 
 
@@ -46,7 +47,7 @@ def test_an_error_in_the_loop_keeps_finished_passes_and_removes_hooks():
             model(train[1][0])
             raise RuntimeError("stop")
     assert len(rec.recording) == 2 and rec.recording.layer_names == ["0", "2"]
-    assert all(not module._forward_hooks and not module._forward_pre_hooks for module in model.modules())
+    assert all(not taps(module) and not module._forward_pre_hooks for module in model.modules())
 
 
 def test_a_forward_pass_that_fails_midway_is_not_a_column():

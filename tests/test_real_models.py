@@ -10,7 +10,7 @@ from fastai.learner import Learner
 
 import colordim
 from colordim import ActivationHistogram
-from conftest import make_learner
+from conftest import make_learner, taps
 
 
 def loaders(x, y, split, bs=16):
@@ -34,7 +34,7 @@ def test_vision_learner_resnet18_by_name_pattern_and_type_through_fine_tune():
     assert recording.fit.tolist() == [0] * 4 + [1] * 4 and recording.phase.tolist() == (["train"] * 3 + ["valid"]) * 2
     # the shared ReLU of a BasicBlock runs twice per forward: both calls count
     assert recording.numel["0.4.0.relu"][0] == 2 * 16 * 64 * 8 * 8
-    assert all(not module._forward_hooks for module in learn.model.modules())
+    assert all(not taps(module) for module in learn.model.modules())
 
 
 def test_an_lstm_model_records_each_tensor_of_its_tuple_output():
@@ -103,7 +103,7 @@ def test_a_layer_that_gives_no_tensor_stops_the_fit_before_any_step():
     with pytest.raises(TypeError, match=r"layers: \"describe\['text'\]\" cannot be recorded: its output is a str"):
         learn.fit(1)
     assert torch.equal(model.body[1].weight, weights)                 # no optimizer step was taken
-    assert all(not module._forward_hooks for module in model.modules())
+    assert all(not taps(module) for module in model.modules())
 
 
 def test_nan_and_inf_activations_never_crash_a_fit_and_are_counted():
