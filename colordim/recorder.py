@@ -12,7 +12,7 @@ from .device_rows import DeviceRows
 from .distributed import all_reduce, check_same_columns, is_distributed
 from .hooks import hook_forward
 from .recording import MOMENTS, PHASES, Recording, bin_edges, symlog
-from .plans import make_plan
+from .plans import SharedArrays, make_plan
 from .summaries import Scratch
 
 __all__ = ["HistogramRecorder", "Recorders"]
@@ -50,6 +50,7 @@ class HistogramRecorder:
         self._used = []  # (slot, plan) of each output in the open column: the host counts sizes at its end
         self._sizes_of = {}  # (slot, plan) sequence of a column -> its sizes and shapes (`_column_sizes`)
         self._scratch = Scratch()  # CPU buffers the size of the biggest output, reused by every hook
+        self._shared = SharedArrays()  # the compiled kernel's scratch, shared by this recorder's plans
         self.max_columns, self._width = check_max_columns(max_columns), 1  # batches per column once merging started
         self.grads = bool(grads)
         self.shapes, self.skipped = {}, {}
@@ -187,7 +188,7 @@ class HistogramRecorder:
         key = (slot, output.shape, output.device)
         if key not in self._plans:
             self._plans[key] = make_plan(values, self.sample, len(self._plans), self.bins, self._bin_limits[slot],
-                                         self.linthresh, self.near_zero, self.stats, self._scratch)
+                                         self.linthresh, self.near_zero, self.stats, self._scratch, self._shared)
             self._plans[key].used = (slot, self._plans[key])  # what a column keeps of each output
         self._last[slot] = self._plans[key]
         return self._plans[key]

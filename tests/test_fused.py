@@ -134,3 +134,29 @@ def test_packed_calls_check_what_they_will_read_by_address():
     plan = colordim.plans.make_plan(torch.zeros(2, 4), None, 0, 4, (-1.0, 1.0), None, 0.05, True, None)
     with pytest.raises(TypeError, match=r"CPU outputs of shape \(2, 4\) got \(3, 4\) on cpu"):
         plan(torch.zeros(3, 4), None, 0)
+
+
+def test_plans_sharing_scratch_pack_their_calls_again_when_it_grows():
+    "A recorder's plans share the kernel's scratch; a bigger output grows it, and every plan repacks."
+    from colordim.device_rows import DeviceRows
+    from colordim.plans import SharedArrays
+    generator = torch.Generator().manual_seed(0)
+    small, big = torch.randn(4, 3, 2, 2, generator=generator), torch.randn(4, 8, 5, 5, generator=generator)
+    shared = SharedArrays()
+    plans = {name: colordim.plans.make_plan(x, None, 0, 10, (-2.0, 2.0), None, 0.05, True, None, shared)
+             for name, x in (("small", small), ("big", big))}
+    rows = {name: DeviceRows(2, 10, "cpu") for name in plans}
+    plans["small"].add(small, rows["small"], 0)       # packed with scratch sized for `small`
+    keys = shared.arrays["keys"]
+    plans["big"].add(big, rows["big"], 0)             # grows it: `small` packs again at its next call
+    assert shared.arrays["keys"].size == 8 * 5 * 5 > keys.size and plans["small"]._rows is None
+    plans["small"].add(small, rows["small"], 1)
+    for name, x in (("small", small), ("big", big)):
+        alone = colordim.plans.make_plan(x, None, 0, 10, (-2.0, 2.0), None, 0.05, True, None)  # its own scratch
+        expected = DeviceRows(2, 10, "cpu")
+        alone.add(x, expected, 0)
+        assert rows[name].counts[0].tolist() == expected.counts[0].tolist()
+        assert rows[name].moments[0].tolist() == expected.moments[0].tolist()
+    assert rows["small"].counts[1].tolist() == rows["small"].counts[0].tolist()
+    expected, _ = np.histogram(small.numpy(), bins=10, range=(-2, 2))
+    assert rows["small"].counts[1, 1:-1].tolist() == expected.tolist()
