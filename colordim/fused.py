@@ -27,7 +27,8 @@ except ImportError:  # pragma: no cover - numba is a dependency; a broken instal
     njit = None
 
 LINE = 16  # float32 values in a 64-byte cache line: how `summarise_lines` samples
-LANES = 8  # counts go into 8 interleaved histograms: neighbours (ReLU zeros) rarely bump the same counter
+LANES = 4  # counts go into 4 interleaved histograms: neighbours (ReLU zeros) rarely bump the same counter
+           # (measured: 4 count as fast as 8, and adding them up afterwards takes half as long)
 _SUMS = {"reassoc", "nsz", "contract"}  # lets sums vectorise; NaN still propagates
 _EXTREMES = {"nnan", "reassoc", "nsz"}  # lets min/max vectorise; a block with a NaN is redone exactly
 
