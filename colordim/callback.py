@@ -5,7 +5,10 @@ import weakref
 from functools import wraps
 
 from fastai.learner import Learner
-from fastai.callback.core import Callback
+from fastai.callback.core import (Callback, CancelBackwardException, CancelBatchException, CancelEpochException,
+                                  CancelFitException, CancelStepException, CancelTrainException,
+                                  CancelValidException)
+from fastcore.xtras import modify_exception
 from fastcore.basics import patch, store_attr
 
 from . import plot
@@ -17,6 +20,9 @@ from .recorder import Recorders
 from .recording import Recording
 
 __all__ = ["ActivationHistogram"]
+
+_CANCELS = (CancelBatchException, CancelBackwardException, CancelEpochException, CancelFitException,
+            CancelStepException, CancelTrainException, CancelValidException)  # fastai's control flow: passed on
 
 # The engines each learner recorded with, so `learn.color_dim` also finds a callback passed to
 # `fit(cbs=...)`. Weak keys: forgetting a learner forgets its entry; nothing is stored on the learner.
@@ -56,13 +62,29 @@ class ActivationHistogram(Callback):
 
     # --- fastai events -----------------------------------------------------------------------------
     def __call__(self, event_name):
-        """fastai's event dispatch, minus the lookup through the learner for an event this callback has
-        no method for (about 8 us each, five events a batch): such an event is skipped outright."""
-        if not callable(getattr(type(self), event_name, None)):
-            if event_name == "after_fit":
-                self.run = True  # as fastai does at every fit's end
-            return None
-        return super().__call__(event_name)
+        """fastai's event dispatch without its per-event lookups through the learner (several us each,
+        a few events a batch). An event this callback has no method for is skipped outright. With
+        `run_train` and `run_valid` both on (the default), fastai's train/valid filter lets every event
+        through, so the method is called as fastai would, without asking the learner whether it trains."""
+        method = getattr(type(self), event_name, None)
+        if not callable(method) or not (self.run_train and self.run_valid):
+            if not callable(method):
+                if event_name == "after_fit":
+                    self.run = True  # as fastai does at every fit's end
+                return None
+            return super().__call__(event_name)
+        result = None
+        if self.run:
+            try:
+                result = method(self)
+            except _CANCELS:
+                raise
+            except Exception as error:  # as fastai reports it: which callback, which event
+                raise modify_exception(error, f"Exception occured in `{type(self).__name__}` when calling event "
+                                              f"`{event_name}`:\n\t{error.args[0] if error.args else ''}", replace=True)
+        if event_name == "after_fit":
+            self.run = True
+        return result
 
     def before_fit(self):
         "Hook the chosen layers (found now, so a bad spec fails before the first batch)."

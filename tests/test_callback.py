@@ -213,6 +213,24 @@ def test_event_dispatch_skips_only_events_it_has_no_method_for():
     assert len(callback.recording) == 2 * TRAIN_BATCHES
 
 
+def test_event_dispatch_keeps_fastais_train_valid_filter_and_cancels():
+    from fastai.callback.core import CancelBatchException
+
+    class TrainOnly(ActivationHistogram):
+        run_valid = False  # fastai's filter: no batch event while validating
+
+    class CancelsOne(ActivationHistogram):
+        def before_batch(self):
+            super().before_batch()
+            if self.training and self.iter == 2:
+                raise CancelBatchException()  # must reach fastai as it is, not as an error
+    train_only, cancels = TrainOnly(layers=nn.Conv2d), CancelsOne(layers=nn.Conv2d, valid=False)
+    make_learner(cbs=train_only).fit(1)
+    make_learner(cbs=cancels).fit(1)
+    assert train_only.recording.phase.tolist() == ["train"] * TRAIN_BATCHES
+    assert cancels.recording.iteration.tolist() == [0, 1, 3, 4, 5]  # the cancelled batch's column dropped
+
+
 def test_an_error_in_an_event_names_the_callback_and_event():
     learn = make_learner(cbs=ActivationHistogram(layers="no_such_layer"))
     with pytest.raises(Exception, match="ActivationHistogram.*before_fit") as error:
