@@ -27,7 +27,10 @@ def hook_forward(module: nn.Module, hook):
     `remove()` stops it. A `RecordedForward` when the module's tensors are all on the CPU."""
     tensors = chain(module.parameters(), module.buffers())
     if USE_WRAPPER and all(tensor.device.type == "cpu" for tensor in tensors):
-        return RecordedForward(module, hook)
+        try:
+            return RecordedForward(module, hook)
+        except (AttributeError, TypeError, RuntimeError):  # a module that refuses a new `forward`
+            pass
     return module.register_forward_hook(hook)
 
 

@@ -111,3 +111,17 @@ def test_two_wrappers_come_off_in_either_order():
         assert seen == [0, 1, 1 - first_off]
         handles[1 - first_off].remove()
         assert "forward" not in module.__dict__ and torch.equal(module(torch.ones(1, 2)), module.weight.sum(1)[None] + module.bias)
+
+
+def test_a_module_that_refuses_a_new_forward_gets_a_torch_hook():
+    class Fixed(nn.Linear):
+        def __setattr__(self, name, value):
+            if name == "forward":
+                raise AttributeError("forward is fixed here")
+            super().__setattr__(name, value)
+    module, seen = Fixed(2, 2), []
+    handle = hook_forward(module, lambda m, i, o: seen.append(o.shape))
+    module(torch.ones(3, 2))
+    assert seen == [torch.Size([3, 2])] and len(module._forward_hooks) == 1 and "forward" not in module.__dict__
+    handle.remove()
+    assert taps(module) == 0
