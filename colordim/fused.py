@@ -72,14 +72,21 @@ def _smoke_test() -> bool:
 
 def _compiled(function, **options):
     "`function` compiled by numba, cached on disk when there is somewhere to cache it."
+    options = dict(dict(nogil=True, boundscheck=False), **options)
     try:
-        return njit(nogil=True, cache=True, boundscheck=False, **options)(function)
+        return njit(cache=True, **options)(function)
     except RuntimeError:  # no writable cache location (read-only install, no home): compile per process
-        return njit(nogil=True, boundscheck=False, **options)(function)
+        return njit(**options)(function)
 
 
 def _jit(function):
     return _compiled(function) if njit else function
+
+
+def _jit_call(function):
+    """A packed call, which hooks make: it keeps the GIL, so that two of one recorder's calls never run
+    at once (its plans share their scratch, `plans.SharedArrays`); nothing would run meanwhile anyway."""
+    return _compiled(function, nogil=False) if njit else function
 
 
 def _jit_fast(flags):
@@ -451,7 +458,7 @@ def _unpacked(packed, count, address):
             carray(_pointer(ints[9], np.int64), (LANES, bins + 3)))
 
 
-@_jit
+@_jit_call
 def run_exact(packed, address, row):
     "`summarise` of the float32 output at `address` (contiguous, `numel` values) into `row`, as packed."
     floats, ints, flat, counts, moments, unit_max, keys, lanes = _unpacked(packed, 12, address)
@@ -469,7 +476,7 @@ def _run_sample_at(kind, packed, address, row):
                      floats[3], ints[3] != 0, counts, moments, row, unit_max, gathered, keys, lanes)
 
 
-@_jit
+@_jit_call
 def run_sample(packed, address, row):
     "`summarise_sample` of the float32 output at `address` (contiguous, `numel` values) into `row`, as packed."
     if carray(_pointer(packed + 8 * (FLOATS + 13), np.int64), 1)[0]:  # 2**31 values or more: int64 positions
@@ -478,7 +485,7 @@ def run_sample(packed, address, row):
         _run_sample_at(np.int32, packed, address, row)
 
 
-@_jit
+@_jit_call
 def run_lines(packed, address, row):
     "`summarise_lines` of the float32 output at `address` (contiguous, `numel` values) into `row`, as packed."
     floats, ints, flat, counts, moments, unit_max, keys, lanes = _unpacked(packed, 19, address)

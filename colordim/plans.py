@@ -86,8 +86,9 @@ class TorchPlan:
 class SharedArrays:
     """numpy scratch that every `FusedPlan` of one recorder writes and reads within its call: the lanes
     the counts go to, bin keys, gathered samples, unit maxima. One set, not one per plan, stays in cache
-    from one layer's call to the next (~1 us a layer measured here). Hooks of one recorder run one
-    at a time, so sharing is safe; a plan packs its call again when the arrays it uses grow."""
+    from one layer's call to the next (2.5-3 us a layer less, measured in a training step). The calls
+    keep the GIL, so two never run at once. When an array grows, every plan packs its call again; the
+    old array lives on with the plans that still point at it until they do."""
     def __init__(self):
         self.arrays, self.plans = {}, []
 
@@ -180,8 +181,8 @@ class FusedPlan:
         if self._run is not fused.run_exact:
             scratch.update(gathered=take("gathered", self._scratch["gathered"], np.float32))
         self._packed = fused.pack(counts, moments, self.unit_max, **scratch, **self.options)
-        self._address, self._rows = self._packed.ctypes.data, rows  # the rows kept alive with this plan:
-                                                                     # the packed call holds their addresses
+        # kept alive with this plan, because the packed call holds their addresses: the rows, the scratch
+        self._address, self._rows, self._views = self._packed.ctypes.data, rows, scratch
 
 
 @torch.inference_mode(False)  # its tensors are used in and out of inference mode

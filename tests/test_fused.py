@@ -160,3 +160,10 @@ def test_plans_sharing_scratch_pack_their_calls_again_when_it_grows():
     assert rows["small"].counts[1].tolist() == rows["small"].counts[0].tolist()
     expected, _ = np.histogram(small.numpy(), bins=10, range=(-2, 2))
     assert rows["small"].counts[1, 1:-1].tolist() == expected.tolist()
+
+
+def test_the_packed_calls_keep_the_gil_because_plans_share_their_scratch():
+    "Two threads recording through one recorder must not run its kernel at once (one SharedArrays)."
+    for call in (fused.run_exact, fused.run_sample, fused.run_lines):
+        assert call.targetoptions.get("nogil", False) is False, call
+    assert fused.summarise.targetoptions["nogil"] is True  # the kernels themselves may run without it
