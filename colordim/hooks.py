@@ -68,6 +68,11 @@ class RecordedForward:
                 if isinstance(self.own, RecordedForward) and self.own.hook is None:
                     self.own.remove()  # one removed while this was over it: off too now
 
+    @property
+    def __wrapped__(self):
+        "The forward this wraps: `inspect.signature(module.forward)` is the module's own (some libraries read it)."
+        return self.call
+
     def __reduce__(self):
         "A copy (pickle, copy.deepcopy) gets the forward this wraps: the copy's own, not the recording."
         return _itself, (self.call,)  # a bound method is copied as getattr(the module's copy, "forward")

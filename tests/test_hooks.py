@@ -125,3 +125,17 @@ def test_a_module_that_refuses_a_new_forward_gets_a_torch_hook():
     assert seen == [torch.Size([3, 2])] and len(module._forward_hooks) == 1 and "forward" not in module.__dict__
     handle.remove()
     assert taps(module) == 0
+
+
+def test_a_wrapped_forward_keeps_the_modules_signature():
+    import inspect
+
+    class Keywords(nn.Module):
+        def forward(self, x, scale: float = 2.0):
+            return x * scale
+    module = Keywords()
+    handle = hook_forward(module, lambda *args: None)
+    assert isinstance(module.forward, RecordedForward)
+    assert str(inspect.signature(module.forward)) == "(x, scale: float = 2.0)"
+    assert module(torch.ones(2), scale=3.0).tolist() == [3.0, 3.0]
+    handle.remove()
