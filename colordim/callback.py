@@ -67,11 +67,11 @@ class ActivationHistogram(Callback):
         `run_train` and `run_valid` both on (the default), fastai's train/valid filter lets every event
         through, so the method is called as fastai would, without asking the learner whether it trains."""
         method = getattr(type(self), event_name, None)
-        if not callable(method) or not (self.run_train and self.run_valid):
-            if not callable(method):
-                if event_name == "after_fit":
-                    self.run = True  # as fastai does at every fit's end
-                return None
+        if not callable(method):
+            if event_name == "after_fit":
+                self.run = True  # as fastai does at every fit's end
+            return None
+        if not (self.run_train and self.run_valid):  # fastai's filter decides
             return super().__call__(event_name)
         result = None
         if self.run:

@@ -21,6 +21,7 @@ USE_FUSED = True  # tests set it False to run the torch path (the GPU's) on the 
 LINE = fused.LINE  # float32 values in a 64-byte cache line
 LINES_UP_TO = 64  # outputs of at most 64 x sample values are sampled in whole lines
 KEYS_CHUNK = 256  # a line sample's bin keys are worked out this many at a time (they stay in L1)
+SCRATCH_TYPES = dict(keys=np.int32, gathered=np.float32)  # a plan's scratch sizes are in these units
 
 
 def draw_sample(shape, size: int, seed: int):
@@ -116,7 +117,7 @@ class FusedPlan:
         # what each kind of call reads besides the output, made once so that a call allocates nothing;
         # the plan owns these arrays (the packed call holds their addresses), `shared` the scratch
         if sample is None:
-            self._run, self._scratch = fused.run_exact, dict(keys=self.numel // self.batch, gathered=0)
+            self._run, self._scratch = fused.run_exact, dict(keys=self.numel // self.batch)
             self.options.update(batch=self.batch)
         elif sample[2] is not None and self.numel < 2 ** 31:
             self._run, self._scratch = fused.run_lines, dict(keys=KEYS_CHUNK, gathered=fused.LINE * len(sample[2]))
@@ -176,10 +177,8 @@ class FusedPlan:
         counts, moments = rows.host
         take, bins = self.shared.take, self.options["bins"]
         self.unit_max = take("unit_max", self.units, np.float32)
-        scratch = dict(keys=take("keys", self._scratch["keys"], np.int32),
-                       lanes=take("lanes", fused.LANES * (bins + 3), np.int64).reshape(fused.LANES, bins + 3))
-        if self._run is not fused.run_exact:
-            scratch.update(gathered=take("gathered", self._scratch["gathered"], np.float32))
+        scratch = {name: take(name, size, SCRATCH_TYPES[name]) for name, size in self._scratch.items()}
+        scratch["lanes"] = take("lanes", fused.LANES * (bins + 3), np.int64).reshape(fused.LANES, bins + 3)
         self._packed = fused.pack(counts, moments, self.unit_max, **scratch, **self.options)
         # kept alive with this plan, because the packed call holds their addresses: the rows, the scratch
         self._address, self._rows, self._views = self._packed.ctypes.data, rows, scratch
