@@ -95,8 +95,11 @@ class Taps:
             while isinstance(forward, RecordedForward):
                 forward = forward.call
             self.own[key] = forward
-        self.hooks = {id(handle): (handle.hooks_dict_ref(), handle.id, handle.hooks_dict_ref()[handle.id])
-                      for handle in every if id(handle) not in self.calls}
+        self.hooks = {}  # torch forward hooks: (the module's hook dict, the hook's id, the hook)
+        for handle in every:
+            if id(handle) not in self.calls:
+                hooks = handle.hooks_dict_ref()
+                self.hooks[id(handle)] = hooks, handle.id, hooks[handle.id]
 
     def use(self, chosen):
         "Only recorder `chosen`'s hooks on the modules (None: nobody's)."

@@ -72,7 +72,7 @@ def _smoke_test() -> bool:
 
 def _compiled(function, **options):
     "`function` compiled by numba, cached on disk when there is somewhere to cache it."
-    options = dict(dict(nogil=True, boundscheck=False), **options)
+    options = {"nogil": True, "boundscheck": False, **options}
     try:
         return njit(cache=True, **options)(function)
     except RuntimeError:  # no writable cache location (read-only install, no home): compile per process
