@@ -79,54 +79,28 @@ def recorders(model, sample):
 
 
 class Taps:
-    """The colordim recorders' hooks, on the modules one recorder at a time (`use`), then all back as
-    they were (`restore`). A torch forward hook is taken out of its module's hook dict; a wrapped
-    forward (`colordim.hooks`, on the CPU) is put alone on its module, calling the module's own."""
+    """The colordim recorders' torch forward hooks, on the modules one recorder at a time (`use`), then
+    all back as they were (`restore`): a hook is taken out of its module's hook dict and put back."""
     def __init__(self, recorders):
-        from colordim.hooks import RecordedForward
-        self.handles = {key: list(recorder.engine.activations._handles) for key, recorder in recorders.items()}
-        every = [handle for handles in self.handles.values() for handle in handles]
-        wrappers = [handle for handle in every if isinstance(handle, RecordedForward)]
-        self.modules = {id(handle.module): handle.module for handle in wrappers}
-        self.tops = {key: module.__dict__["forward"] for key, module in self.modules.items()}  # as attached
-        self.calls = {id(handle): handle.call for handle in wrappers}
-        self.own = {}  # each wrapped module's own forward: what its wrappers call at the bottom
-        for key, forward in self.tops.items():
-            while isinstance(forward, RecordedForward):
-                forward = forward.call
-            self.own[key] = forward
-        self.hooks = {}  # torch forward hooks: (the module's hook dict, the hook's id, the hook)
-        for handle in every:
-            if id(handle) not in self.calls:
-                hooks = handle.hooks_dict_ref()
-                self.hooks[id(handle)] = hooks, handle.id, hooks[handle.id]
+        self.hooks = {}  # recorder -> [(the module's hook dict, the hook's id, the hook)]
+        for key, recorder in recorders.items():
+            handles = [hook.handle for hook in recorder.engine._hooks]
+            self.hooks[key] = [(handle.hooks_dict_ref(), handle.id, handle.hooks_dict_ref()[handle.id])
+                               for handle in handles]
 
     def use(self, chosen):
         "Only recorder `chosen`'s hooks on the modules (None: nobody's)."
-        for module in self.modules.values():
-            module.__dict__.pop("forward", None)
-        for key, handles in self.handles.items():
-            for handle in handles:
-                if id(handle) in self.hooks:
-                    hooks, hook_id, hook = self.hooks[id(handle)]
-                    hooks.pop(hook_id, None)
-                    if key == chosen:
-                        hooks[hook_id] = hook
-                elif key == chosen:
-                    handle.call = self.own[id(handle.module)]
-                    handle.module.__dict__["forward"] = handle
+        for key, hooks in self.hooks.items():
+            for table, hook_id, hook in hooks:
+                table.pop(hook_id, None)
+                if key == chosen:
+                    table[hook_id] = hook
 
     def restore(self):
         "Every recorder's hooks back as they were attached."
-        for handles in self.handles.values():
-            for handle in handles:
-                if id(handle) in self.hooks:
-                    hooks, hook_id, hook = self.hooks[id(handle)]
-                    hooks[hook_id] = hook
-                else:
-                    handle.call = self.calls[id(handle)]
-        for key, module in self.modules.items():
-            module.__dict__["forward"] = self.tops[key]
+        for hooks in self.hooks.values():
+            for table, hook_id, hook in hooks:
+                table[hook_id] = hook
 
 
 def switch(chosen, device, seed=0):

@@ -5,24 +5,18 @@ import weakref
 from functools import wraps
 
 from fastai.learner import Learner
-from fastai.callback.core import (Callback, CancelBackwardException, CancelBatchException, CancelEpochException,
-                                  CancelFitException, CancelStepException, CancelTrainException,
-                                  CancelValidException)
-from fastcore.xtras import modify_exception
+from fastai.callback.core import Callback
 from fastcore.basics import patch, store_attr
 
 from . import plot
 from .distributed import is_main_process
 from .layers import find_layers
 from .diagnose import diagnose
-from .checks import check_bins, check_near_zero, check_range, check_sample, check_scale
-from .recorder import Recorders
+from .layout import check_bins, check_near_zero, check_range, check_sample, check_scale
+from .recorder import HistogramRecorder
 from .recording import Recording
 
 __all__ = ["ActivationHistogram"]
-
-_CANCELS = (CancelBatchException, CancelBackwardException, CancelEpochException, CancelFitException,
-            CancelStepException, CancelTrainException, CancelValidException)  # fastai's control flow: passed on
 
 # The engines each learner recorded with, so `learn.color_dim` also finds a callback passed to
 # `fit(cbs=...)`. Weak keys: forgetting a learner forgets its entry; nothing is stored on the learner.
@@ -61,31 +55,6 @@ class ActivationHistogram(Callback):
         self._saved = 0  # the engine's `ended` count at the last write to `save_to`
 
     # --- fastai events -----------------------------------------------------------------------------
-    def __call__(self, event_name):
-        """fastai's event dispatch without its per-event lookups through the learner (several us each,
-        a few events a batch). An event this callback has no method for is skipped outright. With
-        `run_train` and `run_valid` both on (the default), fastai's train/valid filter lets every event
-        through, so the method is called as fastai would, without asking the learner whether it trains."""
-        method = getattr(type(self), event_name, None)
-        if not callable(method):
-            if event_name == "after_fit":
-                self.run = True  # as fastai does at every fit's end
-            return None
-        if not (self.run_train and self.run_valid):  # fastai's filter decides
-            return super().__call__(event_name)
-        result = None
-        if self.run:
-            try:
-                result = method(self)
-            except _CANCELS:
-                raise
-            except Exception as error:  # as fastai reports it: which callback, which event
-                raise modify_exception(error, f"Exception occured in `{type(self).__name__}` when calling event "
-                                              f"`{event_name}`:\n\t{error.args[0] if error.args else ''}", replace=True)
-        if event_name == "after_fit":
-            self.run = True
-        return result
-
     def before_fit(self):
         "Hook the chosen layers (found now, so a bad spec fails before the first batch)."
         self._trained, self._checked = False, False
@@ -94,10 +63,10 @@ class ActivationHistogram(Callback):
             return
         modules = find_layers(self.learn.model, self.layers)
         if self.engine is None or list(modules.values()) != list(self.engine.modules.values()):
-            self.engine = Recorders(modules, bins=self.bins, range=self.range, scale=self.scale,
-                                    linthresh=self.linthresh, stats=self.stats, near_zero=self.near_zero,
-                                    sample=self.sample, max_columns=self.max_columns, grads=self.grads,
-                                    grad_range=self.grad_range, grad_scale=self.grad_scale)
+            self.engine = HistogramRecorder(modules, bins=self.bins, range=self.range, scale=self.scale,
+                                            linthresh=self.linthresh, stats=self.stats, near_zero=self.near_zero,
+                                            sample=self.sample, max_columns=self.max_columns, grads=self.grads,
+                                            grad_range=self.grad_range, grad_scale=self.grad_scale)
             self._saved = 0
         self.engine.attach()
         engines = _ENGINES.setdefault(self.learn, [])
@@ -128,7 +97,7 @@ class ActivationHistogram(Callback):
         "After the first forward pass of a fit, before any step: a layer that gives no tensor is an error."
         if self._active and not self._checked:
             self._checked = True
-            for name, reason in self.engine.activations.skipped.items():
+            for name, reason in self.engine.skipped.items():
                 if reason.startswith("output is a"):
                     raise TypeError(f"layers: {name!r} cannot be recorded: its {reason} (nor a tuple, list or "
                                     "dict of tensors); choose other layers, e.g. the modules inside it")

@@ -1,9 +1,13 @@
-"""Summing an epoch of recorded rows across torch.distributed ranks: one SUM and one MAX collective."""
+"""Every collective: summing an epoch of recorded rows across torch.distributed ranks (one SUM and one
+MAX collective), and checking that the ranks recorded the same columns."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-__all__ = ["is_distributed", "is_main_process", "all_reduce"]
+from .layout import CHANNELS, DEAD, EXTREMES, NUMEL, SUMS
+
+__all__ = ["is_distributed", "is_main_process", "all_reduce", "check_same_columns", "reduce_rows"]
 
 
 def is_distributed() -> bool:
@@ -40,3 +44,28 @@ def check_same_columns(used: int, device) -> None:
         raise RuntimeError(f"colordim: ranks recorded between {int(-counts[1].item())} and "
                            f"{int(counts[0].item())} batches this epoch; each rank must run the same number of "
                            "batches (use a DistributedSampler, drop_last=True)")
+
+
+def reduce_rows(buffers: list, sizes: np.ndarray, used: int, unit_maxima: bool, device) -> np.ndarray:
+    """Sum the first `used` rows of every layer's buffer across ranks (counts, the sums, the host's
+    `sizes` (used, layers, SIZES)), take the max of the extremes and (`unit_maxima`) of each unit's
+    maximum; returns the summed sizes. Every rank calls this at the same flush with the same layers."""
+    if unit_maxima:  # every rank's unit maxima must be as wide before they are merged
+        widths = torch.tensor([0 if buffer.unit_max is None else buffer.unit_max.shape[1] for buffer in buffers],
+                              dtype=torch.float64, device=device)
+        all_reduce([], [widths], device)
+        for buffer, width in zip(buffers, widths.tolist()):
+            buffer.widen(int(width))
+    summed = torch.from_numpy(sizes).to(device)
+    maxima = [buffer.moments[:used, EXTREMES] for buffer in buffers]
+    maxima += [buffer.unit_max[:used] for buffer in buffers] if unit_maxima else []
+    all_reduce([buffer.counts[:used] for buffer in buffers] + [buffer.moments[:used, SUMS] for buffer in buffers]
+               + [summed], maxima, device)
+    summed = summed.cpu().numpy()
+    if unit_maxima:  # dead = <= 0 on every rank: count over the merged maxima, over each unit once
+        for layer, buffer in enumerate(buffers):
+            ran = summed[:, layer, NUMEL] > 0
+            dead = (buffer.unit_max[:used] <= 0).sum(1).to(buffer.moments.dtype)
+            buffer.moments[:used, DEAD] = dead * torch.from_numpy(ran).to(device)
+            summed[:, layer, CHANNELS] = np.where(ran, buffer.unit_max.shape[1], 0)
+    return summed

@@ -1,15 +1,15 @@
 """One pass over a CPU output: histogram counts and moments together, compiled with numba.
 
 On the CPU there is no device to overlap with, so every eager op is paid in full: the torch path
-(`summaries.py`) runs ~25 of them per output, each a pass over memory plus ~5 us of dispatch. These
+(`torch_kernels.py`) runs ~25 of them per output, each a pass over memory plus ~5 us of dispatch. These
 kernels read each value once or twice while it is in cache, at ~1.2 ns a value, and cost one call.
 Same results as the torch path: same float32 bin arithmetic, same NaN rules (`tests/test_fused.py`).
 Without numba, `available()` is False and the torch path runs.
 
 Three kernels: `summarise` (the whole output), `summarise_lines` (a sample of whole cache lines) and
 `summarise_sample` (a sample of independent positions). Plans call them through `run_exact`,
-`run_lines` and `run_sample`, whose arguments `pack` made once per plan: a call takes three ints,
-because numba checks and unboxes each argument on every call.
+`run_lines` and `run_sample`, which take numpy arrays (views of the output and of the layer's rows)
+and check the sizes their loops rely on: no address ever reaches compiled code.
 """
 from __future__ import annotations
 
@@ -17,12 +17,11 @@ import math
 
 import numpy as np
 
-__all__ = ["available", "summarise", "summarise_sample", "summarise_lines", "pack", "run_exact", "run_sample",
+__all__ = ["available", "summarise", "summarise_sample", "summarise_lines", "params", "run_exact", "run_sample",
            "run_lines"]
 
 try:
-    from numba import carray, njit, types
-    from numba.extending import intrinsic
+    from numba import njit
 except ImportError:  # pragma: no cover - numba is a dependency; a broken install falls back to torch
     njit = None
 
@@ -48,20 +47,15 @@ def _smoke_test() -> bool:
     "Compile (or load from the cache) and run the kernels once, as plans call them; on failure, warn, use torch."
     try:
         values, counts, moments = np.array([0.5, -1.0], np.float32), np.zeros((1, 4), np.int64), np.zeros((1, 6))
-        unit_max, lanes = np.empty(1, np.float32), np.zeros((LANES, 5), np.int64)
-        common = dict(counts=counts, moments=moments, unit_max=unit_max, lanes=lanes, limits=(-1.0, 1.0), bins=2,
-                      linthresh=0.0, near=0.05, stats=True, numel=2)
-        exact = pack(keys=np.empty(2, np.int32), batch=1, **common)  # held: the calls read them by address
-        run_exact(exact.ctypes.data, values.ctypes.data, 0)
+        unit_max, lanes, keys = np.empty(1, np.float32), np.zeros((LANES, 5), np.int64), np.empty(LINE, np.int32)
+        fixed = params((-1.0, 1.0), 0.0, 0.05, True)
+        run_exact(values, counts, moments, 0, unit_max, keys, lanes, fixed)
         positions = np.array([1], np.int32)
-        sample = positions, positions * 0, positions[:0]
-        sampled = pack(keys=np.empty(1, np.int32), sample=sample, gathered=np.empty(1, np.float32), **common)
-        run_sample(sampled.ctypes.data, values.ctypes.data, 0)
-        zero = np.zeros(1, np.int32)
-        lines = zero, zero, zero + 2, zero[:0]  # one line from 0, in unit 0 up to position 2
-        in_lines = pack(keys=np.empty(LINE, np.int32), lines=lines, inner=2, gathered=np.empty(LINE, np.float32),
-                        **common)
-        run_lines(in_lines.ctypes.data, values.ctypes.data, 0)
+        run_sample(values, counts, moments, 0, unit_max, keys, lanes, fixed, positions, positions * 0, positions[:0],
+                   np.empty(1, np.float32))
+        lines = np.array([[0], [0], [2]], np.int32)  # one line from 0, in unit 0 up to position 2
+        run_lines(values, counts, moments, 0, unit_max, keys, lanes, params((-1.0, 1.0), 0.0, 0.05, True, inner=2),
+                  lines, positions[:0], np.empty(LINE, np.float32))
         return counts[0].tolist() == [0, 3, 2, 0]  # -1.0 three times (exact, sample, line), 0.5 twice
     except Exception as error:  # noqa: BLE001 - whatever numba raises, recording goes on with torch
         import warnings
@@ -84,8 +78,8 @@ def _jit(function):
 
 
 def _jit_call(function):
-    """A packed call, which hooks make: it keeps the GIL, so that two of one recorder's calls never run
-    at once (its plans share their scratch, `plans.SharedArrays`); nothing would run meanwhile anyway."""
+    """A call that hooks make: it keeps the GIL, so that two of one recorder's calls never run at once
+    (its plans share their scratch, `plans.SharedArrays`); nothing would run meanwhile anyway."""
     return _compiled(function, nogil=False) if njit else function
 
 
@@ -93,17 +87,32 @@ def _jit_fast(flags):
     return lambda function: _compiled(function, fastmath=flags) if njit else function
 
 
+SUM_BLOCK = 1024  # values summed in one float64 partial sum before it joins the total (two-level sums)
+
+
 @_jit_fast(_SUMS)
-def _sums(block, near):
-    "float32 sum, sum of squares, near-zero count and NaN count of a 1-D block."
-    total, squares = np.float32(0), np.float32(0)
+def _block_sums(block, near):
+    total, squares = np.float64(0), np.float64(0)
     near_zero, nan = np.int64(0), np.int64(0)
     for i in range(block.shape[0]):
-        value = block[i]
+        value = np.float64(block[i])
         total += value
         squares += value * value
         near_zero += np.int64(1) if abs(value) <= near else np.int64(0)
         nan += np.int64(1) if value != value else np.int64(0)
+    return total, squares, near_zero, nan
+
+
+@_jit
+def _sums(block, near):
+    """float64 sum and sum of squares, near-zero count and NaN count of a float32 1-D block. float64:
+    float32 squares overflow past ~1e19; partial sums of SUM_BLOCK values keep the rounding small
+    enough for the std of a layer whose mean is 1e6 times its spread."""
+    total, squares, near_zero, nan = np.float64(0), np.float64(0), np.int64(0), np.int64(0)
+    for start in range(0, block.shape[0], SUM_BLOCK):
+        part_total, part_squares, part_near, part_nan = _block_sums(block[start:start + SUM_BLOCK], near)
+        total, squares = total + part_total, squares + part_squares
+        near_zero, nan = near_zero + part_near, nan + part_nan
     return total, squares, near_zero, nan
 
 
@@ -375,122 +384,72 @@ def summarise_lines(flat, starts, line_unit, line_boundary, unsampled, inner, un
                                          nan > 0)
     _add_sample_moments(moments[row], total, squares, near_zero, nan, unit_max, unsampled, minimum, maximum)
 
-# --- calls with few arguments ---------------------------------------------------------------------
-# numba checks and unboxes every argument of every call: for the kernels' 15 to 17, about 1 us with
-# warm caches and about 8 us in a hook, where the model's layers have just evicted them; an array
-# costs more than an int. So a plan packs its fixed arguments once (`pack`) into one int64 array: its
-# bounds (float64 bits) and the sizes and addresses of its arrays; a call passes three ints: that
-# array's address, the output's and the row. The caller keeps the packed array and every array it
-# points to alive as long as it calls with them, and the output alive during the call.
-# Packed: 0-3 floats: low, high, linthresh, near; then, from `FLOATS` on, ints: 0 rows, 1 bins,
-# 2 units, 3 stats, 4 numel, 5-9 addresses of counts, moments, unit_max, keys, lanes,
-# 10 length of keys; exact: 11 batch; sampled: 11 sampled, 12 unsampled, 13 positions are
-# int64, 14-17 addresses of positions, unit_of, unsampled, gathered; lines: 11 lines, 12 unsampled,
-# 13 inner, 14-18 addresses of starts, line_unit, line_boundary, unsampled (int32), gathered.
-FLOATS = 4
+# --- what plans call: arrays and a row index, as numba is meant to be called -------------------------
+# numba checks and unboxes every argument of every call, so a plan's fixed numbers travel as one
+# float64 array, `params` (one array costs less than seven scalars), and a line sample's three int32
+# arrays as one (3, lines) array. Each call checks the sizes its loops rely on before it reads a value:
+# the kernels run without bounds checks.
+LOW, HIGH, LINTHRESH, NEAR, STATS, BATCH, INNER = range(7)
 
 
-def _address(array, dtype, name) -> int:
-    "The address of a C-contiguous `array` of `dtype` (what the compiled side will read it as)."
-    if not isinstance(array, np.ndarray) or array.dtype != dtype or not array.flags.c_contiguous:
-        raise TypeError(f"{name}: needs a C-contiguous numpy array of {np.dtype(dtype)}, "
-                        f"got {getattr(array, 'dtype', type(array).__name__)}")
-    return array.ctypes.data
-
-
-def pack(counts, moments, unit_max, keys, lanes, limits, bins, linthresh, near, stats, numel, batch=1,
-         sample=None, gathered=None, lines=None, inner=1):
-    """The (ints, floats) a `run_exact` call takes; given `sample` (positions, unit_of, unsampled) and
-    `gathered`, a `run_sample` call; given `lines` (starts, line_unit, line_boundary, unsampled),
-    `inner` and `gathered`, a `run_lines` call."""
-    if lanes.shape != (LANES, bins + 3) or counts.ndim != 2 or counts.shape[1] != bins + 2 or moments.shape[1:] != (6,):
-        raise ValueError(f"pack: counts (rows, {bins + 2}), moments (rows, 6) and lanes ({LANES}, {bins + 3}) "
-                         f"expected, got {counts.shape}, {moments.shape}, {lanes.shape}")
-    ints = [len(counts), bins, len(unit_max), int(stats), numel, _address(counts, np.int64, "counts"),
-            _address(moments, np.float64, "moments"), _address(unit_max, np.float32, "unit_max"),
-            _address(keys, np.int32, "keys"), _address(lanes, np.int64, "lanes"), len(keys)]
-    if lines is not None:
-        starts, line_unit, line_boundary, unsampled = lines
-        ints += [len(starts), len(unsampled), inner, _address(starts, np.int32, "starts"),
-                 _address(line_unit, np.int32, "line_unit"), _address(line_boundary, np.int32, "line_boundary"),
-                 _address(unsampled, np.int32, "unsampled"), _address(gathered, np.float32, "gathered")]
-        if len(line_unit) != len(starts) or len(line_boundary) != len(starts) or not len(keys) \
-                or len(gathered) < LINE * len(starts):
-            raise ValueError("pack: line_unit and line_boundary as long as starts, keys, and gathered of "
-                             f"{LINE} values per line")
-    elif sample is None:
-        ints.append(batch)
-    else:
-        positions, unit_of, unsampled = sample
-        index = np.int64 if positions.dtype == np.int64 else np.int32
-        ints += [len(positions), len(unsampled), index is np.int64, _address(positions, index, "positions"),
-                 _address(unit_of, index, "unit_of"), _address(unsampled, index, "unsampled"),
-                 _address(gathered, np.float32, "gathered")]
-        if len(unit_of) != len(positions) or len(keys) < len(positions) or len(gathered) < len(positions):
-            raise ValueError("pack: unit_of, keys and gathered must be as long as positions")
-    floats = np.array([*limits, linthresh, near], np.float64).view(np.int64)
-    return np.concatenate([floats, np.array(ints, np.int64)])
-
-
-if njit is not None:
-    @intrinsic
-    def _pointer(typingctx, address, kind):
-        "The int64 `address` as a pointer to `kind` (np.float32, ...), for `numba.carray`."
-        dtype = kind.dtype
-
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], context.get_value_type(types.CPointer(dtype)))
-        return types.CPointer(dtype)(address, kind), codegen
-else:  # pragma: no cover
-    _pointer = None
+def params(limits, linthresh, near, stats, batch=1, inner=1) -> np.ndarray:
+    "A plan's fixed numbers for `run_exact`, `run_sample` and `run_lines`."
+    return np.array([*limits, linthresh or 0.0, near, float(stats), batch, inner], np.float64)
 
 
 @_jit
-def _unpacked(packed, count, address):
-    """What every packed call reads, from the array `pack` made (at address `packed`, `count` ints) and
-    the output at `address`: floats, ints, the output, counts, moments, unit_max, keys, lanes."""
-    floats = carray(_pointer(packed, np.float64), FLOATS)
-    ints = carray(_pointer(packed + 8 * FLOATS, np.int64), count)
-    rows, bins = ints[0], ints[1]
-    return (floats, ints, carray(_pointer(address, np.float32), ints[4]),
-            carray(_pointer(ints[5], np.int64), (rows, bins + 2)), carray(_pointer(ints[6], np.float64), (rows, 6)),
-            carray(_pointer(ints[7], np.float32), ints[2]), carray(_pointer(ints[8], np.int32), ints[10]),
-            carray(_pointer(ints[9], np.int64), (LANES, bins + 3)))
+def _check_common(flat, counts, moments, row, lanes):
+    if counts.shape[1] + 1 != lanes.shape[1] or lanes.shape[0] != LANES or moments.shape[1] != 6 \
+            or moments.shape[0] != counts.shape[0] or not 0 <= row < counts.shape[0]:
+        raise ValueError("colordim kernel: counts, moments, lanes or row of the wrong size")
 
 
 @_jit_call
-def run_exact(packed, address, row):
-    "`summarise` of the float32 output at `address` (contiguous, `numel` values) into `row`, as packed."
-    floats, ints, flat, counts, moments, unit_max, keys, lanes = _unpacked(packed, 12, address)
-    summarise(flat, ints[11], ints[2], floats[0], floats[1], ints[1], floats[2], floats[3], ints[3] != 0,
-              counts, moments, row, unit_max, keys, lanes)
-
-
-@_jit
-def _run_sample_at(kind, packed, address, row):
-    "`run_sample` with positions, units and unsampled units of integer type `kind`."
-    floats, ints, flat, counts, moments, unit_max, keys, lanes = _unpacked(packed, 18, address)
-    sampled, unsampled, gathered = ints[11], ints[12], carray(_pointer(ints[17], np.float32), ints[11])
-    summarise_sample(flat, carray(_pointer(ints[14], kind), sampled), carray(_pointer(ints[15], kind), sampled),
-                     carray(_pointer(ints[16], kind), unsampled), floats[0], floats[1], ints[1], floats[2],
-                     floats[3], ints[3] != 0, counts, moments, row, unit_max, gathered, keys, lanes)
+def run_exact(flat, counts, moments, row, unit_max, keys, lanes, params):
+    "`summarise` of a contiguous float32 output `flat` into `row`, with `params` (`params()`)."
+    _check_common(flat, counts, moments, row, lanes)
+    batch, units = np.int64(params[BATCH]), unit_max.shape[0]
+    if batch < 1 or units < 1 or flat.shape[0] % batch or (flat.shape[0] // batch) % units \
+            or keys.shape[0] < flat.shape[0] // batch:
+        raise ValueError("colordim kernel: an output, unit maxima or keys of the wrong size")
+    summarise(flat, batch, units, params[LOW], params[HIGH], counts.shape[1] - 2, params[LINTHRESH], params[NEAR],
+              params[STATS] != 0, counts, moments, row, unit_max, keys, lanes)
 
 
 @_jit_call
-def run_sample(packed, address, row):
-    "`summarise_sample` of the float32 output at `address` (contiguous, `numel` values) into `row`, as packed."
-    if carray(_pointer(packed + 8 * (FLOATS + 13), np.int64), 1)[0]:  # 2**31 values or more: int64 positions
-        _run_sample_at(np.int64, packed, address, row)
-    else:
-        _run_sample_at(np.int32, packed, address, row)
+def run_sample(flat, counts, moments, row, unit_max, keys, lanes, params, positions, unit_of, unsampled, gathered):
+    "`summarise_sample` of `flat` at the sorted `positions` (each in unit `unit_of`) into `row`."
+    _check_common(flat, counts, moments, row, lanes)
+    sampled, units = positions.shape[0], unit_max.shape[0]
+    if sampled == 0 or unit_of.shape[0] != sampled or keys.shape[0] < sampled or gathered.shape[0] < sampled \
+            or not 0 <= positions[0] <= positions[sampled - 1] < flat.shape[0]:
+        raise ValueError("colordim kernel: sample positions, keys or gathered values of the wrong size")
+    for j in range(sampled):
+        if not 0 <= unit_of[j] < units:
+            raise ValueError("colordim kernel: a sampled value's unit is out of range")
+    for j in range(unsampled.shape[0]):
+        if not 0 <= unsampled[j] < units:
+            raise ValueError("colordim kernel: an unsampled unit is out of range")
+    summarise_sample(flat, positions, unit_of, unsampled, params[LOW], params[HIGH], counts.shape[1] - 2,
+                     params[LINTHRESH], params[NEAR], params[STATS] != 0, counts, moments, row, unit_max, gathered,
+                     keys, lanes)
 
 
 @_jit_call
-def run_lines(packed, address, row):
-    "`summarise_lines` of the float32 output at `address` (contiguous, `numel` values) into `row`, as packed."
-    floats, ints, flat, counts, moments, unit_max, keys, lanes = _unpacked(packed, 19, address)
-    lines, unsampled = ints[11], ints[12]
-    summarise_lines(flat, carray(_pointer(ints[14], np.int32), lines), carray(_pointer(ints[15], np.int32), lines),
-                    carray(_pointer(ints[16], np.int32), lines), carray(_pointer(ints[17], np.int32), unsampled),
-                    ints[13], ints[2], floats[0], floats[1], ints[1], floats[2], floats[3], ints[3] != 0, counts,
-                    moments, row, unit_max, carray(_pointer(ints[18], np.float32), lines * LINE), keys, lanes)
+def run_lines(flat, counts, moments, row, unit_max, keys, lanes, params, lines, unsampled, gathered):
+    """`summarise_lines` of `flat` into `row`: `lines` is (3, lines) int32, each line's start (sorted),
+    the unit it begins in and where that unit ends."""
+    _check_common(flat, counts, moments, row, lanes)
+    count, units, numel = lines.shape[1], unit_max.shape[0], flat.shape[0]
+    if count == 0 or keys.shape[0] == 0 or gathered.shape[0] < LINE * count or lines.shape[0] != 3 \
+            or not 0 <= lines[0, 0] <= lines[0, count - 1] < numel:
+        raise ValueError("colordim kernel: sampled lines, keys or gathered values of the wrong size")
+    for s in range(count):
+        if not 0 <= lines[1, s] < units:
+            raise ValueError("colordim kernel: a line's unit is out of range")
+    for j in range(unsampled.shape[0]):
+        if not 0 <= unsampled[j] < units:
+            raise ValueError("colordim kernel: an unsampled unit is out of range")
+    summarise_lines(flat, lines[0], lines[1], lines[2], unsampled, np.int64(params[INNER]), units, params[LOW],
+                    params[HIGH], counts.shape[1] - 2, params[LINTHRESH], params[NEAR], params[STATS] != 0, counts,
+                    moments, row, unit_max, gathered, keys, lanes)

@@ -6,7 +6,8 @@ from contextlib import contextmanager
 from torch import nn
 
 from .layers import find_layers
-from .recorder import Recorders
+from .hooks import hook_forward, hook_forward_pre
+from .recorder import HistogramRecorder
 from .recording import Recording
 
 __all__ = ["record", "LoopRecorder"]
@@ -14,7 +15,7 @@ __all__ = ["record", "LoopRecorder"]
 
 class LoopRecorder:
     "Turns each forward pass of a model into a column: 'train' in `model.train()` mode, 'valid' in eval."
-    def __init__(self, model: nn.Module, engine: Recorders):
+    def __init__(self, model: nn.Module, engine: HistogramRecorder):
         self.model, self.engine = model, engine
         self.current_epoch, self._iterations, self._handles = 0, {"train": 0, "valid": 0}, []
         self._finished = False  # the open column's forward pass has returned: its backward may follow
@@ -23,8 +24,8 @@ class LoopRecorder:
         "Hook the layers, then the model itself (its forward hook runs last, after every layer's)."
         self.detach()
         self.engine.attach()
-        self._handles = [self.model.register_forward_pre_hook(self._begin),
-                         self.model.register_forward_hook(self._end)]
+        # `colordim.hooks`: a copy of the model made in the block carries neither along
+        self._handles = [hook_forward_pre(self.model, self._begin), hook_forward(self.model, self._end)]
         return self
 
     def detach(self, reduce: bool = False) -> None:
@@ -69,7 +70,7 @@ class LoopRecorder:
 def record(model: nn.Module, layers=None, grads=False, **options):
     "Record activation (and, grads=True, gradient) histograms of `layers` of `model` in the block."
     options["grads"] = grads
-    recorder = LoopRecorder(model, Recorders(find_layers(model, layers), **options))
+    recorder = LoopRecorder(model, HistogramRecorder(find_layers(model, layers), **options))
     completed = False
     try:
         yield recorder.attach()

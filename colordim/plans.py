@@ -3,7 +3,7 @@
 A hook runs once per layer and batch, so whatever does not depend on the values (the sample positions,
 the unit layout, which path, the sizes the host counts) is decided when a shape is first seen. On the
 CPU the plan is one call to the compiled kernel (`colordim.fused`); elsewhere (a GPU, or no numba)
-it is the torch ops of `colordim.summaries`, which never sync.
+it is the torch ops of `colordim.torch_kernels`, which never sync.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import fused
-from .summaries import add_moments, channel_count, histogram_counts, symlog_
+from .torch_kernels import add_moments, channel_count, histogram_counts, symlog_
 
 __all__ = ["make_plan", "draw_sample", "FusedPlan", "SharedArrays", "TorchPlan"]
 
@@ -21,7 +21,6 @@ USE_FUSED = True  # tests set it False to run the torch path (the GPU's) on the 
 LINE = fused.LINE  # float32 values in a 64-byte cache line
 LINES_UP_TO = 64  # outputs of at most 64 x sample values are sampled in whole lines
 KEYS_CHUNK = 256  # a line sample's bin keys are worked out this many at a time (they stay in L1)
-SCRATCH_TYPES = dict(keys=np.int32, gathered=np.float32)  # a plan's scratch sizes are in these units
 
 
 def draw_sample(shape, size: int, seed: int):
@@ -66,7 +65,7 @@ class TorchPlan:
             and output.device == self.device
 
     def __call__(self, values: torch.Tensor, rows, row: int):
-        "Add an output to row `row` of `rows` (DeviceRows); each unit's maximum (for distributed runs)."
+        "Add an output to row `row` of `rows` (a LayerBuffer); each unit's maximum (for distributed runs)."
         bins, (low, high), linthresh, near_zero, stats, scratch = self.options
         # a float32 view or copy for everything, out of autograd: histc and sums of fp16/bf16 would count
         # in that dtype
@@ -81,56 +80,50 @@ class TorchPlan:
         # on the sample too when there is one: a pass over the whole output is what sampling saves
         return add_moments(values if units is None else counted, near_zero, rows.moments[row], units, scratch)
 
-    add = __call__  # for an output that `fits`
-
 
 class SharedArrays:
     """numpy scratch that every `FusedPlan` of one recorder writes and reads within its call: the lanes
     the counts go to, bin keys, gathered samples, unit maxima. One set, not one per plan, stays in cache
     from one layer's call to the next (2.5-3 us a layer less, measured in a training step). The calls
-    keep the GIL, so two never run at once. When an array grows, every plan packs its call again; the
-    old array lives on with the plans that still point at it until they do."""
+    keep the GIL, so two never run at once. `generation` counts the times an array grew: a plan takes
+    its views again when it changed."""
     def __init__(self):
-        self.arrays, self.plans = {}, []
+        self.arrays, self.generation = {}, 0
 
     def take(self, name: str, size: int, dtype) -> np.ndarray:
         "The first `size` elements of scratch `name` (zeros when new)."
         array = self.arrays.get(name)
         if array is None or array.size < size:
             array = self.arrays[name] = np.zeros(max(size, 1), dtype)
-            for plan in self.plans:  # each packed the old array's address: pack again at its next call
-                plan._rows = None
+            self.generation += 1
         return array[:size]
 
 
 class FusedPlan:
     """One compiled call per output on the CPU (`colordim.fused`): histogram and moments in one pass over
-    the whole output, over its sampled lines, or over its sampled positions."""
+    the whole output, over its sampled lines, or over its sampled positions. The call takes numpy views
+    of the output and of the layer's rows: numba checks and holds every array it is given."""
     def __init__(self, shape, sample, bins, limits, linthresh, near_zero, stats, shared=None):
         self.shape, self.device = torch.Size(shape), torch.device("cpu")  # the outputs this plan is for
         self.numel, self.units = math.prod(shape), channel_count(shape)
-        self.batch = shape[0] if len(shape) >= 2 else 1  # a 0-d or 1-d output is one unit
+        batch = shape[0] if len(shape) >= 2 else 1  # a 0-d or 1-d output is one unit
         counted = self.numel if sample is None else sample[0].numel()
         self.sizes = np.array([self.numel, self.units, counted], dtype=np.int64)
-        self.options = dict(limits=limits, bins=bins, linthresh=linthresh or 0.0, near=near_zero, stats=stats,
-                            numel=self.numel)
-        # what each kind of call reads besides the output, made once so that a call allocates nothing;
-        # the plan owns these arrays (the packed call holds their addresses), `shared` the scratch
+        self.bins = bins
         if sample is None:
-            self._run, self._scratch = fused.run_exact, dict(keys=self.numel // self.batch)
-            self.options.update(batch=self.batch)
+            self._run, self._scratch, self._fixed = fused.run_exact, dict(keys=self.numel // batch), ()
         elif sample[2] is not None and self.numel < 2 ** 31:
             self._run, self._scratch = fused.run_lines, dict(keys=KEYS_CHUNK, gathered=fused.LINE * len(sample[2]))
-            self.options.update(lines=self._lines(shape, sample), inner=self._inner(shape))
+            self._fixed = self._lines(shape, sample)
         else:  # positions (int32 when they fit: half the bytes), the unit of each, the units never sampled
             index = np.int32 if self.numel < 2 ** 31 else np.int64
             positions, unit_of = (np.ascontiguousarray(part.numpy(), dtype=index) for part in sample[:2])
             self._run, self._scratch = fused.run_sample, dict(keys=counted, gathered=counted)
-            self.options.update(sample=(positions, unit_of, self._unsampled(unit_of, index)))
-        self.shared, self.unit_max = shared if shared is not None else SharedArrays(), None
-        self.shared.plans.append(self)
-        self._rows = self._packed = self._address = None  # the rows the packed call writes into, its
-                                                           # arguments and their address
+            self._fixed = positions, unit_of, self._unsampled(unit_of, index)
+        self.params = fused.params(limits, linthresh, near_zero, stats, batch=batch, inner=self._inner(shape))
+        self.shared = shared if shared is not None else SharedArrays()
+        self._generation, self._arguments = None, ()  # what a call takes besides the output and rows
+        self.unit_max = None
 
     def fits(self, output) -> bool:
         "Whether `output` is a float32 CPU tensor of this plan's shape (other float dtypes take the long way)."
@@ -146,42 +139,36 @@ class FusedPlan:
         return np.setdiff1d(np.arange(self.units), unit_of).astype(dtype)
 
     def _lines(self, shape, sample):
-        "(starts, line_unit, line_boundary, unsampled) for `fused.summarise_lines`."
+        "((3, lines) int32: each line's start, its unit and where that unit ends; unsampled units)."
         inner = self._inner(shape)
         starts = sample[2].numpy().astype(np.int64) * fused.LINE
         block = starts // inner
-        line_unit = (block % self.units).astype(np.int32)
-        line_boundary = ((block + 1) * inner).astype(np.int32)  # at most numel, a multiple of inner
-        return starts.astype(np.int32), line_unit, line_boundary, self._unsampled(sample[1].numpy())
+        lines = np.stack([starts, block % self.units, (block + 1) * inner]).astype(np.int32)  # ends <= numel
+        return lines, self._unsampled(sample[1].numpy())
 
     def __call__(self, values: torch.Tensor, rows, row: int):
-        "Add an output to row `row` of `rows` (DeviceRows on the CPU); each unit's maximum over the output."
-        if values.dtype is not torch.float32:  # bf16/fp16 are counted in float32, as on the torch path
-            values = values.detach().float()
-        if values.numel() != self.numel or not values.is_cpu:  # the call reads `numel` floats by address
+        "Add an output to row `row` of `rows` (a CPU LayerBuffer); each unit's maximum over the output."
+        if values.shape != self.shape or not values.is_cpu:
             raise TypeError(f"a plan for CPU outputs of shape {tuple(self.shape)} got {tuple(values.shape)} "
                             f"on {values.device}")
-        return self.add(values, rows, row)
-
-    def add(self, values: torch.Tensor, rows, row: int):
-        "`self(values, rows, row)` for an output that `fits`: what a hook runs for almost every output."
-        if not values.is_contiguous():
-            values = values.contiguous()  # alive until the call returns
-        if rows is not self._rows:  # rows made or grown, or scratch grown, since the last call
-            self._pack(rows)
-        self._run(self._address, values.data_ptr(), row)  # data_ptr: no grad, so no detach needed
-        return self.unit_max  # numpy: `DeviceRows.keep_unit_max` takes it as it is
-
-    def _pack(self, rows):
-        "Pack the call for `rows` and the shared scratch as they are now."
+        flat = values.detach().reshape(-1).contiguous()  # a view, or a copy in logical order
+        if flat.dtype is not torch.float32:  # bf16/fp16 are counted in float32, as on the torch path
+            flat = flat.float()
+        if self._generation != self.shared.generation:  # the shared scratch grew since the last call
+            self._take_scratch()
         counts, moments = rows.host
-        take, bins = self.shared.take, self.options["bins"]
+        self._run(flat.numpy(), counts, moments, row, *self._arguments)
+        return self.unit_max  # numpy: `LayerBuffer.keep_unit_max` takes it as it is
+
+    def _take_scratch(self):
+        "The views of the shared scratch this plan's calls write into, as the arrays are now."
+        take = self.shared.take
         self.unit_max = take("unit_max", self.units, np.float32)
-        scratch = {name: take(name, size, SCRATCH_TYPES[name]) for name, size in self._scratch.items()}
-        scratch["lanes"] = take("lanes", fused.LANES * (bins + 3), np.int64).reshape(fused.LANES, bins + 3)
-        self._packed = fused.pack(counts, moments, self.unit_max, **scratch, **self.options)
-        # kept alive with this plan, because the packed call holds their addresses: the rows, the scratch
-        self._address, self._rows, self._views = self._packed.ctypes.data, rows, scratch
+        keys = take("keys", self._scratch["keys"], np.int32)
+        lanes = take("lanes", fused.LANES * (self.bins + 3), np.int64).reshape(fused.LANES, self.bins + 3)
+        gathered = (take("gathered", self._scratch["gathered"], np.float32),) if "gathered" in self._scratch else ()
+        self._arguments = (self.unit_max, keys, lanes, self.params, *self._fixed, *gathered)
+        self._generation = self.shared.generation
 
 
 @torch.inference_mode(False)  # its tensors are used in and out of inference mode

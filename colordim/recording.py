@@ -5,39 +5,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .layout import MOMENTS, bin_edges, readable_bound, symlog, symlog_inverse
+
 __all__ = ["Recording", "LayerDict", "PHASES", "MOMENTS", "symlog", "symlog_inverse", "readable_bound", "bin_edges"]
 
 PHASES = ("train", "valid")
-# Per-column statistics as recorded (sums add up, min and max merge); see `colordim.summaries`.
-MOMENTS = ("sum", "sum_sq", "near_zero", "dead", "neg_min", "max")
-
-
-def symlog(x, linthresh: float):
-    "sign(x) * log1p(|x| / linthresh): near-linear around 0, logarithmic far out."
-    return np.sign(x) * np.log1p(np.abs(x) / linthresh)
-
-
-def symlog_inverse(u, linthresh: float):
-    "The activation value whose `symlog` is `u`."
-    return np.sign(u) * np.expm1(np.abs(u)) * linthresh
-
-
-def bin_edges(low: float, high: float, bins: int, linthresh=None) -> np.ndarray:
-    "The bins + 1 edges over [low, high]: uniform, or uniform in `symlog` when `linthresh` is given."
-    if linthresh is None:
-        return np.linspace(low, high, bins + 1)
-    edges = symlog_inverse(np.linspace(symlog(low, linthresh), symlog(high, linthresh), bins + 1), linthresh)
-    edges[0], edges[-1] = low, high  # exact ends, whatever the round trip does
-    return edges
-
-
-def readable_bound(value: float) -> float:
-    "The smallest of 1, 2, 2.5, 5 times a power of ten that is >= `value` (> 0)."
-    exponent = np.floor(np.log10(value))
-    for mantissa in (1, 2, 2.5, 5, 10):
-        if mantissa * 10 ** exponent >= value * (1 - 1e-12):
-            return float(mantissa * 10 ** exponent)
-
 
 KINDS = ("activation", "grad")
 

@@ -44,8 +44,8 @@ def make_learner(cbs=None, model=None, seed=0):
 
 
 def taps(module) -> int:
-    "Hooks on `module`: its torch forward hooks, plus one for a wrapped forward (`colordim.hooks`)."
-    return len(module._forward_hooks) + ("forward" in module.__dict__)
+    "Hooks on `module`: its torch forward and forward-pre hooks, anyone's."
+    return len(module._forward_hooks) + len(module._forward_pre_hooks)
 
 
 @pytest.fixture
@@ -56,17 +56,13 @@ def learner_factory():
 @pytest.fixture(params=["fused", "torch"])
 def cpu_path(request, monkeypatch):
     "Run a test on both CPU paths: the compiled one-pass kernel and the torch ops (the GPU's path)."
-    import colordim.hooks
     import colordim.plans
     monkeypatch.setattr(colordim.plans, "USE_FUSED", request.param == "fused")
-    monkeypatch.setattr(colordim.hooks, "USE_WRAPPER", request.param == "fused")  # torch: hooked as on a GPU
     return request.param
 
 
 @pytest.fixture
 def torch_path(monkeypatch):
-    "The torch-ops path on the CPU (what runs on a GPU), instead of the compiled kernel, and torch hooks."
-    import colordim.hooks
+    "The torch-ops path on the CPU (what runs on a GPU), instead of the compiled kernel."
     import colordim.plans
     monkeypatch.setattr(colordim.plans, "USE_FUSED", False)
-    monkeypatch.setattr(colordim.hooks, "USE_WRAPPER", False)

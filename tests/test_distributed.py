@@ -63,8 +63,9 @@ def test_rank_0_holds_the_histograms_of_the_whole_batches_and_alone_writes(tmp_p
         np.testing.assert_array_equal(merged.numel[name], expected.numel[name])
         np.testing.assert_allclose(merged.mean[name], expected.mean[name], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(merged.std[name], expected.std[name], rtol=1e-4)
-        np.testing.assert_array_equal(merged.min[name], expected.min[name])
-        np.testing.assert_array_equal(merged.max[name], expected.max[name])
+        # the model itself may differ by an ulp between a half batch and a whole one (oneDNN's conv)
+        np.testing.assert_allclose(merged.min[name], expected.min[name], rtol=1e-6, atol=0)
+        np.testing.assert_allclose(merged.max[name], expected.max[name], rtol=1e-6, atol=0)
         np.testing.assert_array_equal(merged.near_zero[name], expected.near_zero[name])
         # dead units merged exactly: a unit is dead when it is <= 0 on both ranks' halves
         np.testing.assert_array_equal(merged.channels[name], expected.channels[name])

@@ -114,31 +114,37 @@ def test_a_kernel_that_fails_to_compile_falls_back_to_torch_with_a_warning(monke
         engine.begin_column()
         emit(torch.tensor([[-3.0, -1.0, 0.5, 1.5, 9.0]]))
         engine.end_column()
-    assert isinstance(next(iter(engine._plans.values())), TorchPlan)
+    assert isinstance(engine.layers["activation"][0].last, TorchPlan)
     assert engine.recording.counts["out"].tolist() == [[1, 0, 1, 1, 1, 1]]   # -1.0 opens bin [-1, 0)
 
 
-def test_packed_calls_check_what_they_will_read_by_address():
-    "The compiled calls read arrays and outputs by address: anything of the wrong kind is refused first."
-    counts, moments = np.zeros((2, 6), np.int64), np.zeros((2, 6))
-    arrays = dict(counts=counts, moments=moments, unit_max=np.empty(3, np.float32), keys=np.empty(8, np.int32),
-                  lanes=np.zeros((fused.LANES, 7), np.int64), limits=(-1.0, 1.0), bins=4, linthresh=0.0, near=0.05,
-                  stats=True, numel=8)
-    assert fused.pack(**arrays).dtype == np.int64
-    with pytest.raises(TypeError, match="moments: needs a C-contiguous numpy array of float64, got float32"):
-        fused.pack(**{**arrays, "moments": moments.astype(np.float32)})
-    with pytest.raises(TypeError, match="counts: needs a C-contiguous"):
-        fused.pack(**{**arrays, "counts": np.zeros((6, 2), np.int64).T})
-    with pytest.raises(ValueError, match=rf"lanes \({fused.LANES}, 7\) expected"):
-        fused.pack(**{**arrays, "lanes": np.zeros((fused.LANES, 6), np.int64)})
+def test_kernel_calls_take_arrays_and_refuse_sizes_their_loops_would_overrun():
+    "The kernels run without bounds checks: each call checks the sizes first, and a plan checks the output."
+    counts, moments, lanes = np.zeros((2, 6), np.int64), np.zeros((2, 6)), np.zeros((fused.LANES, 7), np.int64)
+    values, unit_max, keys = np.ones(8, np.float32), np.empty(4, np.float32), np.empty(8, np.int32)
+    fixed = fused.params((-1.0, 1.0), 0.0, 0.05, True, batch=2)  # (2, 4) output: 4 units, 4 values a row
+    fused.run_exact(values, counts, moments, 1, unit_max, keys, lanes, fixed)
+    assert counts[1].tolist() == [0, 0, 0, 0, 8, 0] and moments[1, :2].tolist() == [8.0, 8.0]
+    with pytest.raises(ValueError, match="row of the wrong size"):
+        fused.run_exact(values, counts, moments, 2, unit_max, keys, lanes, fixed)     # no row 2
+    with pytest.raises(ValueError, match="keys of the wrong size"):
+        fused.run_exact(values, counts, moments, 0, unit_max, keys[:3], lanes, fixed)  # 4 keys a row needed
+    with pytest.raises(ValueError, match="sample positions"):
+        positions = np.array([1, 9], np.int32)  # 9 is past the output's 8 values
+        fused.run_sample(values, counts, moments, 0, unit_max, keys, lanes, fixed, positions, positions * 0,
+                         positions[:0], np.empty(2, np.float32))
+    with pytest.raises(ValueError, match="sampled lines"):
+        lines = np.array([[0, 16], [0, 0], [4, 20]], np.int32)  # a line starting past the end
+        fused.run_lines(values, counts, moments, 0, unit_max, keys, lanes, fixed, lines, lines[0, :0],
+                        np.empty(32, np.float32))
     plan = colordim.plans.make_plan(torch.zeros(2, 4), None, 0, 4, (-1.0, 1.0), None, 0.05, True, None)
     with pytest.raises(TypeError, match=r"CPU outputs of shape \(2, 4\) got \(3, 4\) on cpu"):
         plan(torch.zeros(3, 4), None, 0)
 
 
-def test_plans_sharing_scratch_pack_their_calls_again_when_it_grows():
-    "A recorder's plans share the kernel's scratch; a bigger output grows it, and every plan repacks."
-    from colordim.device_rows import DeviceRows
+def test_plans_sharing_scratch_take_it_again_when_it_grows():
+    "A recorder's plans share the kernel's scratch; a bigger output grows it, and every plan takes it again."
+    from colordim.buffer import LayerBuffer as DeviceRows
     from colordim.plans import SharedArrays
     generator = torch.Generator().manual_seed(0)
     small, big = torch.randn(4, 3, 2, 2, generator=generator), torch.randn(4, 8, 5, 5, generator=generator)
@@ -146,15 +152,16 @@ def test_plans_sharing_scratch_pack_their_calls_again_when_it_grows():
     plans = {name: colordim.plans.make_plan(x, None, 0, 10, (-2.0, 2.0), None, 0.05, True, None, shared)
              for name, x in (("small", small), ("big", big))}
     rows = {name: DeviceRows(2, 10, "cpu") for name in plans}
-    plans["small"].add(small, rows["small"], 0)       # packed with scratch sized for `small`
+    plans["small"](small, rows["small"], 0)       # scratch sized for `small`
     keys = shared.arrays["keys"]
-    plans["big"].add(big, rows["big"], 0)             # grows it: `small` packs again at its next call
-    assert shared.arrays["keys"].size == 8 * 5 * 5 > keys.size and plans["small"]._rows is None
-    plans["small"].add(small, rows["small"], 1)
+    plans["big"](big, rows["big"], 0)             # grows it: `small` takes it again at its next call
+    assert shared.arrays["keys"].size == 8 * 5 * 5 > keys.size
+    assert plans["small"]._generation != shared.generation == plans["big"]._generation
+    plans["small"](small, rows["small"], 1)
     for name, x in (("small", small), ("big", big)):
         alone = colordim.plans.make_plan(x, None, 0, 10, (-2.0, 2.0), None, 0.05, True, None)  # its own scratch
         expected = DeviceRows(2, 10, "cpu")
-        alone.add(x, expected, 0)
+        alone(x, expected, 0)
         assert rows[name].counts[0].tolist() == expected.counts[0].tolist()
         assert rows[name].moments[0].tolist() == expected.moments[0].tolist()
     assert rows["small"].counts[1].tolist() == rows["small"].counts[0].tolist()
@@ -162,7 +169,7 @@ def test_plans_sharing_scratch_pack_their_calls_again_when_it_grows():
     assert rows["small"].counts[1, 1:-1].tolist() == expected.tolist()
 
 
-def test_the_packed_calls_keep_the_gil_because_plans_share_their_scratch():
+def test_the_kernel_calls_keep_the_gil_because_plans_share_their_scratch():
     "Two threads recording through one recorder must not run its kernel at once (one SharedArrays)."
     for call in (fused.run_exact, fused.run_sample, fused.run_lines):
         assert call.targetoptions.get("nogil", False) is False, call

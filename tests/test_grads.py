@@ -66,3 +66,31 @@ def test_asking_for_gradients_that_were_not_recorded():
     learn.fit(1)
     with pytest.raises(ValueError, match="no gradients were recorded; record with grads=True"):
         learn.dead_chart(kind="grad")
+
+
+def test_the_readme_loop_with_no_grad_validation_gives_both_kinds_the_same_columns(tmp_path):
+    "15 training passes with backward and 2 without, per epoch: 17 columns of each kind, every figure draws."
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with colordim.record(model, layers=nn.ReLU, grads=True) as rec:
+        for epoch in range(2):
+            model.train()
+            for _ in range(15):
+                loss = nn.functional.cross_entropy(model(torch.randn(16, 4)), torch.randint(0, 3, (16,)))
+                optimizer.zero_grad(); loss.backward(); optimizer.step()
+            model.eval()
+            with torch.no_grad():
+                for _ in range(2):
+                    model(torch.randn(16, 4))
+            rec.epoch()
+    recording = rec.recording
+    assert len(recording) == len(recording.grads) == 34
+    assert recording.grads.phase.tolist() == recording.phase.tolist() == (["train"] * 15 + ["valid"] * 2) * 2
+    assert recording.grads.numel["1"].tolist() == ([16 * 8] * 15 + [0] * 2) * 2
+    for kind in ("activation", "grad"):
+        assert colordim.color_dim(recording, 0, kind=kind).get_images()[0].get_array().shape[1] == 30  # train
+        colordim.color_dims(recording, kind=kind)
+    recording.to_html(tmp_path / "run.html")
+    assert (tmp_path / "run.html").stat().st_size > 10_000
+    plt.close("all")

@@ -7,7 +7,7 @@ from torch import nn
 
 from colordim import ActivationHistogram
 from colordim.plot import color_dim
-from colordim.checks import auto_range
+from colordim.layout import auto_range
 from colordim.recorder import HistogramRecorder
 from colordim.recording import bin_edges, readable_bound, symlog
 from conftest import make_learner

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-import colordim.summaries as summaries_module
+import colordim.torch_kernels as summaries_module
 from colordim.layers import find_layers
 from colordim.recorder import HistogramRecorder
-from colordim.summaries import histogram_counts, _add_counts_by_histc, _counts_by_index
+from colordim.torch_kernels import histogram_counts, _add_counts_by_histc, _counts_by_index
 from conftest import taps
 
 
@@ -338,7 +338,7 @@ def test_column_sizes_and_shapes_follow_each_column_when_shapes_alternate(cpu_pa
             engine.begin_column(phase, iteration=iteration)
             layer(torch.zeros(shape))
             engine.end_column()
-        assert len({id(part) for part in engine._row_sizes}) == 4       # repeated plans share one list
+        assert len({id(part) for part in engine.columns.outputs}) == 4  # repeated plans share one list
     recording = engine.recording
     assert recording.numel["x"].tolist() == [12, 12, 6, 12, 15, 15]
     assert recording.counts["x"].sum(1).tolist() == [12, 12, 6, 12, 15, 15]  # a sample of 8 scaled to the whole

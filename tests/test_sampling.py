@@ -36,7 +36,7 @@ def test_sampled_histogram_is_close_to_the_exact_one(cpu_path):
     assert np.abs(sampled.near_zero["x"] - exact.near_zero["x"]).max() < 0.01
     assert (sampled.max["x"] <= exact.max["x"]).all() and (sampled.max["x"] > 3).all()
     assert sampled.dead_rate["x"].tolist() == exact.dead_rate["x"].tolist() == [0, 0, 0]
-    assert len(sampled_engine._plans) == 1     # drawn once for this layer and size
+    assert len(sampled_engine.layers["activation"][0].plans) == 1     # drawn once for this layer and size
 
 
 def test_sampled_dead_units_are_found_from_the_sampled_positions(cpu_path):

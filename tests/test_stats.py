@@ -101,3 +101,21 @@ def test_statistics_survive_select_and_concat_across_epochs():
 def test_bad_near_zero(value):
     with pytest.raises(ValueError, match="near_zero: expected a finite number >= 0"):
         HistogramRecorder({"fc": nn.Linear(1, 1)}, near_zero=value)
+
+
+@pytest.mark.parametrize("path", ["fused", "torch"])
+def test_statistics_hold_for_huge_values_and_for_a_large_mean_with_a_small_spread(path, monkeypatch):
+    "float64 sums: an untrained resnet50's ~1e35 activations, and mean 1e4 with std 1e-2 (float32 would lose both)."
+    import colordim.plans
+    monkeypatch.setattr(colordim.plans, "USE_FUSED", path == "fused")
+    generator = torch.Generator().manual_seed(0)
+    huge = torch.randn(16, 8, 6, 6, generator=generator) * 1e35
+    narrow = 1e4 + 1e-2 * torch.randn(64, 32, 8, generator=generator)
+    layer = nn.Identity()
+    for values, name in ((huge, "huge"), (narrow, "narrow")):
+        recording, _ = record(layer, {"x": layer}, [values], range=(-1, 1))
+        exact = values.double().numpy().ravel()
+        assert np.isfinite(recording.mean["x"][0]) and np.isfinite(recording.std["x"][0]), name
+        assert recording.mean["x"][0] == pytest.approx(exact.mean(), rel=1e-6), name
+        assert recording.std["x"][0] == pytest.approx(exact.std(ddof=1), rel=1e-3), name
+        assert (recording.min["x"][0], recording.max["x"][0]) == (exact.min(), exact.max())

@@ -6,20 +6,19 @@ import math
 import numpy as np
 import torch
 
-from .recording import MOMENTS
+from .layout import EXTREMES, MOMENTS, SUMS
 
-__all__ = ["DeviceRows"]
+__all__ = ["LayerBuffer"]
 
 
-class DeviceRows:
-    "One layer's rows on its device: histogram counts (rows, bins + 2) and moments (rows, 6)."
+class LayerBuffer:
+    "One layer's rows on its device: counts (rows, bins + 2) int64 and moments (rows, MOMENTS) float64."
     # Made as normal tensors even when the first output comes under torch.inference_mode (get_preds):
     # inference tensors could not be updated in place once training resumes.
     @torch.inference_mode(False)
     def __init__(self, rows: int, bins: int, device):
         moments_dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64  # MPS has no float64
         self.counts = torch.zeros(rows, bins + 2, dtype=torch.int64, device=device)
-        self.size = rows
         self.moments = torch.empty(rows, len(MOMENTS), dtype=moments_dtype, device=device)
         # Distributed runs only: each unit's largest value per row, so that ranks can merge dead units
         # exactly (a unit is dead when it is <= 0 on every rank's shard, not on average).
@@ -28,13 +27,18 @@ class DeviceRows:
         # on the CPU, numpy views of the same memory for the compiled kernels (`colordim.fused`)
         self.host = (self.counts.numpy(), self.moments.numpy()) if self.counts.device.type == "cpu" else None
 
+    def __len__(self): return self.counts.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.counts.device
+
     @torch.inference_mode(False)
-    def keep_unit_max(self, row: int, per_unit: torch.Tensor) -> None:
+    def keep_unit_max(self, row: int, per_unit) -> None:
         "Merge this output's per-unit maxima into `row` (the width is the first output's unit count)."
         per_unit = torch.as_tensor(per_unit)  # the CPU kernel gives a numpy array
         if self.unit_max is None:
-            self.unit_max = torch.full((len(self), per_unit.numel()), -math.inf, device=self.counts.device,
-                                       dtype=self.moments.dtype)
+            self.widen(per_unit.numel())
         if per_unit.numel() == self.unit_max.shape[1]:
             torch.maximum(self.unit_max[row], per_unit.to(self.unit_max.dtype), out=self.unit_max[row])
 
@@ -42,15 +46,14 @@ class DeviceRows:
     def widen(self, units: int) -> None:
         "Unit maxima `units` wide (ranks must agree before a collective); -inf where nothing was seen."
         if self.unit_max is None or self.unit_max.shape[1] < units:
-            wider = torch.full((len(self), units), -math.inf, device=self.counts.device, dtype=self.moments.dtype)
+            wider = torch.full((len(self), units), -math.inf, device=self.device, dtype=self.moments.dtype)
             if self.unit_max is not None:
                 wider[:, :self.unit_max.shape[1]].copy_(self.unit_max)
             self.unit_max = wider
 
-    def __len__(self): return self.size
-
-    def grown(self, rows: int) -> "DeviceRows":
-        bigger = DeviceRows(rows, self.counts.shape[1] - 2, self.counts.device)
+    def grown(self, rows: int) -> "LayerBuffer":
+        "A copy with `rows` rows (more than now)."
+        bigger = LayerBuffer(rows, self.counts.shape[1] - 2, self.device)
         bigger.counts[:len(self)].copy_(self.counts)
         bigger.moments[:len(self)].copy_(self.moments)
         if self.unit_max is not None:
@@ -59,14 +62,15 @@ class DeviceRows:
         return bigger
 
     def clear(self, rows) -> None:
-        "Empty `rows` (an int or a slice): zero counts and sums, -min and max at -inf."
+        "Empty `rows` (an int or a slice): zero counts and sums, the extremes at -inf."
         self.counts[rows] = 0
-        self.moments[rows, :4] = 0
-        self.moments[rows, 4:] = -math.inf
+        self.moments[rows, SUMS] = 0
+        self.moments[rows, EXTREMES] = -math.inf
         if self.unit_max is not None:
             self.unit_max[rows] = -math.inf
 
     def move(self, source: int, target: int) -> None:
+        "Row `source` becomes row `target`; `source` is emptied."
         self.counts[target].copy_(self.counts[source])
         self.moments[target].copy_(self.moments[source])
         if self.unit_max is not None:
@@ -79,5 +83,7 @@ class DeviceRows:
 
     def to_host(self, used: int) -> tuple[np.ndarray, np.ndarray]:
         "Copies of the first `used` rows as numpy (a copy: on the CPU `.cpu()` would alias)."
+        if used > len(self):
+            raise ValueError(f"to_host: {used} rows asked of a buffer of {len(self)}")
         return (self.counts[:used].to("cpu", copy=True).numpy(),
                 self.moments[:used].to("cpu", dtype=torch.float64, copy=True).numpy())

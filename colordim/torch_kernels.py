@@ -1,9 +1,12 @@
-"""What one output tensor adds to its column, computed on its own device without a host sync."""
+"""The torch path (GPUs, and the CPU without numba): what one output adds to its column, on its own
+device, without a host sync."""
 from __future__ import annotations
 
 import math
 
 import torch
+
+from .layout import EXTREMES, SUMS
 
 __all__ = ["CHUNK", "Scratch", "histogram_counts", "add_moments", "channel_count", "symlog_"]
 
@@ -97,11 +100,10 @@ def channel_count(shape) -> int:
 
 
 def add_moments(x: torch.Tensor, near_zero: float, out: torch.Tensor, units=None, scratch: Scratch = None):
-    "Add `x`'s sum, sum of squares, near-zero and dead-unit counts to `out` (6,), merge min and max; per-unit max."
+    "Add `x`'s sum, sum of squares, near-zero and dead-unit counts to `out` (MOMENTS), merge the extremes; per-unit max."
     # `x` is a float32 output, or (with `units`: each value's unit index and the number of units) a 1-D
-    # sample of one. Laid out as MOMENTS: four sums that add up across calls, chunks and ranks, then -min
-    # and max that merge with one maximum. float32 sums (pairwise on the CPU, tree-reduced on CUDA) are
-    # accurate to ~1e-7 and several times faster than float64 ones; they accumulate in `out`'s float64.
+    # sample of one. The sums are taken in `out`'s float64: float32 ones overflow past ~1e19 a value and
+    # lose the spread of a layer whose mean is large against it.
     flat = x.reshape(-1)
     low, high = torch.aminmax(flat)
     if units is not None:  # a unit is dead if all its sampled values are <= 0; unsampled units are not
@@ -115,8 +117,9 @@ def add_moments(x: torch.Tensor, near_zero: float, out: torch.Tensor, units=None
         per_unit = high.reshape(1)
     near = _near_zero_count(flat, near_zero, scratch)
     dead = (per_unit <= 0).sum(dtype=torch.int32)
-    row = torch.stack([flat.sum(), torch.dot(flat, flat), near.float(), dead.float(), -low, high])
-    out[:4].add_(row[:4])
-    torch.maximum(out[4:], row[4:], out=out[4:])
+    squares = flat.to(out.dtype).square_().sum()  # a pairwise sum: accurate where a norm or dot is not (1e-3)
+    row = torch.stack([flat.sum(dtype=out.dtype), squares, near.to(out.dtype), dead.to(out.dtype),
+                       -low.to(out.dtype), high.to(out.dtype)])
+    out[SUMS].add_(row[SUMS])
+    torch.maximum(out[EXTREMES], row[EXTREMES], out=out[EXTREMES])
     return per_unit
-

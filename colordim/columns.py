@@ -1,0 +1,118 @@
+"""The column ledger: which row hooks write into now, what each finished row is, what its outputs added.
+
+One ledger serves every layer of a recorder, activations and gradients alike, so both kinds always
+have the same columns. The host counts everything here itself (no device value is read): a column's
+(fit, epoch, phase, iteration), and the sizes its outputs added, from the plans that summarised them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .layout import SIZES, check_max_columns
+from .recording import PHASES, Recording
+
+__all__ = ["Columns", "check_phase", "within_budget"]
+
+
+def check_phase(phase: str) -> str:
+    "`phase` as given, or a ValueError that names the phases."
+    if phase not in PHASES:
+        raise ValueError(f"phase: {phase!r} is not a phase; use one of {PHASES}")
+    return phase
+
+
+class Columns:
+    "The columns of one recorder: the open one, the finished ones not yet on the host, and the budget."
+    def __init__(self, max_columns: int = 10_000):
+        self.max_columns = check_max_columns(max_columns)
+        self.row = None       # the row hooks write into now, or None: not recording
+        self.used = []        # (layer index, plan) of each output in the open column
+        self.capacity = 0     # rows every layer's buffer will have
+        self.index = []       # per finished row: (fit, epoch, phase, iteration)
+        self.outputs = []     # per finished row: its outputs' (layer index, plan) list (shared while the same)
+        self.width = 1        # batches per column once merging past the budget started
+        self._pending = None  # the open column's (fit, epoch, phase, iteration)
+        self._sizes_of = {}   # a sequence of (layer index, plan) -> what it adds, worked out once
+        self.ended = 0        # rows ever ended: what is new since a caller last looked
+
+    def __len__(self) -> int:
+        "Finished rows not yet moved to the host."
+        return len(self.index)
+
+    @property
+    def full(self) -> bool:
+        "Whether the device rows hold `max_columns` finished rows: time to move them to the host."
+        return len(self.index) >= self.max_columns
+
+    def reserve(self, columns: int) -> None:
+        "Room for `columns` more (say, an epoch's batches), so that no buffer grows per batch."
+        self.capacity = max(self.capacity, min(len(self.index) + columns, self.max_columns) + 1)
+
+    def open(self, phase: str = "train", epoch: int = 0, fit: int = 0, iteration: int = 0) -> None:
+        "Open the next row (an open one must have been ended or abandoned)."
+        check_phase(phase)
+        row = len(self.index)
+        if row >= self.capacity:  # no reserve() or an epoch longer than announced: grow geometrically
+            self.capacity = max(16, 2 * self.capacity)
+        self.row, self._pending, self.used = row, (fit, epoch, phase, iteration), []
+
+    def end(self) -> None:
+        "Keep the open row. Every step here costs more than later, in caches the batch has just used."
+        if self.row is not None:
+            last = self.outputs[-1] if self.outputs else None  # most rows use the plans the last did:
+            self.outputs.append(last if last == self.used else self.used)  # share its list (memory stays small)
+            self.index.append(self._pending)
+            self.ended += 1
+        self.row, self._pending, self.used = None, None, []
+
+    def abandon(self) -> int:
+        "Forget the open row (an interrupted batch); returns it, or None, for the layers to clear."
+        row, self.row, self._pending, self.used = self.row, None, None, []
+        return row
+
+    def sizes(self, layers: int) -> tuple[np.ndarray, dict]:
+        """The finished rows' SIZES as one (rows, layers, 3) array, and each layer's shape: a training
+        batch's where there is one (layer index -> shape)."""
+        sizes, shapes = np.zeros((len(self.outputs), layers, len(SIZES)), np.int64), {}
+        for row, outputs in enumerate(self.outputs):  # once per flush; most rows share one list
+            added, seen = self._added(tuple(outputs), layers)
+            sizes[row] = added
+            for index, shape in seen.items():
+                if self.index[row][2] == "train" or index not in shapes:
+                    shapes[index] = shape
+        return sizes, shapes
+
+    def _added(self, outputs: tuple, layers: int):
+        if (outputs, layers) not in self._sizes_of:
+            if len(self._sizes_of) >= 64:  # shapes that keep changing (text of any length): stay bounded
+                self._sizes_of.clear()
+            added, shapes = np.zeros((layers, len(SIZES)), np.int64), {}
+            for index, plan in outputs:
+                added[index] += plan.sizes
+                shapes[index] = tuple(plan.shape)
+            self._sizes_of[(outputs, layers)] = added, shapes
+        return self._sizes_of[(outputs, layers)]
+
+    def moved_to_host(self) -> list:
+        "The finished rows went to the host: forget them (an open row becomes row 0); returns their index."
+        index, self.index, self.outputs = self.index, [], []
+        if self.row is not None:
+            self.row = 0
+        return index
+
+    def reset(self) -> None:
+        "Forget every row, open or finished."
+        self.abandon()
+        self.index, self.outputs, self.width = [], [], 1
+
+
+def within_budget(parts: list[Recording], max_columns: int, width: int) -> tuple[Recording, int]:
+    """One Recording of `parts` with at most `max_columns` columns, merging pairs of neighbours (of one
+    fit, epoch and phase) while it is longer; and the batches per column that took."""
+    total = Recording.concat(parts).coarsen(width) if len(parts) > 1 else parts[0]
+    while len(total) > max_columns:
+        merged = total.coarsen(2 * width)
+        if len(merged) == len(total):  # one column per epoch and phase already: nothing left to merge
+            break
+        total, width = merged, 2 * width
+    return total, width

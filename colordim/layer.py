@@ -1,0 +1,109 @@
+"""`LayerRecorder`: one recorded layer (or one tensor of a module's container output, or its gradient).
+
+It owns what is that layer's alone: its binning (an "auto" range is set from its first output), its
+buffer on the output's device, and its plans, one per output shape, worked out when a shape is first
+seen (`colordim.plans`). `add(output)` is the hot path's last step: plan, buffer row, done.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .buffer import LayerBuffer
+from .columns import Columns
+from .layout import Binning, auto_range
+from .plans import SharedArrays, make_plan
+from .torch_kernels import Scratch
+
+__all__ = ["LayerRecorder", "Settings"]
+
+PLANS = 16  # shapes kept per layer: outputs whose shape keeps changing (text of any length) stay bounded
+
+
+class Settings:
+    "What every layer of a recorder shares: the options, the column ledger, the CPU scratch."
+    def __init__(self, columns: Columns, bins: int, stats: bool, near_zero: float, sample):
+        self.columns, self.bins, self.stats, self.near_zero, self.sample = columns, bins, stats, near_zero, sample
+        self.scratch, self.shared = Scratch(), SharedArrays()  # reused by every layer's calls
+        self.unit_maxima = False  # distributed runs: keep each unit's maximum, to merge dead units exactly
+
+
+class LayerRecorder:
+    "One recorded layer: name, binning, buffer and plans; `add(output)` records one output in the open column."
+    def __init__(self, name: str, index: int, settings: Settings, range, linthresh):
+        self.name, self.index, self.settings = name, index, settings  # index: its place in the host's sizes
+        self.range, self.linthresh = range, linthresh  # range: (low, high) or "auto"
+        self.binning = None if range == "auto" else Binning(settings.bins, *range, linthresh)
+        self.buffer = None     # LayerBuffer, made on the first output's device
+        self.plans, self.last, self._made = {}, None, 0  # (shape, device) -> plan; the last used; plans made
+        self.skipped = None    # why an output could not be recorded, if one could not
+
+    def add(self, output) -> None:
+        "Summarise `output` into the open column (the caller checked that one is open)."
+        plan = self.last
+        if plan is None or not plan.fits(output):
+            plan = self._plan(output)
+            if plan is None:
+                return
+        columns = self.settings.columns
+        buffer = self.buffer
+        if buffer is None or len(buffer) < columns.capacity:
+            buffer = self.grown(output.device)
+        per_unit = plan(output, buffer, columns.row)  # the plan takes it to float32, out of autograd
+        if self.settings.unit_maxima:
+            buffer.keep_unit_max(columns.row, per_unit)
+        columns.used.append(plan.used)  # its sizes are counted on the host at the flush
+
+    def add_gradient(self, gradient) -> None:
+        "A tensor hook: the output's gradient, while its column is still open (a late backward is ignored)."
+        if self.settings.columns.row is not None:
+            self.add(gradient)
+
+    def _plan(self, output):
+        "The plan for an output like this one, made when its shape is first seen; None: it is not recorded."
+        if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+            self.skipped = f"output is a {type(output).__name__}, not a tensor" \
+                if not isinstance(output, torch.Tensor) else f"output dtype {output.dtype} is not floating point"
+            return None
+        if not output.numel():
+            return None
+        if self.binning is None:
+            self._set_auto_range(output)
+        key = (output.shape, output.device)
+        if key not in self.plans:
+            if len(self.plans) >= PLANS:
+                self.plans.clear()
+            settings, seed = self.settings, 1009 * self.index + self._made  # a sample of its own per plan
+            plan = make_plan(output, settings.sample, seed, settings.bins, self.binning.limits, self.linthresh,
+                             settings.near_zero, settings.stats, settings.scratch, settings.shared)
+            plan.used, self._made = (self.index, plan), self._made + 1  # what a column keeps of each output
+            self.plans[key] = plan
+        self.last = self.plans[key]
+        return self.last
+
+    def _set_auto_range(self, output: torch.Tensor) -> None:
+        "range='auto': from this first output; one host sync for this layer, once."
+        finite = torch.nan_to_num(output.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+        self.binning = Binning(self.settings.bins, *auto_range(finite.abs().max().item()), self.linthresh)
+
+    def grown(self, device=None) -> LayerBuffer:
+        "The buffer, made (on `device`) or grown to the ledger's capacity."
+        capacity = self.settings.columns.capacity
+        if self.buffer is None:
+            self.buffer = LayerBuffer(capacity, self.settings.bins, device)
+        elif len(self.buffer) < capacity:
+            self.buffer = self.buffer.grown(capacity)
+        return self.buffer
+
+    def edges(self) -> np.ndarray:
+        "The bin edges in activation units ((-1, 1) while an auto range has seen no output yet)."
+        return (self.binning or Binning(self.settings.bins, -1.0, 1.0, self.linthresh)).edges()
+
+    def clear(self, rows) -> None:
+        "Empty `rows` of the buffer (an int or a slice)."
+        if self.buffer is not None:
+            self.buffer.clear(rows)
+
+    def forget_device(self) -> None:
+        "Make the buffer again on the device of the next output (the model may have moved)."
+        self.buffer, self.plans, self.last = None, {}, None
