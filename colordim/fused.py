@@ -103,11 +103,13 @@ def _block_sums(block, near):
     return total, squares, near_zero, nan
 
 
-@_jit
+@_jit_fast(_SUMS)
 def _sums(block, near):
     """float64 sum and sum of squares, near-zero count and NaN count of a float32 1-D block. float64:
     float32 squares overflow past ~1e19; partial sums of SUM_BLOCK values keep the rounding small
     enough for the std of a layer whose mean is 1e6 times its spread."""
+    if block.shape[0] <= SUM_BLOCK:  # most rows (one item's values) are this short: no slicing
+        return _block_sums(block, near)
     total, squares, near_zero, nan = np.float64(0), np.float64(0), np.int64(0), np.int64(0)
     for start in range(0, block.shape[0], SUM_BLOCK):
         part_total, part_squares, part_near, part_nan = _block_sums(block[start:start + SUM_BLOCK], near)
@@ -227,14 +229,18 @@ def summarise(flat, batch, units, low, high, bins, linthresh, near, stats, count
     rows, keys = flat.reshape(batch, width), keys[:width]
     unit_max[:] = -np.inf
     total, squares, near_zero, minimum = 0.0, 0.0, 0, np.float32(np.inf)
-    for n in range(batch):  # one sample at a time, while it is in cache
+    group = max(1, SUM_BLOCK // max(width, 1))  # rows summed at once: short rows cost a call each otherwise
+    for first in range(0, batch, group):  # a few rows at a time, while they are in cache
+        last = min(first + group, batch)
         if stats:
-            row_total, row_squares, row_near, row_nan = _sums(rows[n], near32)
-            total, squares, near_zero = total + row_total, squares + row_squares, near_zero + row_near
-            row_low = _extremes(values[n], unit_max) if row_nan == 0 else _extremes_with_nan(values[n], unit_max)
-            minimum = _nan_min(row_low, minimum)
-        _keys(rows[n], low32, scale, bins, high32, linthresh32, keys)
-        _count(keys, lanes)
+            part_total, part_squares, part_near, part_nan = _sums(flat[first * width:last * width], near32)
+            total, squares, near_zero = total + part_total, squares + part_squares, near_zero + part_near
+        for n in range(first, last):
+            if stats:
+                row_low = _extremes(values[n], unit_max) if part_nan == 0 else _extremes_with_nan(values[n], unit_max)
+                minimum = _nan_min(row_low, minimum)
+            _keys(rows[n], low32, scale, bins, high32, linthresh32, keys)
+            _count(keys, lanes)
     _add_counts(lanes, counts[row])
     if stats:
         maximum = np.float32(-np.inf)

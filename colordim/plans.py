@@ -151,13 +151,15 @@ class FusedPlan:
         if values.shape != self.shape or not values.is_cpu:
             raise TypeError(f"a plan for CPU outputs of shape {tuple(self.shape)} got {tuple(values.shape)} "
                             f"on {values.device}")
-        flat = values.detach().reshape(-1).contiguous()  # a view, or a copy in logical order
-        if flat.dtype is not torch.float32:  # bf16/fp16 are counted in float32, as on the torch path
-            flat = flat.float()
+        values = values.detach()  # numpy views of tensors that require grad are refused
+        if values.dtype is not torch.float32:  # bf16/fp16 are counted in float32, as on the torch path
+            values = values.float()
+        if not values.is_contiguous():  # a copy in logical order (channels_last, transposed)
+            values = values.contiguous()
         if self._generation != self.shared.generation:  # the shared scratch grew since the last call
             self._take_scratch()
         counts, moments = rows.host
-        self._run(flat.numpy(), counts, moments, row, *self._arguments)
+        self._run(values.numpy().reshape(-1), counts, moments, row, *self._arguments)  # numpy's: cheaper
         return self.unit_max  # numpy: `LayerBuffer.keep_unit_max` takes it as it is
 
     def _take_scratch(self):

@@ -231,23 +231,8 @@ class Recording:
         return (f"Recording({len(self.counts)} layers, {len(self)} columns ({phases}), "
                 f"{fits} fit{'s' if fits != 1 else ''}, layers={self.layer_names})")
 
-    # --- saved runs (colordim.saved does the work) --------------------------------------------------
-    def save(self, path):
-        "Write one .npz (arrays and a JSON header); atomically, so an interruption leaves the old file."
-        from .saved import save
-        return save(self, path)
-
-    def to_html(self, path, title: str = "colordim report", **thresholds):
-        """Write one self-contained HTML page of this run (metadata, health report, every figure as an
-        embedded PNG) to `path`; `thresholds` as in `colordim.diagnose`. Returns the path."""
-        from .html_report import write_html
-        return write_html(self, path, title=title, **thresholds)
-
-    @classmethod
-    def load(cls, path) -> "Recording":
-        "Read a Recording saved by `save` (never unpickles: opening a file cannot run code)."
-        from .saved import load
-        return load(path)
+    # `save`, `load` (colordim.saved) and `to_html` (colordim.html_report) are set by those modules'
+    # owners, so that this module imports none of them and the import graph has no cycle.
 
     def __eq__(self, other) -> bool:
         "Equal layers, arrays and metadata."

@@ -96,3 +96,16 @@ def _read(data, header: dict, prefix: str) -> Recording:
         near_zero_threshold=header["near_zero_threshold"],
         linthresh={layer["name"]: layer["linthresh"] for layer in layers},
         skipped={layer["name"]: layer["skipped"] for layer in layers if layer["skipped"]})
+
+
+def _save_method(self: Recording, path) -> Path:
+    "Write one .npz (arrays and a JSON header); atomically, so an interruption leaves the old file."
+    return save(self, path)
+
+
+def _load_method(cls, path) -> Recording:
+    "Read a Recording saved by `save` (never unpickles: opening a file cannot run code)."
+    return load(path)
+
+
+Recording.save, Recording.load = _save_method, classmethod(_load_method)  # `recording.save(path)`, `Recording.load(path)`
