@@ -17,8 +17,8 @@ import math
 
 import numpy as np
 
-__all__ = ["available", "summarise", "summarise_sample", "summarise_lines", "params", "run_exact", "run_sample",
-           "run_lines"]
+__all__ = ["available", "summarise", "summarise_sample", "summarise_lines", "params", "scratch_sizes", "run_exact",
+           "run_sample", "run_lines"]
 
 try:
     from numba import njit
@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - numba is a dependency; a broken instal
     njit = None
 
 LINE = 16  # float32 values in a 64-byte cache line: how `summarise_lines` samples
+KEYS_CHUNK = 256  # a line sample's bin keys are worked out this many at a time (they stay in L1)
 LANES = 4  # counts go into 4 interleaved histograms: neighbours (ReLU zeros) rarely bump the same counter
            # (measured: 4 count as fast as 8, and adding them up afterwards takes half as long)
 _SUMS = {"reassoc", "nsz", "contract"}  # lets sums vectorise; NaN still propagates
@@ -47,15 +48,15 @@ def _smoke_test() -> bool:
     "Compile (or load from the cache) and run the kernels once, as plans call them; on failure, warn, use torch."
     try:
         values, counts, moments = np.array([0.5, -1.0], np.float32), np.zeros((1, 4), np.int64), np.zeros((1, 6))
-        unit_max, lanes, keys = np.empty(1, np.float32), np.zeros((LANES, 5), np.int64), np.empty(LINE, np.int32)
-        fixed = params((-1.0, 1.0), 0.0, 0.05, True)
-        run_exact(values, counts, moments, 0, unit_max, keys, lanes, fixed)
-        positions = np.array([1], np.int32)
-        run_sample(values, counts, moments, 0, unit_max, keys, lanes, fixed, positions, positions * 0, positions[:0],
-                   np.empty(1, np.float32))
-        lines = np.array([[0], [0], [2]], np.int32)  # one line from 0, in unit 0 up to position 2
-        run_lines(values, counts, moments, 0, unit_max, keys, lanes, params((-1.0, 1.0), 0.0, 0.05, True, inner=2),
-                  lines, positions[:0], np.empty(LINE, np.float32))
+        floats, ints = np.zeros(1 + LINE, np.float32), np.zeros(LANES * 5 + KEYS_CHUNK, np.int64)
+        run_exact(values, counts, moments, 0, params((-1.0, 1.0), 0.0, 0.05, True), floats, ints)
+        sample = np.array([1, 0], np.int32)  # position 1, in unit 0; no unsampled unit
+        sample.flags.writeable = False
+        run_sample(values, counts, moments, 0, params((-1.0, 1.0), 0.0, 0.05, True, count=1), floats, ints, sample)
+        lines = np.array([0, 0, 2], np.int32)  # one line from 0, in unit 0 up to position 2
+        lines.flags.writeable = False
+        run_lines(values, counts, moments, 0, params((-1.0, 1.0), 0.0, 0.05, True, inner=2, count=1), floats, ints,
+                  lines)
         return counts[0].tolist() == [0, 3, 2, 0]  # -1.0 three times (exact, sample, line), 0.5 twice
     except Exception as error:  # noqa: BLE001 - whatever numba raises, recording goes on with torch
         import warnings
@@ -391,71 +392,77 @@ def summarise_lines(flat, starts, line_unit, line_boundary, unsampled, inner, un
     _add_sample_moments(moments[row], total, squares, near_zero, nan, unit_max, unsampled, minimum, maximum)
 
 # --- what plans call: arrays and a row index, as numba is meant to be called -------------------------
-# numba checks and unboxes every argument of every call, so a plan's fixed numbers travel as one
-# float64 array, `params` (one array costs less than seven scalars), and a line sample's three int32
-# arrays as one (3, lines) array. Each call checks the sizes its loops rely on before it reads a value:
-# the kernels run without bounds checks.
-LOW, HIGH, LINTHRESH, NEAR, STATS, BATCH, INNER = range(7)
+# numba checks and unboxes every argument of every call (~170 ns an array, warm), so a call takes few:
+# the output, the layer's counts and moments, the row, then
+# - `params`, float64: the plan's fixed numbers (indices below);
+# - `floats`, float32 scratch: each unit's maximum (`units`), then the gathered sample, if any;
+# - `ints`, int64 scratch: the count lanes (LANES, bins + 3), then the bin keys;
+# - `index` (sampled plans only): the plan's own positions, read-only, checked when the plan was made:
+#   sample: positions (sorted), unit_of, unsampled units; lines: starts (sorted), line_unit,
+#   line_boundary, unsampled units.
+# Each call checks every size its loops rely on before it reads a value: the kernels run without
+# bounds checks.
+LOW, HIGH, LINTHRESH, NEAR, STATS, BATCH, INNER, UNITS, COUNT, UNSAMPLED = range(10)
 
 
-def params(limits, linthresh, near, stats, batch=1, inner=1) -> np.ndarray:
-    "A plan's fixed numbers for `run_exact`, `run_sample` and `run_lines`."
-    return np.array([*limits, linthresh or 0.0, near, float(stats), batch, inner], np.float64)
+def params(limits, linthresh, near, stats, batch=1, inner=1, units=1, count=0, unsampled=0) -> np.ndarray:
+    "A plan's fixed numbers: `count` sampled positions or lines, `unsampled` units never sampled."
+    return np.array([*limits, linthresh or 0.0, near, float(stats), batch, inner, units, count, unsampled],
+                    np.float64)
+
+
+def scratch_sizes(bins: int, units: int, keys: int, gathered: int = 0) -> tuple[int, int]:
+    "The (floats, ints) scratch a call needs."
+    return units + gathered, LANES * (bins + 3) + keys
 
 
 @_jit
-def _check_common(flat, counts, moments, row, lanes):
-    if counts.shape[1] + 1 != lanes.shape[1] or lanes.shape[0] != LANES or moments.shape[1] != 6 \
-            or moments.shape[0] != counts.shape[0] or not 0 <= row < counts.shape[0]:
-        raise ValueError("colordim kernel: counts, moments, lanes or row of the wrong size")
+def _unpack(flat, counts, moments, row, params, floats, ints, keys_needed, gathered):
+    "Check the common sizes; the views every call uses: unit_max, lanes, keys, gathered."
+    bins, units = counts.shape[1] - 2, np.int64(params[UNITS])
+    lanes_size = LANES * (bins + 3)
+    if moments.shape[1] != 6 or moments.shape[0] != counts.shape[0] or not 0 <= row < counts.shape[0] \
+            or units < 1 or floats.shape[0] < units + gathered or ints.shape[0] < lanes_size + keys_needed:
+        raise ValueError("colordim kernel: counts, moments, row or scratch of the wrong size")
+    lanes = ints[:lanes_size].reshape(LANES, bins + 3)
+    return bins, units, floats[:units], lanes, ints[lanes_size:lanes_size + keys_needed], \
+        floats[units:units + gathered]
 
 
 @_jit_call
-def run_exact(flat, counts, moments, row, unit_max, keys, lanes, params):
-    "`summarise` of a contiguous float32 output `flat` into `row`, with `params` (`params()`)."
-    _check_common(flat, counts, moments, row, lanes)
-    batch, units = np.int64(params[BATCH]), unit_max.shape[0]
-    if batch < 1 or units < 1 or flat.shape[0] % batch or (flat.shape[0] // batch) % units \
-            or keys.shape[0] < flat.shape[0] // batch:
-        raise ValueError("colordim kernel: an output, unit maxima or keys of the wrong size")
-    summarise(flat, batch, units, params[LOW], params[HIGH], counts.shape[1] - 2, params[LINTHRESH], params[NEAR],
+def run_exact(flat, counts, moments, row, params, floats, ints):
+    "`summarise` of a contiguous float32 output `flat` into `row`."
+    batch = np.int64(params[BATCH])
+    width = flat.shape[0] // batch if batch >= 1 else 0
+    bins, units, unit_max, lanes, keys, _ = _unpack(flat, counts, moments, row, params, floats, ints, width, 0)
+    if batch < 1 or flat.shape[0] % batch or width % units:
+        raise ValueError("colordim kernel: an output of the wrong size")
+    summarise(flat, batch, units, params[LOW], params[HIGH], bins, params[LINTHRESH], params[NEAR],
               params[STATS] != 0, counts, moments, row, unit_max, keys, lanes)
 
 
 @_jit_call
-def run_sample(flat, counts, moments, row, unit_max, keys, lanes, params, positions, unit_of, unsampled, gathered):
-    "`summarise_sample` of `flat` at the sorted `positions` (each in unit `unit_of`) into `row`."
-    _check_common(flat, counts, moments, row, lanes)
-    sampled, units = positions.shape[0], unit_max.shape[0]
-    if sampled == 0 or unit_of.shape[0] != sampled or keys.shape[0] < sampled or gathered.shape[0] < sampled \
-            or not 0 <= positions[0] <= positions[sampled - 1] < flat.shape[0]:
-        raise ValueError("colordim kernel: sample positions, keys or gathered values of the wrong size")
-    for j in range(sampled):
-        if not 0 <= unit_of[j] < units:
-            raise ValueError("colordim kernel: a sampled value's unit is out of range")
-    for j in range(unsampled.shape[0]):
-        if not 0 <= unsampled[j] < units:
-            raise ValueError("colordim kernel: an unsampled unit is out of range")
-    summarise_sample(flat, positions, unit_of, unsampled, params[LOW], params[HIGH], counts.shape[1] - 2,
-                     params[LINTHRESH], params[NEAR], params[STATS] != 0, counts, moments, row, unit_max, gathered,
-                     keys, lanes)
+def run_sample(flat, counts, moments, row, params, floats, ints, index):
+    "`summarise_sample` of `flat` at the plan's sorted positions into `row`."
+    sampled, unsampled = np.int64(params[COUNT]), np.int64(params[UNSAMPLED])
+    bins, units, unit_max, lanes, keys, gathered = _unpack(flat, counts, moments, row, params, floats, ints,
+                                                           sampled, sampled)
+    if sampled < 1 or index.shape[0] != 2 * sampled + unsampled or not 0 <= index[0] <= index[sampled - 1] \
+            or index[sampled - 1] >= flat.shape[0]:
+        raise ValueError("colordim kernel: sample positions of the wrong size")
+    summarise_sample(flat, index[:sampled], index[sampled:2 * sampled], index[2 * sampled:], params[LOW],
+                     params[HIGH], bins, params[LINTHRESH], params[NEAR], params[STATS] != 0, counts, moments, row,
+                     unit_max, gathered, keys, lanes)
 
 
 @_jit_call
-def run_lines(flat, counts, moments, row, unit_max, keys, lanes, params, lines, unsampled, gathered):
-    """`summarise_lines` of `flat` into `row`: `lines` is (3, lines) int32, each line's start (sorted),
-    the unit it begins in and where that unit ends."""
-    _check_common(flat, counts, moments, row, lanes)
-    count, units, numel = lines.shape[1], unit_max.shape[0], flat.shape[0]
-    if count == 0 or keys.shape[0] == 0 or gathered.shape[0] < LINE * count or lines.shape[0] != 3 \
-            or not 0 <= lines[0, 0] <= lines[0, count - 1] < numel:
-        raise ValueError("colordim kernel: sampled lines, keys or gathered values of the wrong size")
-    for s in range(count):
-        if not 0 <= lines[1, s] < units:
-            raise ValueError("colordim kernel: a line's unit is out of range")
-    for j in range(unsampled.shape[0]):
-        if not 0 <= unsampled[j] < units:
-            raise ValueError("colordim kernel: an unsampled unit is out of range")
-    summarise_lines(flat, lines[0], lines[1], lines[2], unsampled, np.int64(params[INNER]), units, params[LOW],
-                    params[HIGH], counts.shape[1] - 2, params[LINTHRESH], params[NEAR], params[STATS] != 0, counts,
-                    moments, row, unit_max, gathered, keys, lanes)
+def run_lines(flat, counts, moments, row, params, floats, ints, index):
+    "`summarise_lines` of `flat` into `row`: the plan's lines, each in 16 values from its (sorted) start."
+    count, unsampled = np.int64(params[COUNT]), np.int64(params[UNSAMPLED])
+    bins, units, unit_max, lanes, keys, gathered = _unpack(flat, counts, moments, row, params, floats, ints,
+                                                           KEYS_CHUNK, LINE * count)
+    if count < 1 or index.shape[0] != 3 * count + unsampled or not 0 <= index[0] <= index[count - 1] < flat.shape[0]:
+        raise ValueError("colordim kernel: sampled lines of the wrong size")
+    summarise_lines(flat, index[:count], index[count:2 * count], index[2 * count:3 * count], index[3 * count:],
+                    np.int64(params[INNER]), units, params[LOW], params[HIGH], bins, params[LINTHRESH],
+                    params[NEAR], params[STATS] != 0, counts, moments, row, unit_max, gathered, keys, lanes)

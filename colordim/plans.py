@@ -20,7 +20,6 @@ __all__ = ["make_plan", "draw_sample", "FusedPlan", "SharedArrays", "TorchPlan"]
 USE_FUSED = True  # tests set it False to run the torch path (the GPU's) on the CPU
 LINE = fused.LINE  # float32 values in a 64-byte cache line
 LINES_UP_TO = 64  # outputs of at most 64 x sample values are sampled in whole lines
-KEYS_CHUNK = 256  # a line sample's bin keys are worked out this many at a time (they stay in L1)
 
 
 def draw_sample(shape, size: int, seed: int):
@@ -83,7 +82,7 @@ class TorchPlan:
 
 class SharedArrays:
     """numpy scratch that every `FusedPlan` of one recorder writes and reads within its call: the lanes
-    the counts go to, bin keys, gathered samples, unit maxima. One set, not one per plan, stays in cache
+    the counts go to, bin keys, gathered samples, unit maxima (`fused.scratch_sizes`). One set, not one per plan, stays in cache
     from one layer's call to the next (2.5-3 us a layer less, measured in a training step). The calls
     keep the GIL, so two never run at once. `generation` counts the times an array grew: a plan takes
     its views again when it changed."""
@@ -102,28 +101,29 @@ class SharedArrays:
 class FusedPlan:
     """One compiled call per output on the CPU (`colordim.fused`): histogram and moments in one pass over
     the whole output, over its sampled lines, or over its sampled positions. The call takes numpy views
-    of the output and of the layer's rows: numba checks and holds every array it is given."""
+    of the output and of the layer's rows; numba checks and holds every array it is given."""
     def __init__(self, shape, sample, bins, limits, linthresh, near_zero, stats, shared=None):
         self.shape, self.device = torch.Size(shape), torch.device("cpu")  # the outputs this plan is for
         self.numel, self.units = math.prod(shape), channel_count(shape)
-        batch = shape[0] if len(shape) >= 2 else 1  # a 0-d or 1-d output is one unit
+        batch, inner = (shape[0] if len(shape) >= 2 else 1), self._inner(shape)  # a 0-d or 1-d output: one unit
         counted = self.numel if sample is None else sample[0].numel()
         self.sizes = np.array([self.numel, self.units, counted], dtype=np.int64)
-        self.bins = bins
         if sample is None:
-            self._run, self._scratch, self._fixed = fused.run_exact, dict(keys=self.numel // batch), ()
+            self._run, self._index, count, unsampled = fused.run_exact, (), 0, 0
+            self._scratch = fused.scratch_sizes(bins, self.units, self.numel // batch)
         elif sample[2] is not None and self.numel < 2 ** 31:
-            self._run, self._scratch = fused.run_lines, dict(keys=KEYS_CHUNK, gathered=fused.LINE * len(sample[2]))
-            self._fixed = self._lines(shape, sample)
-        else:  # positions (int32 when they fit: half the bytes), the unit of each, the units never sampled
-            index = np.int32 if self.numel < 2 ** 31 else np.int64
-            positions, unit_of = (np.ascontiguousarray(part.numpy(), dtype=index) for part in sample[:2])
-            self._run, self._scratch = fused.run_sample, dict(keys=counted, gathered=counted)
-            self._fixed = positions, unit_of, self._unsampled(unit_of, index)
-        self.params = fused.params(limits, linthresh, near_zero, stats, batch=batch, inner=self._inner(shape))
+            index, count, unsampled = self._lines(shape, sample)
+            self._run, self._index = fused.run_lines, (index,)
+            self._scratch = fused.scratch_sizes(bins, self.units, fused.KEYS_CHUNK, fused.LINE * count)
+        else:
+            index, count, unsampled = self._positions(sample)
+            self._run, self._index = fused.run_sample, (index,)
+            self._scratch = fused.scratch_sizes(bins, self.units, count, count)
+        self.params = fused.params(limits, linthresh, near_zero, stats, batch=batch, inner=inner, units=self.units,
+                                   count=count, unsampled=unsampled)
         self.shared = shared if shared is not None else SharedArrays()
         self._generation, self._arguments = None, ()  # what a call takes besides the output and rows
-        self.unit_max = None
+        self.unit_max = None  # each unit's maximum in the last output (a view of the shared scratch)
 
     def fits(self, output) -> bool:
         "Whether `output` is a float32 CPU tensor of this plan's shape (other float dtypes take the long way)."
@@ -134,17 +134,36 @@ class FusedPlan:
         "Values per unit and item: units follow each other every `inner` values."
         return math.prod(shape[2:]) if len(shape) >= 2 else max(self.numel, 1)
 
-    def _unsampled(self, unit_of, dtype=np.int32):
+    def _unsampled(self, unit_of):
         "The units no sampled value is in: +inf maxima (never seen, so not dead)."
-        return np.setdiff1d(np.arange(self.units), unit_of).astype(dtype)
+        return np.setdiff1d(np.arange(self.units), unit_of)
+
+    def _positions(self, sample):
+        "(index: positions, unit_of, unsampled units; positions; unsampled): int32 when they fit."
+        positions, unit_of = (part.numpy().astype(np.int64) for part in sample[:2])
+        unsampled = self._unsampled(unit_of)
+        self._check(positions, unit_of, unsampled, self.numel)
+        kind = np.int32 if self.numel < 2 ** 31 else np.int64
+        return _frozen(np.concatenate([positions, unit_of, unsampled]).astype(kind)), len(positions), len(unsampled)
 
     def _lines(self, shape, sample):
-        "((3, lines) int32: each line's start, its unit and where that unit ends; unsampled units)."
+        "(index: each line's start, its unit, where that unit ends, then the unsampled units; lines; unsampled)."
         inner = self._inner(shape)
         starts = sample[2].numpy().astype(np.int64) * fused.LINE
         block = starts // inner
-        lines = np.stack([starts, block % self.units, (block + 1) * inner]).astype(np.int32)  # ends <= numel
-        return lines, self._unsampled(sample[1].numpy())
+        line_unit, line_boundary = block % self.units, (block + 1) * inner  # boundaries: at most numel
+        unsampled = self._unsampled(sample[1].numpy())
+        self._check(starts, line_unit, unsampled, self.numel)
+        if not ((line_boundary > starts) & (line_boundary <= self.numel)).all():
+            raise ValueError("colordim: a sampled line's unit ends outside the output")
+        index = np.concatenate([starts, line_unit, line_boundary, unsampled]).astype(np.int32)
+        return _frozen(index), len(starts), len(unsampled)
+
+    def _check(self, positions, units, unsampled, numel):
+        "What the kernel reads by these indices stays inside the output and the unit maxima (checked once)."
+        if not (len(positions) and (np.diff(positions) >= 0).all() and positions[0] >= 0 and positions[-1] < numel
+                and ((units >= 0) & (units < self.units)).all() and ((unsampled >= 0) & (unsampled < self.units)).all()):
+            raise ValueError("colordim: sample positions outside the output or its units")
 
     def __call__(self, values: torch.Tensor, rows, row: int):
         "Add an output to row `row` of `rows` (a CPU LayerBuffer); each unit's maximum over the output."
@@ -159,18 +178,22 @@ class FusedPlan:
         if self._generation != self.shared.generation:  # the shared scratch grew since the last call
             self._take_scratch()
         counts, moments = rows.host
-        self._run(values.numpy().reshape(-1), counts, moments, row, *self._arguments)  # numpy's: cheaper
+        self._run(values.numpy().reshape(-1), counts, moments, row, *self._arguments)  # numpy's reshape: cheaper
         return self.unit_max  # numpy: `LayerBuffer.keep_unit_max` takes it as it is
 
     def _take_scratch(self):
         "The views of the shared scratch this plan's calls write into, as the arrays are now."
-        take = self.shared.take
-        self.unit_max = take("unit_max", self.units, np.float32)
-        keys = take("keys", self._scratch["keys"], np.int32)
-        lanes = take("lanes", fused.LANES * (self.bins + 3), np.int64).reshape(fused.LANES, self.bins + 3)
-        gathered = (take("gathered", self._scratch["gathered"], np.float32),) if "gathered" in self._scratch else ()
-        self._arguments = (self.unit_max, keys, lanes, self.params, *self._fixed, *gathered)
+        floats, ints = self._scratch
+        floats, ints = self.shared.take("floats", floats, np.float32), self.shared.take("ints", ints, np.int64)
+        self.unit_max = floats[:self.units]
+        self._arguments = (self.params, floats, ints, *self._index)
         self._generation = self.shared.generation
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    "`array`, read-only from now on: the kernel reads by its indices, which were checked once."
+    array.flags.writeable = False
+    return array
 
 
 @torch.inference_mode(False)  # its tensors are used in and out of inference mode

@@ -119,27 +119,31 @@ def test_a_kernel_that_fails_to_compile_falls_back_to_torch_with_a_warning(monke
 
 
 def test_kernel_calls_take_arrays_and_refuse_sizes_their_loops_would_overrun():
-    "The kernels run without bounds checks: each call checks the sizes first, and a plan checks the output."
-    counts, moments, lanes = np.zeros((2, 6), np.int64), np.zeros((2, 6)), np.zeros((fused.LANES, 7), np.int64)
-    values, unit_max, keys = np.ones(8, np.float32), np.empty(4, np.float32), np.empty(8, np.int32)
-    fixed = fused.params((-1.0, 1.0), 0.0, 0.05, True, batch=2)  # (2, 4) output: 4 units, 4 values a row
-    fused.run_exact(values, counts, moments, 1, unit_max, keys, lanes, fixed)
+    "The kernels run without bounds checks: each call checks the sizes first, and a plan its positions, once."
+    counts, moments = np.zeros((2, 6), np.int64), np.zeros((2, 6))
+    values, floats, ints = np.ones(8, np.float32), np.zeros(4, np.float32), np.zeros(fused.LANES * 7 + 4, np.int64)
+    fixed = fused.params((-1.0, 1.0), 0.0, 0.05, True, batch=2, units=4)  # (2, 4) output: 4 units, 4 values a row
+    fused.run_exact(values, counts, moments, 1, fixed, floats, ints)
     assert counts[1].tolist() == [0, 0, 0, 0, 8, 0] and moments[1, :2].tolist() == [8.0, 8.0]
-    with pytest.raises(ValueError, match="row of the wrong size"):
-        fused.run_exact(values, counts, moments, 2, unit_max, keys, lanes, fixed)     # no row 2
-    with pytest.raises(ValueError, match="keys of the wrong size"):
-        fused.run_exact(values, counts, moments, 0, unit_max, keys[:3], lanes, fixed)  # 4 keys a row needed
+    with pytest.raises(ValueError, match="row or scratch of the wrong size"):
+        fused.run_exact(values, counts, moments, 2, fixed, floats, ints)         # no row 2
+    with pytest.raises(ValueError, match="row or scratch of the wrong size"):
+        fused.run_exact(values, counts, moments, 0, fixed, floats, ints[:-1])    # 4 keys a row needed
+    with pytest.raises(ValueError, match="an output of the wrong size"):
+        fused.run_exact(values[:6], counts, moments, 0, fixed, floats, ints)     # 6 values are not (2, 4)
+    sampled = fused.params((-1.0, 1.0), 0.0, 0.05, True, units=1, count=2)
     with pytest.raises(ValueError, match="sample positions"):
-        positions = np.array([1, 9], np.int32)  # 9 is past the output's 8 values
-        fused.run_sample(values, counts, moments, 0, unit_max, keys, lanes, fixed, positions, positions * 0,
-                         positions[:0], np.empty(2, np.float32))
+        index = np.array([1, 9, 0, 0], np.int32)  # 9 is past the output's 8 values
+        fused.run_sample(values, counts, moments, 0, sampled, floats, ints, index)
     with pytest.raises(ValueError, match="sampled lines"):
-        lines = np.array([[0, 16], [0, 0], [4, 20]], np.int32)  # a line starting past the end
-        fused.run_lines(values, counts, moments, 0, unit_max, keys, lanes, fixed, lines, lines[0, :0],
-                        np.empty(32, np.float32))
+        index = np.array([0, 16, 0, 0, 4, 20], np.int32)  # a line starting past the end
+        fused.run_lines(values, counts, moments, 0, sampled, np.zeros(40, np.float32),
+                        np.zeros(fused.LANES * 7 + 256, np.int64), index)
     plan = colordim.plans.make_plan(torch.zeros(2, 4), None, 0, 4, (-1.0, 1.0), None, 0.05, True, None)
     with pytest.raises(TypeError, match=r"CPU outputs of shape \(2, 4\) got \(3, 4\) on cpu"):
         plan(torch.zeros(3, 4), None, 0)
+    sampled_plan = colordim.plans.make_plan(torch.zeros(64, 100), 50, 0, 4, (-1.0, 1.0), None, 0.05, True, None)
+    assert not sampled_plan._index[0].flags.writeable  # the positions the kernel reads by: checked, then frozen
 
 
 def test_plans_sharing_scratch_take_it_again_when_it_grows():
@@ -153,9 +157,9 @@ def test_plans_sharing_scratch_take_it_again_when_it_grows():
              for name, x in (("small", small), ("big", big))}
     rows = {name: DeviceRows(2, 10, "cpu") for name in plans}
     plans["small"](small, rows["small"], 0)       # scratch sized for `small`
-    keys = shared.arrays["keys"]
+    keys = shared.arrays["ints"]
     plans["big"](big, rows["big"], 0)             # grows it: `small` takes it again at its next call
-    assert shared.arrays["keys"].size == 8 * 5 * 5 > keys.size
+    assert shared.arrays["ints"].size == fused.LANES * 13 + 8 * 5 * 5 > keys.size
     assert plans["small"]._generation != shared.generation == plans["big"]._generation
     plans["small"](small, rows["small"], 1)
     for name, x in (("small", small), ("big", big)):
