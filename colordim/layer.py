@@ -30,8 +30,9 @@ class Settings:
 
 class LayerRecorder:
     "One recorded layer: name, binning, buffer and plans; `add(output)` records one output in the open column."
-    def __init__(self, name: str, index: int, settings: Settings, range, linthresh):
+    def __init__(self, name: str, index: int, settings: Settings, range, linthresh, module_slot: int = 0):
         self.name, self.index, self.settings = name, index, settings  # index: its place in the host's sizes
+        self.module_slot = module_slot  # which of the recorder's modules this is, or is a part of (display order)
         self.range, self.linthresh = range, linthresh  # range: (low, high) or "auto"
         self.binning = None if range == "auto" else Binning(settings.bins, *range, linthresh)
         self.buffer = None     # LayerBuffer, made on the first output's device

@@ -51,12 +51,12 @@ class HistogramRecorder:
         self._kinds = {"activation": (check_range(range), check_scale(scale, linthresh))}
         if grads:
             self._kinds["grad"] = (check_range(grad_range), check_scale(grad_scale, linthresh))
-        # Per slot (the modules', then each tensor of a container output, added when first seen): its
-        # name, its module's slot, and one LayerRecorder per kind; `_all` every LayerRecorder by index.
-        self.names, self._parent, self.layers, self._all = [], [], {kind: [] for kind in self._kinds}, []
+        # Per slot (the modules', then each tensor of a container output, added when first seen), one
+        # LayerRecorder per kind; `_all`: every LayerRecorder, by its index.
+        self.layers, self._all = {kind: [] for kind in self._kinds}, []
         self._containers, self._part_slots = set(), {}  # module slots that returned containers; (slot, path) -> slot
-        for name in self.modules:
-            self._add_slot(name, len(self.names))
+        for slot, name in enumerate(self.modules):
+            self._add_slot(name, slot)
         self.shapes = {}  # name -> the shape of its last training output
         self._hooks, self._host = [], None  # our hooks; the Recording moved to the host so far
 
@@ -74,13 +74,17 @@ class HistogramRecorder:
         "name -> why a layer's output was not recorded."
         return {layer.name: layer.skipped for layer in self.layers["activation"] if layer.skipped}
 
-    def _add_slot(self, name: str, parent: int) -> int:
-        self.names.append(name)
-        self._parent.append(parent)
+    @property
+    def names(self) -> list[str]:
+        "Every slot's name: the modules', then the tensors of container outputs."
+        return [layer.name for layer in self.layers["activation"]]
+
+    def _add_slot(self, name: str, module_slot: int) -> int:
+        "A new slot: one LayerRecorder per kind (`module_slot`: the module it is, or is a part of)."
         for kind, (value_range, linthresh) in self._kinds.items():
-            self.layers[kind].append(LayerRecorder(name, len(self._all), self.settings, value_range, linthresh))
-            self._all.append(self.layers[kind][-1])
-        return len(self.names) - 1
+            self._all.append(LayerRecorder(name, len(self._all), self.settings, value_range, linthresh, module_slot))
+            self.layers[kind].append(self._all[-1])
+        return len(self.layers["activation"]) - 1
 
     # --- hooks -------------------------------------------------------------------------------------
     def attach(self) -> "HistogramRecorder":
@@ -148,7 +152,7 @@ class HistogramRecorder:
     def _part_slot(self, slot: int, path: str) -> int:
         "The slot of one tensor in a module's container output, added when first seen."
         if (slot, path) not in self._part_slots:
-            self._part_slots[(slot, path)] = self._add_slot(self.names[slot] + path, slot)
+            self._part_slots[(slot, path)] = self._add_slot(self.layers["activation"][slot].name + path, slot)
         return self._part_slots[(slot, path)]
 
     # --- columns (called by the host between batches) ----------------------------------------------
@@ -220,8 +224,9 @@ class HistogramRecorder:
 
     def _shown(self) -> list[int]:
         "The slots a Recording shows, in the model's order: a container's parts stand in for the container."
-        return sorted((slot for slot in range(len(self.names)) if slot not in self._containers),
-                      key=lambda slot: (self._parent[slot], slot))
+        layers = self.layers["activation"]
+        return sorted((slot for slot in range(len(layers)) if slot not in self._containers),
+                      key=lambda slot: (layers[slot].module_slot, slot))
 
     def _recording(self, host: dict, sizes: np.ndarray, index: list) -> Recording:
         "The activations' Recording of some columns, with the gradients' as its `.grads`."
