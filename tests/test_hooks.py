@@ -36,14 +36,14 @@ def test_a_fused_transformer_layer_runs_its_real_submodules_when_they_are_record
     "torch's fast path for TransformerEncoderLayer in eval skips its submodules unless one has a hook."
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True).eval()
-    x = torch.randn(3, 5, 16)
+    model, x = nn.Sequential(layer, nn.Linear(16, 2)).eval(), torch.randn(3, 5, 16)  # record()'s own hooks: on model
     with torch.no_grad():
-        expected = layer(x)
-        with colordim.record(layer, layers=["linear1", "norm2", "self_attn"]) as rec:
-            got = layer(x)
+        expected = model(x)
+        with colordim.record(model, layers=["0.linear1", "0.norm2", "0.self_attn"]) as rec:
+            got = model(x)
     recording = rec.recording
-    assert recording.numel["linear1"].tolist() == [3 * 5 * 32] and recording.numel["norm2"].tolist() == [3 * 5 * 16]
-    assert recording.numel["self_attn[0]"].tolist() == [3 * 5 * 16]
+    assert recording.numel["0.linear1"].tolist() == [3 * 5 * 32] and recording.numel["0.norm2"].tolist() == [3 * 5 * 16]
+    assert recording.numel["0.self_attn[0]"].tolist() == [3 * 5 * 16]
     assert torch.allclose(got, expected, atol=1e-5)  # the slow path computes what the fast one does
 
 
