@@ -71,15 +71,16 @@ class Columns:
         return row
 
     def sizes(self, layers: int) -> tuple[np.ndarray, dict]:
-        """The finished rows' SIZES as one (rows, layers, 3) array, and each layer's shape: a training
-        batch's where there is one (layer index -> shape)."""
+        """The finished rows' SIZES as one (rows, layers, 3) array, and each layer's last shape: a
+        training batch's where there is one (layer index -> (shape, whether from a training batch))."""
         sizes, shapes = np.zeros((len(self.outputs), layers, len(SIZES)), np.int64), {}
         for row, outputs in enumerate(self.outputs):  # once per flush; most rows share one list
             added, seen = self._added(tuple(outputs), layers)
             sizes[row] = added
+            training = self.index[row][2] == "train"
             for index, shape in seen.items():
-                if self.index[row][2] == "train" or index not in shapes:
-                    shapes[index] = shape
+                if training or not shapes.get(index, (None, False))[1]:
+                    shapes[index] = shape, training
         return sizes, shapes
 
     def _added(self, outputs: tuple, layers: int):

@@ -57,7 +57,8 @@ class HistogramRecorder:
         self._containers, self._part_slots = set(), {}  # module slots that returned containers; (slot, path) -> slot
         for slot, name in enumerate(self.modules):
             self._add_slot(name, slot)
-        self.shapes = {}  # name -> the shape of its last training output
+        self.shapes = {}  # name -> the shape of its last training output (or last output, with none yet)
+        self._trained_shapes = set()  # names whose shape came from a training batch
         self._hooks, self._host = [], None  # our hooks; the Recording moved to the host so far
 
     @property
@@ -197,8 +198,11 @@ class HistogramRecorder:
                                     device)
         if not used:
             return
-        for index, shape in shapes.items():
-            self.shapes[self._all[index].name] = shape
+        for index, (shape, training) in shapes.items():  # a training batch's shape shows, else the last seen
+            if training or self._all[index].name not in self._trained_shapes:
+                self.shapes[self._all[index].name] = shape
+            if training:
+                self._trained_shapes.add(self._all[index].name)
         host = {layer.index: self._to_host(layer, used) for layer in self._all}
         part = self._recording(host, sizes, self.columns.moved_to_host())
         parts = [part] if self._host is None else [self._with_every_layer(self._host), part]

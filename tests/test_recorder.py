@@ -343,3 +343,19 @@ def test_column_sizes_and_shapes_follow_each_column_when_shapes_alternate(cpu_pa
     assert recording.numel["x"].tolist() == [12, 12, 6, 12, 15, 15]
     assert recording.counts["x"].sum(1).tolist() == [12, 12, 6, 12, 15, 15]  # a sample of 8 scaled to the whole
     assert recording.shapes["x"] == (5, 3)                                   # the last training batch's
+
+
+def test_a_later_validation_only_flush_keeps_the_training_shape():
+    layer = nn.Identity()
+    with HistogramRecorder({"x": layer}, bins=4, range=(-2, 2)) as engine:
+        engine.begin_column("valid")
+        layer(torch.zeros(3, 3))      # only a validation shape known so far: it shows
+        engine.end_column()
+        engine.flush()
+        assert engine.recording.shapes["x"] == (3, 3)
+        for phase, shape in (("train", (4, 3)), ("valid", (2, 3))):
+            engine.begin_column(phase)
+            layer(torch.zeros(shape))
+            engine.end_column()
+            engine.flush()            # one column per flush: the valid one comes after the train one
+    assert engine.recording.shapes["x"] == (4, 3)
