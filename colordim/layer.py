@@ -104,7 +104,3 @@ class LayerRecorder:
         "Empty `rows` of the buffer (an int or a slice)."
         if self.buffer is not None:
             self.buffer.clear(rows)
-
-    def forget_device(self) -> None:
-        "Make the buffer again on the device of the next output (the model may have moved)."
-        self.buffer, self.plans, self.last = None, {}, None

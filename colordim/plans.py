@@ -82,10 +82,10 @@ class TorchPlan:
 
 class SharedArrays:
     """numpy scratch that every `FusedPlan` of one recorder writes and reads within its call: the lanes
-    the counts go to, bin keys, gathered samples, unit maxima (`fused.scratch_sizes`). One set, not one per plan, stays in cache
-    from one layer's call to the next (2.5-3 us a layer less, measured in a training step). The calls
-    keep the GIL, so two never run at once. `generation` counts the times an array grew: a plan takes
-    its views again when it changed."""
+    the counts go to, bin keys, gathered samples, unit maxima (`fused.scratch_sizes`). One set, not
+    one per plan, stays in cache from one layer's call to the next (2.5-3 us a layer less, measured in
+    a training step). The calls keep the GIL, so two never run at once. `generation` counts the times
+    an array grew: a plan takes its views again when it changed."""
     def __init__(self):
         self.arrays, self.generation = {}, 0
 

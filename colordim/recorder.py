@@ -93,7 +93,7 @@ class HistogramRecorder:
         self.detach()
         self.settings.unit_maxima = self.settings.stats and is_distributed()  # to merge dead units exactly
         for layer in self._all:
-            layer.buffer = None  # made again on the device of the next output
+            layer.buffer = None  # made again on the device of the next output (the model may have moved)
         self._hooks = [hook_forward(module, self._forward_hook(slot)) for slot, module in enumerate(self.modules.values())]
         return self
 
