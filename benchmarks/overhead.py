@@ -191,8 +191,8 @@ def run(name, make_model_and_dls, device, repeats, sample):
         overhead = "" if key == "a none" else f"   overhead {100 * (ratio[key] - 1):6.1f}%   ratio {ratio[key]:.3f}"
         print(f"  {key:10s} {1000 * median[key]:8.2f} ms/batch{overhead}   recording {memory[key] / 1e6:7.2f} MB")
     fastai, exact = ratio["b fastai"] - 1, ratio["c exact"] - 1
-    print(f"  colordim exact overhead / fastai overhead = {exact / fastai:.2f} (target <= 0.5)")
-    print(f"  colordim sampled overhead = {100 * (ratio['d sampled'] - 1):.1f}% (target <= 5%)")
+    print(f"  colordim exact overhead / fastai overhead = {exact / fastai:.2f} (target <= 0.35)")
+    print(f"  colordim sampled overhead = {100 * (ratio['d sampled'] - 1):.1f}% (target <= 6% on the demo CNN)")
     modules = len(hooked(make_model_and_dls()[0]))
     per_module = {key: 1e6 * (ratio[key] - 1) * median["a none"] / modules for key in VARIANTS[1:]}
     print(f"  per hooked module and batch ({modules} modules): "
