@@ -117,7 +117,8 @@ def add_moments(x: torch.Tensor, near_zero: float, out: torch.Tensor, units=None
         per_unit = high.reshape(1)
     near = _near_zero_count(flat, near_zero, scratch)
     dead = (per_unit <= 0).sum(dtype=torch.int32)
-    squares = flat.to(out.dtype).square_().sum()  # a pairwise sum: accurate where a norm or dot is not (1e-3)
+    # a copy (`flat` may be the layer's own output), then a pairwise sum: accurate where a norm or dot is not
+    squares = flat.to(out.dtype, copy=True).square_().sum()
     row = torch.stack([flat.sum(dtype=out.dtype), squares, near.to(out.dtype), dead.to(out.dtype),
                        -low.to(out.dtype), high.to(out.dtype)])
     out[SUMS].add_(row[SUMS])

@@ -119,3 +119,14 @@ def test_statistics_hold_for_huge_values_and_for_a_large_mean_with_a_small_sprea
         assert recording.mean["x"][0] == pytest.approx(exact.mean(), rel=1e-6), name
         assert recording.std["x"][0] == pytest.approx(exact.std(ddof=1), rel=1e-3), name
         assert (recording.min["x"][0], recording.max["x"][0]) == (exact.min(), exact.max())
+
+
+def test_moments_in_the_outputs_own_dtype_never_change_the_output():
+    "On MPS the moments are float32, the output's dtype: the squares must be taken on a copy."
+    from colordim.torch_kernels import add_moments
+    output = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
+    before = output.clone()
+    out = torch.tensor([0.0, 0.0, 0.0, 0.0, -float("inf"), -float("inf")])  # float32, as on MPS
+    add_moments(output, 0.05, out)
+    assert torch.equal(output, before)
+    assert out.tolist() == [2.5, 1 + 4 + 9 + 0.25, 0.0, 0.0, 2.0, 3.0]
