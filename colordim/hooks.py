@@ -66,7 +66,8 @@ class Hook:
         inert, original = Inert(), self.module()
         copied = memo.get(id(original)) if original is not None else None
         if isinstance(copied, nn.Module) and self.handle is not None:
-            self.copies.append((weakref.ref(copied), inert))
+            self.copies = [(module, placeholder) for module, placeholder in self.copies if module() is not None]
+            self.copies.append((weakref.ref(copied), inert))  # copies made every batch stay bounded: dead ones go
         return inert
 
     def __reduce__(self):

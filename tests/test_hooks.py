@@ -127,3 +127,13 @@ def test_a_compiled_model_records_what_eager_records_and_never_crashes(tmp_path)
     recompiled = [line for line in result.stderr.splitlines() if "Recompiling function" in line]
     assert not [line for line in recompiled if "colordim" in line]  # never our code
     assert len(recompiled) <= 1  # nn.Linear.forward once: its input requires grad in one layer, not the other
+
+
+def test_deep_copies_made_every_batch_are_not_remembered_once_gone():
+    model = nn.Sequential(nn.Linear(2, 2))
+    with colordim.record(model, layers=[0]):
+        for _ in range(50):
+            model(torch.ones(1, 2))
+            copy.deepcopy(model)  # dropped at once, as an EMA or "best model" copy may be
+        hook = next(iter(model[0]._forward_hooks.values()))
+        assert isinstance(hook, Hook) and len(hook.copies) <= 1
