@@ -97,7 +97,7 @@ class ActivationHistogram(Callback):
         "After the first forward pass of a fit, before any step: a layer that gives no tensor is an error."
         if self._active and not self._checked:
             self._checked = True
-            for name, reason in self.engine.skipped.items():
+            for name, reason in self.engine.without_tensors().items():
                 if reason.startswith("output is a"):
                     raise TypeError(f"layers: {name!r} cannot be recorded: its {reason} (nor a tuple, list or "
                                     "dict of tensors); choose other layers, e.g. the modules inside it")

@@ -80,6 +80,20 @@ class HistogramRecorder:
         "Every slot's name: the modules', then the tensors of container outputs."
         return [layer.name for layer in self.layers["activation"]]
 
+    def without_tensors(self) -> dict:
+        """{name: why} for each module none of whose outputs so far held a floating-point tensor, not even
+        as one part of a container: nothing of it can be recorded. A container with some tensors is
+        recorded; its other parts are only listed in `skipped`."""
+        layers_of = {}
+        for layer in self.layers["activation"]:
+            layers_of.setdefault(layer.module_slot, []).append(layer)
+        missing = {}
+        for layers in layers_of.values():
+            skipped = [layer for layer in layers if layer.skipped]
+            if skipped and all(layer.last is None for layer in layers):
+                missing[skipped[0].name] = skipped[0].skipped
+        return missing
+
     def _add_slot(self, name: str, module_slot: int) -> int:
         "A new slot: one LayerRecorder per kind (`module_slot`: the module it is, or is a part of)."
         for kind, (value_range, linthresh) in self._kinds.items():

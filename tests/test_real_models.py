@@ -156,3 +156,29 @@ def test_tabular_learner_records_and_exports(tmp_path):
     learn.export(tmp_path / "tabular.pkl")
     loaded = load_learner(tmp_path / "tabular.pkl")
     assert loaded.activation_histogram.engine is None and loaded.activation_histogram.bins == 12
+
+
+def test_the_callback_records_a_container_with_a_part_that_is_no_tensor():
+    "Hugging Face's LlamaModel returns {'last_hidden_state': tensor, 'past_key_values': DynamicCache}."
+    import pytest
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      num_key_value_heads=1, vocab_size=50, max_position_embeddings=16, use_cache=True)
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = transformers.LlamaModel(config), nn.Linear(16, 3)
+        def forward(self, tokens):
+            return self.head(self.body(tokens).last_hidden_state[:, -1])
+    torch.manual_seed(0)
+    tokens, labels = torch.randint(0, 50, (64, 6)), torch.randint(0, 3, (64,))
+    learn = Learner(loaders(tokens, labels, 48), Classifier(), loss_func=nn.functional.cross_entropy,
+                    cbs=ActivationHistogram(layers=["body", "head"]))
+    learn.fit(1)
+    recording = learn.activation_histogram.recording
+    assert recording.layer_names == ["body['last_hidden_state']", "body['cache']", "head"]
+    assert recording.numel["body['last_hidden_state']"].tolist() == [16 * 6 * 16] * 4   # 3 training, 1 valid
+    assert recording.numel["body['cache']"].tolist() == [0] * 4                          # an empty panel
+    assert recording.skipped == {"body['cache']": "output is a DynamicCache, not a tensor"}
+    assert all(not taps(module) for module in learn.model.modules())
