@@ -6,10 +6,16 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
-__all__ = ["find_layers", "hookable_modules", "default_layers"]
+__all__ = ["find_layers", "hookable_modules", "default_layers", "root_name"]
 
-MODEL_NAME = "model"  # what the root module is called when it is hooked itself
+MODEL_NAME = "model"  # what the root module is called when it is hooked itself (see `root_name`)
 _SHOWN = 20  # how many available names an error lists
+
+
+def root_name(model: nn.Module) -> str:
+    """The root's name as a layer: "model", or "(model)" when a submodule is already called "model"
+    (every Hugging Face `*ForCausalLM` has one)."""
+    return MODEL_NAME if MODEL_NAME not in dict(model.named_children()) else f"({MODEL_NAME})"
 
 
 def hookable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -38,7 +44,7 @@ def find_layers(model: nn.Module, layers=None) -> dict[str, nn.Module]:
         raise ValueError("layers: got an empty list; pass None for every leaf module with parameters, "
                          f"or some of: {_available(model)}")
     chosen = {id(module) for spec in specs for _, module in _resolve(model, spec)}
-    everything = [(MODEL_NAME, model)] + hookable_modules(model)
+    everything = [(root_name(model), model)] + hookable_modules(model)
     return {name: module for name, module in everything if id(module) in chosen}
 
 
@@ -63,7 +69,7 @@ def _resolve(model: nn.Module, spec) -> list[tuple[str, nn.Module]]:
                          f"types present: {_types(modules)}")
     if isinstance(spec, nn.Module):
         if spec is model:
-            return [(MODEL_NAME, model)]
+            return [(root_name(model), model)]
         found = [(name, module) for name, module in modules if module is spec]
         if found:
             return found
@@ -78,8 +84,8 @@ def _by_name(model, modules, spec: str):
     names = [name for name, _ in modules]
     if spec in names:
         return [modules[names.index(spec)]]
-    if spec == MODEL_NAME:
-        return [(MODEL_NAME, model)]
+    if spec == root_name(model):  # "model", or "(model)" beside a submodule called "model"
+        return [(spec, model)]
     if any(char in spec for char in "*?["):
         found = [(name, module) for name, module in modules if fnmatchcase(name, spec)]
         if found:

@@ -1,5 +1,6 @@
 """Layer specs: every kind, the default, and errors that name the problem."""
 import pytest
+import torch
 from torch import nn
 
 from colordim.layers import find_layers
@@ -100,3 +101,23 @@ def test_the_model_itself_can_be_hooked():
     model = nn.Sequential(nn.Linear(2, 2))
     assert list(find_layers(model, model)) == ["model"]
     assert list(find_layers(model, "model")) == ["model"]
+
+
+def test_the_root_keeps_its_own_name_beside_a_submodule_called_model():
+    "Every Hugging Face *ForCausalLM has a submodule `model`: the root is then '(model)'."
+    class Causal(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model, self.lm_head = nn.Sequential(nn.Linear(4, 4)), nn.Linear(4, 2)
+        def forward(self, x):
+            return self.lm_head(self.model(x))
+    wrapper = Causal()
+    found = find_layers(wrapper, [wrapper, wrapper.model])
+    assert list(found) == ["(model)", "model"] and found["(model)"] is wrapper and found["model"] is wrapper.model
+    assert list(find_layers(wrapper, ["model", "(model)"])) == ["(model)", "model"]
+    import colordim
+    with colordim.record(wrapper, layers=[wrapper, "model"]) as rec:
+        wrapper(torch.ones(3, 4))
+    assert rec.recording.numel["(model)"].tolist() == [6] and rec.recording.numel["model"].tolist() == [12]
+    plain = nn.Sequential(nn.Linear(4, 4))
+    assert list(find_layers(plain, [plain, "model"])) == ["model"]  # no clash: the root is "model" as before
