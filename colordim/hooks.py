@@ -21,6 +21,8 @@ from torch import nn
 
 __all__ = ["Hook", "Inert", "hook_forward", "hook_forward_pre", "ours"]
 
+_never_traced = getattr(torch, "_disable_dynamo", lambda function: function)  # torch < 2.1 has no dynamo
+
 
 def hook_forward(module: nn.Module, function) -> "Hook":
     "Call `function(module, inputs, output)` after each forward of `module`; `remove()` on the result stops it."
@@ -46,7 +48,7 @@ class Hook:
 
     # Never traced by torch.compile: a graph break, then this runs eagerly on real tensors. Measured:
     # 0.6 us a call more than a plain function; dynamo is imported at the first call (~1.7 s, once).
-    @torch._disable_dynamo
+    @_never_traced
     def __call__(self, module, *args):
         self.function(module, *args)
 

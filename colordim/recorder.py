@@ -328,7 +328,7 @@ class HistogramRecorder:
 
 def _real_values(nested: torch.Tensor) -> torch.Tensor:
     "A NestedTensor's values without padding: (tokens, features) from its (batch, length*, features) parts."
-    if nested.layout == torch.jagged:
+    if nested.layout == getattr(torch, "jagged", None):  # torch >= 2.3
         return nested.values()
     parts = nested.unbind()
     return torch.cat([part.reshape(-1, part.shape[-1]) if part.dim() else part.reshape(1, 1) for part in parts])
