@@ -55,6 +55,7 @@ class HistogramRecorder:
         # LayerRecorder per kind; `_all`: every LayerRecorder, by its index.
         self.layers, self._all = {kind: [] for kind in self._kinds}, []
         self._containers, self._part_slots = set(), {}  # module slots that returned containers; (slot, path) -> slot
+        self._first_part = {}  # container module slot -> the path of its first part
         for slot, name in enumerate(self.modules):
             self._add_slot(name, slot)
         self.shapes = {}  # name -> the shape of its last training output (or last output, with none yet)
@@ -133,11 +134,12 @@ class HistogramRecorder:
         "Module `slot`'s forward hook: the hot path's first step."
         activation = self.layers["activation"][slot]
         gradient = self.layers["grad"][slot] if "grad" in self.layers else None
+        containers = self._containers
 
         def hook(module, inputs, output):
             if self.columns.row is None:  # between batches or outside a fit: nothing to record
                 return
-            if isinstance(output, torch.Tensor) and not output.is_nested:
+            if isinstance(output, torch.Tensor) and not output.is_nested and slot not in containers:
                 activation.add(output)
                 if gradient is not None and output.requires_grad:
                     # a hook on the output tensor, not register_full_backward_hook: in-place ops break that
@@ -158,6 +160,8 @@ class HistogramRecorder:
         if isinstance(output, torch.Tensor) and output.is_nested:
             output = _real_values(output)
         if not isinstance(output, (tuple, list, dict)):
+            if not path and slot in self._first_part:  # a container's module now gives a bare tensor (eval):
+                return [(self._part_slot(slot, self._first_part[slot]), output)]  # it is its first part
             return [(slot if not path else self._part_slot(slot, path), output)]
         self._containers.add(slot)
         items = output.items() if isinstance(output, dict) else enumerate(output)
@@ -166,6 +170,7 @@ class HistogramRecorder:
 
     def _part_slot(self, slot: int, path: str) -> int:
         "The slot of one tensor in a module's container output, added when first seen."
+        self._first_part.setdefault(slot, path)
         if (slot, path) not in self._part_slots:
             self._part_slots[(slot, path)] = self._add_slot(self.layers["activation"][slot].name + path, slot)
         return self._part_slots[(slot, path)]
@@ -242,8 +247,8 @@ class HistogramRecorder:
 
     def _shown(self) -> list[int]:
         "The slots a Recording shows, in the model's order: a container's parts stand in for the container."
-        layers = self.layers["activation"]
-        return sorted((slot for slot in range(len(layers)) if slot not in self._containers),
+        layers = self.layers["activation"]  # a container's module shows too if it gave a bare tensor first
+        return sorted((slot for slot in range(len(layers)) if slot not in self._containers or layers[slot].last),
                       key=lambda slot: (layers[slot].module_slot, slot))
 
     def _recording(self, host: dict, sizes: np.ndarray, index: list) -> Recording:
@@ -306,8 +311,8 @@ class HistogramRecorder:
                                                   np.zeros((0, len(MOMENTS)))) for layer in self._all},
                                    np.zeros((0, len(self._all), len(SIZES)), np.int64), [])
         for part in (self._host, self._host.grads):
-            if part is not None:
-                part.shapes.update(self.shapes)
+            if part is not None:  # the shown layers' only: a container's own shape is no layer's
+                part.shapes.update({name: shape for name, shape in self.shapes.items() if name in part.counts})
                 part.skipped.update(self.skipped)
         return self._host
 

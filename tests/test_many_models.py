@@ -153,3 +153,24 @@ def test_hugging_face_models_from_configs(kind):
     assert len(recording.layer_names) >= 10
     check_faithful(model, (tokens,), loss, layers=blocks)  # blocks that return tuples or tensors
     check_faithful(model, (tokens,), loss, layers=blocks, train=False)
+
+
+def test_an_output_that_is_a_container_in_training_and_a_tensor_in_eval_keeps_its_eval_values(tmp_path):
+    "torchvision's googlenet(aux_logits=True): GoogLeNetOutputs(logits, aux2, aux1) in training, logits in eval."
+    from torchvision.models import googlenet
+    torch.manual_seed(0)
+    model = googlenet(weights=None, aux_logits=True, init_weights=True, num_classes=5)
+    x = torch.randn(2, 3, 64, 64)
+    with colordim.record(model, layers=[model, "fc"]) as rec:
+        model.train()
+        model(x)
+        model.eval()
+        with torch.no_grad():
+            logits = model(x)
+    recording = rec.recording
+    assert recording.layer_names == ["model[0]", "model[1]", "model[2]", "fc"]
+    assert recording.numel["model[0]"].tolist() == [10, 10]   # the eval tensor is the logits: part 0
+    assert recording.numel["model[1]"].tolist() == [10, 0] and recording.numel["fc"].tolist() == [10, 10]
+    assert recording.max["model[0]"][1] == pytest.approx(logits.max().item())
+    recording.save(tmp_path / "g.npz")
+    assert colordim.Recording.load(tmp_path / "g.npz") == recording   # no stray shape of the container itself
