@@ -51,7 +51,7 @@ class Report:
     thresholds: dict = field(default_factory=lambda: dict(THRESHOLDS))
     columns: int = 0    # columns (batches) the recording held
 
-    COLUMNS = (("layer", "layer"), ("shape", "shape"), ("dead", "dead units"), ("near_zero", "near zero"),
+    COLUMNS = (("layer", "layer"), ("type", "type"), ("shape", "shape"), ("dead", "dead units"), ("near_zero", "near zero"),
                ("below", "below range"), ("above", "above range"), ("nan_batches", "NaN batches"),
                ("inf_batches", "Inf batches"), ("jitter", "jitter"))
 
@@ -71,7 +71,7 @@ class Report:
         header = [title for _, title in self.COLUMNS]
         lines = [header] + [self._cells(row) for row in self.rows]
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        table = ["  ".join(cell.ljust(width) if i < 2 else cell.rjust(width)
+        table = ["  ".join(cell.ljust(width) if i < 3 else cell.rjust(width)
                            for i, (cell, width) in enumerate(zip(line, widths))) for line in lines]
         table.insert(1, "  ".join("-" * width for width in widths))
         tail = self.thresholds["tail"]
@@ -102,8 +102,8 @@ class Report:
 
 
 def _format(key, value) -> str:
-    if key in ("layer",):
-        return str(value)
+    if key in ("layer", "type"):
+        return str(value) or "-"
     if key == "shape":
         return "x".join(str(size) for size in value) if value else "-"
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -181,7 +181,7 @@ def _figures(recording: Recording, name: str, columns: _Columns) -> dict:
     nan = recording.nan[name] > 0
     inf = (recording.max[name] == np.inf) | (recording.min[name] == -np.inf)
     return dict(
-        layer=name, shape=tuple(recording.shapes.get(name, ())),
+        layer=name, type=recording.types.get(name, ""), shape=tuple(recording.shapes.get(name, ())),
         dead=_tail_mean(recording.dead_rate[name], columns),
         near_zero=_tail_mean(recording.near_zero[name], columns),
         below=_share(recording.underflow[name][train], recording.numel[name][train]),

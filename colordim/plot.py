@@ -28,7 +28,7 @@ def color_dim(recording: Recording, layer=0,
     name, shown = _columns(recording.kind(kind), layer, epoch, phase)
     if ax is None:
         _, ax = plt.subplots(figsize=figsize or (10, 4))
-    image = _panel(ax, shown, name, _norm(log, _peak(shown, name)), cmap, overlay)
+    image = _panel(ax, shown, name, _norm(log, _peak(shown, name)), cmap, overlay, kind=kind)
     _colorbar(ax.figure, image, ax, log)
     ax.set_xlabel(_x_label(shown, phase))
     ax.set_ylabel(_y_label(kind))
@@ -49,7 +49,7 @@ def color_dims(recording: Recording, layers=None, cols=3, epoch=None, phase="tra
                                 constrained_layout=True)
     norm = _norm(log, max(_peak(columns, name) for name, columns in shown.items()))
     for ax, name in zip(axes.flat, names):
-        image = _panel(ax, shown[name], name, norm, cmap, overlay, label_epochs=False)
+        image = _panel(ax, shown[name], name, norm, cmap, overlay, label_epochs=False, kind=kind)
     for ax in axes.flat[len(names):]:
         ax.set_axis_off()
     for ax in axes[-1]:
@@ -77,7 +77,7 @@ def color_dim_epochs(recording: Recording, layer=0, phase="train", log=True, col
     for ax in axes.flat[len(epochs):]:
         ax.set_axis_off()
     axes[0, 0].set_ylabel(_y_label(kind))
-    figure.suptitle(_title(shown, name))
+    figure.suptitle(_title(shown, name, kind))
     _colorbar(figure, image, axes, log)
     _save(figure, fname)
     return figure, axes
@@ -94,15 +94,18 @@ def dead_chart(recording: Recording, layers=None, phase="train", axes=None, figs
         2, 1, sharex=True, figsize=figsize or (10, 5), constrained_layout=True))
     zero_share = shown.zero_bin_share()
     for name in names:
-        zero_ax.plot(zero_share[name], label=name, linewidth=1)
-        dead_ax.plot(shown.dead_rate[name], label=name, linewidth=1)
+        zero_ax.plot(zero_share[name], label=shown.label(name), linewidth=1)
+        dead_ax.plot(shown.dead_rate[name], label=shown.label(name), linewidth=1)
     zero_ax.set_ylabel("share in the\nbin(s) at 0")
     dead_ax.set_ylabel("dead-unit rate")
     dead_ax.set_xlabel(_x_label(shown, phase))
     for ax in (zero_ax, dead_ax):
         ax.set_ylim(-0.02, 1.02)
         _mark_epochs(ax, shown, color="grey", label=ax is zero_ax)
-    zero_ax.legend(title="layer", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    zero_ax.legend(title="layer, gradient" if kind == "grad" else "layer", fontsize=8, loc="upper left",
+                   bbox_to_anchor=(1.01, 1))
+    if kind == "grad":
+        zero_ax.set_title("output gradients", fontsize=10)
     _save(figure, fname)
     return figure, (zero_ax, dead_ax)
 
@@ -130,7 +133,7 @@ def plot_layer_stats(recording: Recording, layer=0, phase="train", axes=None, fi
         ax.set_xlabel(_x_label(shown, phase))
     axes[1, 0].set_ylim(-0.02, 1.02)
     axes[1, 1].set_ylim(-0.02, 1.02)
-    figure.suptitle(_title(shown, name))
+    figure.suptitle(_title(shown, name, kind))
     _save(figure, fname)
     return figure, axes
 
@@ -149,8 +152,8 @@ def compare(recordings, layer=0, labels=None, epoch=None, phase="train", log=Tru
                                 constrained_layout=True)
     norm = _norm(log, max(_peak(columns, name) for name, columns in shown))
     for ax, (name, columns), label in zip(axes[:, 0], shown, labels):
-        image = _panel(ax, columns, name, norm, cmap, None)
-        ax.set_title(f"{label}: {_title(columns, name)}", fontsize=10)
+        image = _panel(ax, columns, name, norm, cmap, None, kind=kind)
+        ax.set_title(f"{label}: {_title(columns, name, kind)}", fontsize=10)
         ax.set_ylabel(_y_label(kind))
     axes[-1, 0].set_xlabel(_x_label(shown[-1][1], phase))
     _colorbar(figure, image, axes, log)
@@ -216,12 +219,14 @@ def _y_label(kind: str) -> str:
     return "gradient" if kind == "grad" else "activation"
 
 
-def _title(shown: Recording, name: str) -> str:
+def _title(shown: Recording, name: str, kind: str = "activation") -> str:
+    "`1.2 ReLU  (64, 32, 4, 4)`, and `, gradient` for a gradient figure."
     shape = shown.shapes.get(name) or ()
-    return f"{name}  {tuple(shape)}" if shape else name
+    title = f"{shown.label(name)}  {tuple(shape)}" if shape else shown.label(name)
+    return f"{title}, gradient" if kind == "grad" else title
 
 
-def _panel(ax, shown: Recording, name, norm, cmap, overlay, label_epochs=True):
+def _panel(ax, shown: Recording, name, norm, cmap, overlay, label_epochs=True, kind="activation"):
     "One colour-dim image with its edge bands, NaN marks, overlay and epoch marks; returns the image."
     if overlay not in OVERLAYS:
         raise ValueError(f"overlay: {overlay!r} is not an overlay; use one of {OVERLAYS}")
@@ -242,7 +247,7 @@ def _panel(ax, shown: Recording, name, norm, cmap, overlay, label_epochs=True):
     ax.set_ylim(low, high)
     if shown.linthresh[name] is not None:
         _symlog_ticks(ax, *shown.range(name), shown.linthresh[name])
-    ax.set_title(_title(shown, name), fontsize=10)
+    ax.set_title(_title(shown, name, kind), fontsize=10)
     if not shown.numel[name].any():  # say why the panel is empty
         reason = shown.skipped.get(name, "the layer did not run in these batches")
         ax.text(0.5, 0.5, f"nothing recorded:\n{reason}", transform=ax.transAxes, ha="center", va="center",

@@ -45,6 +45,7 @@ class HistogramRecorder:
         if not modules:
             raise ValueError("modules: nothing to record; pass at least one {name: module}")
         self.modules = dict(modules)
+        self._types = [type(module).__name__ for module in self.modules.values()]  # per module slot
         self.columns = Columns(max_columns)  # one ledger for every layer and kind: they share columns
         self.settings = Settings(self.columns, check_bins(bins), bool(stats), check_near_zero(near_zero),
                                  check_sample(sample))
@@ -277,7 +278,8 @@ class HistogramRecorder:
             linthresh={layer.name: layer.linthresh for layer in shown}, **columns,
             moments=moments if self.settings.stats else None,
             channels={layer.name: sizes[:, layer.index, CHANNELS] for layer in shown},
-            near_zero_threshold=self.settings.near_zero, skipped=self.skipped)
+            near_zero_threshold=self.settings.near_zero, skipped=self.skipped,
+            types={layer.name: self._types[layer.module_slot] for layer in shown})
 
     def _with_every_layer(self, recording: Recording) -> Recording:
         "`recording` with every shown layer and its current edges: the parts of a container first seen later are empty."

@@ -43,6 +43,7 @@ class Recording:
     batches: np.ndarray = None  # (columns,) batches merged into each column (1 until `max_columns` merges)
     linthresh: dict = None  # name -> t when the bins are uniform in sign(x) log1p(|x| / t), else None
     grads: "Recording" = None  # the same layers' output gradients, same columns (grads=True), else None
+    types: dict = None    # name -> the recorded module's class name ("Conv2d"; a container's part: its module's)
 
     def __post_init__(self):
         columns = len(self.phase)
@@ -54,6 +55,7 @@ class Recording:
             self.moments = {name: np.full((columns, len(MOMENTS)), np.nan) for name in self.counts}
         if self.channels is None:
             self.channels = {name: np.zeros(columns, dtype=np.int64) for name in self.counts}
+        self.types = {name: (self.types or {}).get(name, "") for name in self.counts}
         for name in ("counts", "numel", "edges", "shapes", "moments", "channels"):
             setattr(self, name, LayerDict(getattr(self, name)))
 
@@ -154,6 +156,11 @@ class Recording:
                 return counts[:, bins].sum(1) / self.numel[name]
         return LayerDict((name, share(name)) for name in self.counts)
 
+    def label(self, layer) -> str:
+        "How figures and reports name `layer`: its name and module type, `1.2 ReLU`."
+        name = self.layer_name(layer)
+        return f"{name} {self.types[name]}" if self.types.get(name) else name
+
     def layer_name(self, layer) -> str:
         "The name of `layer`, given by position among the recorded layers or by name."
         if isinstance(layer, str):
@@ -205,7 +212,8 @@ class Recording:
             near_zero_threshold=self.near_zero_threshold, batches=self.batches[keep],
             linthresh={name: self.linthresh[name] for name in names},
             grads=None if self.grads is None else self.grads.select(layers, fit, epoch, phase),
-            skipped={name: why for name, why in self.skipped.items() if name in names})
+            skipped={name: why for name, why in self.skipped.items() if name in names},
+            types={name: self.types[name] for name in names})
 
     def select_layer(self, layer) -> "Recording":
         "Only `layer` (index or name)."
@@ -245,7 +253,7 @@ class Recording:
                      for key in ("counts", "numel", "moments", "channels", "edges") for name in self.layer_names)
         return columns and tables and self.shapes == other.shapes and self.linthresh == other.linthresh \
             and self.near_zero_threshold == other.near_zero_threshold and self.skipped == other.skipped \
-            and self.grads == other.grads
+            and self.types == other.types and self.grads == other.grads
 
     @classmethod
     def concat(cls, parts: list["Recording"]) -> "Recording":
@@ -260,7 +268,7 @@ class Recording:
             iteration=join("iteration"), moments=per_layer("moments"), channels=per_layer("channels"),
             near_zero_threshold=first.near_zero_threshold, batches=join("batches"), linthresh=dict(first.linthresh),
             grads=cls.concat([part.grads for part in parts]) if all(part.grads is not None for part in parts) else None,
-            skipped={k: v for part in parts for k, v in part.skipped.items()})
+            skipped={k: v for part in parts for k, v in part.skipped.items()}, types=dict(parts[-1].types))
 
     def coarsen(self, width: int) -> "Recording":
         "Merge the columns of each `width` consecutive batches of one fit, epoch and phase into one column."
@@ -281,7 +289,7 @@ class Recording:
             moments={name: merge_moments(moments) for name, moments in self.moments.items()},
             channels={name: add(channels) for name, channels in self.channels.items()},
             near_zero_threshold=self.near_zero_threshold, linthresh=dict(self.linthresh), skipped=dict(self.skipped),
-            grads=None if self.grads is None else self.grads.coarsen(width))
+            grads=None if self.grads is None else self.grads.coarsen(width), types=dict(self.types))
 
 
 class Histograms(LayerDict):

@@ -60,7 +60,8 @@ def _arrays(recording: Recording, prefix: str) -> tuple[dict, dict]:
     header = {"near_zero_threshold": recording.near_zero_threshold,
               "layers": [{"name": name, "shape": list(recording.shapes[name]),
                           "range": list(recording.range(name)), "linthresh": recording.linthresh[name],
-                          "skipped": recording.skipped.get(name)} for name in recording.layer_names]}
+                          "skipped": recording.skipped.get(name), "type": recording.types.get(name, "")}
+                         for name in recording.layer_names]}
     return arrays, header
 
 
@@ -95,7 +96,8 @@ def _read(data, header: dict, prefix: str) -> Recording:
         moments=table("moments"), channels=table("channels"), batches=column("batches"),
         near_zero_threshold=header["near_zero_threshold"],
         linthresh={layer["name"]: layer["linthresh"] for layer in layers},
-        skipped={layer["name"]: layer["skipped"] for layer in layers if layer["skipped"]})
+        skipped={layer["name"]: layer["skipped"] for layer in layers if layer["skipped"]},
+        types={layer["name"]: layer.get("type", "") for layer in layers})  # runs saved before types: ""
 
 
 def _save_method(self: Recording, path) -> Path:

@@ -85,7 +85,7 @@ def test_compare_two_runs_on_one_scale(tmp_path):
     figure, axes = colordim.compare([colordim.Recording.load(calm), colordim.Recording.load(wild)], "1",
                                     labels=["calm", "wild"])
     assert axes.shape == (2, 1)
-    assert [ax.get_title() for ax in axes[:, 0]] == ["calm: 1  (16, 6)", "wild: 1  (16, 6)"]
+    assert [ax.get_title() for ax in axes[:, 0]] == ["calm: 1 ReLU  (16, 6)", "wild: 1 ReLU  (16, 6)"]
     assert len({(ax.images[0].norm.vmin, ax.images[0].norm.vmax) for ax in axes[:, 0]}) == 1
     plt.close(figure)
     with pytest.raises(ValueError, match="labels: got 1 for 2 recordings"):

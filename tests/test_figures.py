@@ -81,7 +81,8 @@ def test_color_dim_overlay_bands_and_nan_marks(recording, tmp_path):
 def test_color_dims_grid_shares_one_scale(recording, tmp_path):
     figure, axes = color_dims(recording, cols=2)
     assert axes.shape == (2, 2)
-    assert [ax.get_title() for ax in axes.flat[:3]] == ["zero  (8, 4, 3)", "unit  (8, 4, 3)", "big  (8, 4, 3)"]
+    assert [ax.get_title() for ax in axes.flat[:3]] == ["zero Scale  (8, 4, 3)", "unit Scale  (8, 4, 3)",
+                                                          "big Scale  (8, 4, 3)"]
     assert not axes.flat[3].axison                   # the spare panel is hidden
     norms = {(ax.images[0].norm.vmin, ax.images[0].norm.vmax) for ax in axes.flat[:3]}
     assert norms == {(0, 96)}                        # one scale: the zero layer's 96 values in one bin
@@ -90,7 +91,8 @@ def test_color_dims_grid_shares_one_scale(recording, tmp_path):
     pixels = png(figure, tmp_path / "grid.png")
     assert pixels.shape[:2] == (2 * 2.6 * 60, 2 * 4.2 * 60) and not_blank(pixels)
     figure, axes = color_dims(recording, layers=["big", 0], phase="valid", cols=3)
-    assert axes.shape == (1, 2) and [ax.get_title() for ax in axes.flat] == ["big  (8, 4, 3)", "zero  (8, 4, 3)"]
+    assert axes.shape == (1, 2) and [ax.get_title() for ax in axes.flat] == ["big Scale  (8, 4, 3)",
+                                                                              "zero Scale  (8, 4, 3)"]
     plt.close("all")
 
 
@@ -99,19 +101,20 @@ def test_color_dim_epochs_one_panel_per_epoch(recording, tmp_path):
     assert axes.shape == (1, 2)
     assert [ax.get_title() for ax in axes.flat] == ["epoch 0", "epoch 1"]
     assert [ax.get_xlim() for ax in axes.flat] == [(-0.5, 2.5), (-0.5, 2.5)]
-    assert figure._suptitle.get_text() == "unit  (8, 4, 3)"
+    assert figure._suptitle.get_text() == "unit Scale  (8, 4, 3)"
     assert not_blank(png(figure, tmp_path / "epochs.png"))
 
 
 def test_dead_chart_draws_zero_share_and_dead_rate(recording, tmp_path):
     figure, (zero_ax, dead_ax) = dead_chart(recording)
     train = recording.select_phase("train")
-    assert [line.get_label() for line in zero_ax.lines if line.get_label() in train.layer_names] == ["zero", "unit", "big"]
-    lines = {line.get_label(): line.get_ydata() for line in zero_ax.lines}
+    labels = [line.get_label() for line in zero_ax.lines if line.get_label().split()[0] in train.layer_names]
+    assert labels == ["zero Scale", "unit Scale", "big Scale"]  # name and module type
+    lines = {line.get_label().split()[0]: line.get_ydata() for line in zero_ax.lines}
     # every value of the zero layer is in the bins at 0, but for the NaN (0 * NaN) of training column 4
     assert lines["zero"].tolist() == [1.0] * 4 + [95 / 96, 1.0]
     np.testing.assert_allclose(lines["unit"], train.zero_bin_share()["unit"])
-    dead = {line.get_label(): line.get_ydata() for line in dead_ax.lines}
+    dead = {line.get_label().split()[0]: line.get_ydata() for line in dead_ax.lines}
     # every unit outputs 0 <= 0: dead; but the unit with a NaN is not "dead", it is broken
     assert dead["zero"].tolist() == [1.0] * 4 + [0.75, 1.0]
     np.testing.assert_allclose(dead["unit"], train.dead_rate["unit"])
@@ -195,7 +198,7 @@ def test_learner_patches_draw_each_figure(tmp_path):
     figure, axes = learn.color_dim_epochs("1")
     assert [ax.get_title() for ax in axes.flat] == ["epoch 0", "epoch 1"]
     figure, (zero_ax, dead_ax) = learn.dead_chart(["1"])
-    assert [line.get_label() for line in dead_ax.lines][:1] == ["1"]
+    assert [line.get_label() for line in dead_ax.lines][:1] == ["1 Sequential"]
     figure, axes = learn.plot_layer_stats("1", phase="valid")
     assert len(axes[0, 0].lines[0].get_ydata()) == 6   # 2 epochs x 3 validation batches
     plt.close("all")

@@ -55,6 +55,13 @@ def test_fastai_callback_records_gradients_with_an_auto_range_and_plots_them(tmp
     assert total.tolist() == grads.numel["3"].tolist()
     ax = learn.color_dim("3", kind="grad")
     assert ax.get_ylabel() == "gradient" and ax.get_ylim() == (low, high)
+    assert ax.get_title() == "3 Linear  (8, 3), gradient"                   # name, type, and which kind
+    figure, axes = learn.color_dims(kind="grad")
+    assert [ax.get_title() for ax in axes.flat[:2]] == ["0 Sequential  (8, 4, 8, 8), gradient", "3 Linear  (8, 3), gradient"]
+    figure, (zero_ax, _) = learn.dead_chart(kind="grad")
+    assert zero_ax.get_title() == "output gradients" and zero_ax.get_legend().get_title().get_text() == "layer, gradient"
+    figure, _ = learn.plot_layer_stats("3", kind="grad")
+    assert figure._suptitle.get_text().endswith(", gradient")
     assert Recording.load(tmp_path / "g.npz") == recording                 # gradients saved and read back too
     with pytest.raises(ValueError, match="kind: 'weights' is not a kind"):
         learn.color_dims(kind="weights")

@@ -98,7 +98,7 @@ def test_the_report_command_prints_and_writes_the_page(tmp_path):
     saved_run(tmp_path / "a.npz")
     result = run("report", tmp_path / "a.npz", "-o", tmp_path / "a.html")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0].split()[:2] == ["layer", "shape"]
+    assert result.stdout.splitlines()[0].split()[:3] == ["layer", "type", "shape"]
     assert f"wrote {tmp_path / 'a.html'}" in result.stdout
     check_page(tmp_path / "a.html", ["0", "1", "2"])
     result = run("report", tmp_path / "missing.npz")

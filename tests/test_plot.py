@@ -80,7 +80,7 @@ def test_learner_color_dim_by_index_and_name():
     learn = make_learner(cbs=ActivationHistogram(layers=["0", "1"], range=(-5, 5)))
     learn.fit(2)
     ax = learn.color_dim(1, figsize=(6, 3))
-    assert ax.get_title().startswith("1  (") and ax.get_ylim() == (-5.0, 5.0)
+    assert ax.get_title().startswith("1 Sequential  (") and ax.get_ylim() == (-5.0, 5.0)
     assert ax.images[0].colorbar is not None
     assert len(ax.lines) == 1                                  # one epoch boundary
     assert tuple(ax.figure.get_size_inches()) == (6.0, 3.0)

@@ -53,7 +53,7 @@ def test_an_lstm_model_records_each_tensor_of_its_tuple_output():
     assert recording.layer_names == ["embed", "rnn[0]", "rnn[1][0]", "rnn[1][1]", "head"]
     assert recording.numel["rnn[0]"].tolist() == [16 * 7 * 8] * 4
     assert recording.grads.numel["rnn[0]"].tolist() == [16 * 7 * 8] * 3 + [0]   # valid: no backward
-    assert learn.color_dim("rnn[1][0]").get_title() == "rnn[1][0]  (1, 16, 8)"
+    assert learn.color_dim("rnn[1][0]").get_title() == "rnn[1][0] LSTM  (1, 16, 8)"
 
 
 def test_bf16_autocast_outputs_are_counted_exactly():
