@@ -33,8 +33,8 @@ class LayerRecorder:
     def __init__(self, name: str, index: int, settings: Settings, range, linthresh, module_slot: int = 0):
         self.name, self.index, self.settings = name, index, settings  # index: its place in the host's sizes
         self.module_slot = module_slot  # which of the recorder's modules this is, or is a part of (display order)
-        self.range, self.linthresh = range, linthresh  # range: (low, high) or "auto"
-        self.binning = None if range == "auto" else Binning(settings.bins, *range, linthresh)
+        self.linthresh = linthresh
+        self.binning = None if range == "auto" else Binning(settings.bins, *range, linthresh)  # "auto": at the first output
         self.buffer = None     # LayerBuffer, made on the first output's device
         self.plans, self.last, self._made = {}, None, 0  # (shape, device) -> plan; the last used; plans made
         self.skipped = None    # why an output could not be recorded, if one could not

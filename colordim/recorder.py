@@ -23,8 +23,6 @@ from .recording import Recording
 
 __all__ = ["HistogramRecorder"]
 
-KINDS = ("activation", "grad")
-
 
 class HistogramRecorder:
     "Record a histogram (and statistics) of each module's output, and its gradient, per column, on its device."
@@ -231,13 +229,17 @@ class HistogramRecorder:
     def _to_host(self, layer: LayerRecorder, used: int):
         "Layer's first `used` rows as numpy, cleared on the device; an open row moves to row 0."
         if layer.buffer is None:  # this layer never ran
-            return np.zeros((used, self.bins + 2), np.int64), np.full((used, len(MOMENTS)), np.nan)
+            return self._empty(used)
         buffer = layer.grown()  # as long as the others: a layer may have missed the last columns
         counts, moments = buffer.to_host(used)
         buffer.clear(slice(0, used))
         if self.columns.row is not None:
             buffer.move(self.columns.row, 0)
         return counts, moments
+
+    def _empty(self, columns: int) -> tuple[np.ndarray, np.ndarray]:
+        "Host counts and moments of `columns` columns where a layer did not run: no values, NaN moments."
+        return np.zeros((columns, self.bins + 2), np.int64), np.full((columns, len(MOMENTS)), np.nan)
 
     def _reduce_device(self):
         devices = [layer.buffer.device for layer in self._all if layer.buffer is not None]
@@ -293,8 +295,7 @@ class HistogramRecorder:
                     sizes[:, layer.index, NUMEL] = sizes[:, layer.index, SAMPLED] = part.numel[layer.name]
                     sizes[:, layer.index, CHANNELS] = part.channels[layer.name]
                 else:
-                    host[layer.index] = (np.zeros((columns, self.bins + 2), np.int64),
-                                         np.full((columns, len(MOMENTS)), np.nan))
+                    host[layer.index] = self._empty(columns)
         index = list(zip(recording.fit.tolist(), recording.epoch.tolist(), recording.phase.tolist(),
                          recording.iteration.tolist()))
         padded = self._recording(host, sizes, index)  # numel == sampled: already scaled, no second scaling
@@ -309,8 +310,7 @@ class HistogramRecorder:
         if not is_distributed():  # distributed: whole epochs only, summed at their ends on every rank
             self.flush()
         if self._host is None:
-            return self._recording({layer.index: (np.zeros((0, self.bins + 2), np.int64),
-                                                  np.zeros((0, len(MOMENTS)))) for layer in self._all},
+            return self._recording({layer.index: self._empty(0) for layer in self._all},
                                    np.zeros((0, len(self._all), len(SIZES)), np.int64), [])
         for part in (self._host, self._host.grads):
             if part is not None:  # the shown layers' only: a container's own shape is no layer's
