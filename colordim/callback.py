@@ -68,7 +68,7 @@ class ActivationHistogram(Callback):
                                             sample=self.sample, max_columns=self.max_columns, grads=self.grads,
                                             grad_range=self.grad_range, grad_scale=self.grad_scale)
             self._saved = 0
-        self.engine.attach()
+        self.engine.attach(root=self.learn.model)  # a module called twice in one forward: two layers
         engines = _ENGINES.setdefault(self.learn, [])
         if self.engine not in engines:
             engines.append(self.engine)

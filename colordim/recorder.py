@@ -15,13 +15,16 @@ import torch
 from .buffer import LayerBuffer
 from .columns import Columns, check_phase, within_budget
 from .distributed import check_same_columns, is_distributed, reduce_rows
-from .hooks import hook_forward
+from .hooks import hook_forward, hook_forward_pre
 from .layer import LayerRecorder, Settings
 from .layout import (CHANNELS, MOMENTS, NEAR_ZERO, NUMEL, SAMPLED, SIZES, SUM, check_bins, check_near_zero,
                      check_range, check_sample, check_scale)
 from .recording import Recording
 
-__all__ = ["HistogramRecorder"]
+__all__ = ["HistogramRecorder", "CALLS"]
+
+CALLS = 32  # calls of one module in one forward pass kept apart; from the 32nd on they share a layer
+_backward_task = getattr(torch._C, "_current_graph_task_id", lambda: -1)  # -1: not inside a backward pass
 
 
 class HistogramRecorder:
@@ -55,11 +58,15 @@ class HistogramRecorder:
         self.layers, self._all = {kind: [] for kind in self._kinds}, []
         self._containers, self._part_slots = set(), {}  # module slots that returned containers; (slot, path) -> slot
         self._first_part = {}  # container module slot -> the path of its first part
+        self._calls = [0] * len(self.modules)  # per module: its calls so far in this forward pass
+        self._zeros = tuple(self._calls)
+        self._repeats = {}  # (module slot, call) -> the slot of that call (a module run again: a layer of its own)
         for slot, name in enumerate(self.modules):
             self._add_slot(name, slot)
         self.shapes = {}  # name -> the shape of its last training output (or last output, with none yet)
         self._trained_shapes = set()  # names whose shape came from a training batch
         self._hooks, self._host = [], None  # our hooks; the Recording moved to the host so far
+        self._root = None  # the module whose forward is one forward pass, when known (`attach(root=...)`)
 
     @property
     def bins(self) -> int:
@@ -102,14 +109,21 @@ class HistogramRecorder:
         return len(self.layers["activation"]) - 1
 
     # --- hooks -------------------------------------------------------------------------------------
-    def attach(self) -> "HistogramRecorder":
-        "Hook every module (after removing any hooks of ours still there)."
+    def attach(self, root=None) -> "HistogramRecorder":
+        """Hook every module (after removing any hooks of ours still there). `root`: the model, whose every
+        forward is one forward pass: a module called twice in one is two layers, in two passes one."""
         self.detach()
         self.settings.unit_maxima = self.settings.stats and is_distributed()  # to merge dead units exactly
         for layer in self._all:
             layer.buffer = None  # made again on the device of the next output (the model may have moved)
         self._hooks = [hook_forward(module, self._forward_hook(slot)) for slot, module in enumerate(self.modules.values())]
+        if root is not None:  # before the layers' hooks: a pre-hook runs before the root's forward
+            self._hooks.append(hook_forward_pre(root, self._new_forward))
         return self
+
+    def _new_forward(self, *_) -> None:
+        "A forward pass begins: every module's next call is its first again."
+        self._calls[:] = self._zeros
 
     def detach(self) -> None:
         "Remove our hooks, drop an unfinished column, keep every finished one. Safe to call twice."
@@ -133,11 +147,15 @@ class HistogramRecorder:
         "Module `slot`'s forward hook: the hot path's first step."
         activation = self.layers["activation"][slot]
         gradient = self.layers["grad"][slot] if "grad" in self.layers else None
-        containers = self._containers
+        containers, calls = self._containers, self._calls
 
         def hook(module, inputs, output):
             if self.columns.row is None:  # between batches or outside a fit: nothing to record
                 return
+            call = calls[slot]
+            calls[slot] = call + 1
+            if call:  # run before in this forward pass: another place in the model, or a recomputation
+                return self._again(slot, call, output)
             if isinstance(output, torch.Tensor) and not output.is_nested and slot not in containers:
                 activation.add(output)
                 if gradient is not None and output.requires_grad:
@@ -147,6 +165,29 @@ class HistogramRecorder:
                 for part, value in self._parts(slot, output):
                     self._add(part, value)
         return hook
+
+    def _again(self, slot: int, call: int, output) -> None:
+        "A module's call after its first in one forward pass: a layer of its own (`name#2`, ...)."
+        if _backward_task() != -1:  # recomputed during backward (activation checkpointing): seen already,
+            self._recomputed(slot, output)  # but its gradient may flow through this copy
+            return
+        key = (slot, min(call, CALLS - 1))
+        if key not in self._repeats:
+            suffix = f"#{call + 1}" if call < CALLS - 1 else f"#{CALLS}+"  # the last takes every later call
+            self._repeats[key] = self._add_slot(self.layers["activation"][slot].name + suffix, slot)
+        for part, value in self._parts(self._repeats[key], output):
+            self._add(part, value)
+
+    def _recomputed(self, slot: int, output) -> None:
+        """A checkpointed module's output recomputed in backward: its values are not recorded again, but
+        its gradient is hooked. Reentrant checkpointing ran the forward without autograd: the gradient
+        flows through this copy only. Without reentrance it flows through the first output, and this
+        copy's hook never fires (tested: each gradient is counted once either way)."""
+        if "grad" not in self.layers:
+            return
+        for part, value in self._parts(slot, output):
+            if isinstance(value, torch.Tensor) and value.requires_grad:
+                value.register_hook(self.layers["grad"][part].add_gradient)
 
     def _add(self, slot: int, value) -> None:
         "Record one part of a module's output, and hook its gradient."
@@ -183,6 +224,7 @@ class HistogramRecorder:
         "Start recording a column: hooks write into it until `end_column` or `abandon_column`."
         check_phase(phase)
         self.abandon_column()
+        self._new_forward()
         if self.columns.full:  # the device rows are full: to the host (once per max_columns)
             self.flush()
         self.columns.open(phase, epoch=epoch, fit=fit, iteration=iteration)

@@ -57,7 +57,7 @@ def check_faithful(model, inputs, loss, layers=None, train=True, atol=0.0):
     recording = rec.recording
     assert len(recording) == 1
     for module_name, count in values.items():
-        names = [name for name in recording.layer_names if name == module_name or name.startswith(module_name + "[")]
+        names = [name for name in recording.layer_names if name == module_name or name.startswith((module_name + "[", module_name + "#"))]
         assert names, module_name
         assert sum(int(recording.numel[name][0]) for name in names) == count, module_name
     for name in recording.layer_names:
@@ -174,3 +174,83 @@ def test_an_output_that_is_a_container_in_training_and_a_tensor_in_eval_keeps_it
     assert recording.max["model[0]"][1] == pytest.approx(logits.max().item())
     recording.save(tmp_path / "g.npz")
     assert colordim.Recording.load(tmp_path / "g.npz") == recording   # no stray shape of the container itself
+
+
+# --- a module called at several places in one forward pass ------------------------------------------
+def tabular_learner_on_a_frame(**callback):
+    "fastai's tabular_learner (one ReLU instance shared by its hidden layers) on a frame made in code."
+    import numpy as np
+    import pandas as pd
+    from fastai.tabular.all import Categorify, TabularDataLoaders, tabular_learner
+    generator = np.random.default_rng(0)
+    frame = pd.DataFrame({"colour": generator.choice(["red", "green", "blue"], 96), "x": generator.normal(size=96),
+                          "y": generator.normal(size=96)})
+    frame["target"] = (frame.x + frame.y > 0).astype(int)
+    dls = TabularDataLoaders.from_df(frame, procs=[Categorify], cat_names=["colour"], cont_names=["x", "y"],
+                                     y_names="target", y_block=None, bs=16, valid_idx=list(range(80, 96)),
+                                     shuffle=False, num_workers=0)
+    return tabular_learner(dls, layers=[64, 32], cbs=colordim.ActivationHistogram(**callback))
+
+
+def test_fastais_tabular_model_shares_one_relu_and_each_call_is_a_layer_of_its_own():
+    torch.manual_seed(0)
+    learn = tabular_learner_on_a_frame(layers=nn.ReLU, valid=False)
+    shared = learn.model.layers[0][1]
+    assert shared is learn.model.layers[1][1]   # one instance at two places
+    learn.fit(1)
+    recording = learn.activation_histogram.recording
+    assert recording.layer_names == ["layers.0.1", "layers.0.1#2"]
+    assert recording.shapes == {"layers.0.1": (16, 64), "layers.0.1#2": (16, 32)}
+    assert recording.numel["layers.0.1"].tolist() == [16 * 64] * 5   # 80 rows: 5 batches of 16
+    assert recording.numel["layers.0.1#2"].tolist() == [16 * 32] * 5
+    assert recording.label("layers.0.1#2") == "layers.0.1#2 ReLU"
+    assert (recording.counts["layers.0.1#2"][:, :51] == 0).all()   # (-10, 10): a ReLU's values are >= 0
+
+
+def test_a_cell_run_at_every_step_is_a_layer_per_step_up_to_32():
+    torch.manual_seed(0)
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = nn.GRUCell(3, 5)
+
+        def forward(self, x):
+            state = torch.zeros(x.shape[1], 5)
+            for step in x:
+                state = self.cell(step, state)
+            return state
+
+    model = Recurrent()
+    with colordim.record(model, layers="cell", range="auto") as rec:
+        model(torch.randn(40, 2, 3))   # one forward pass, 40 calls of the cell
+        model(torch.randn(3, 2, 3))    # the next pass starts again at the first call
+    recording = rec.recording
+    assert recording.layer_names == ["cell"] + [f"cell#{call}" for call in range(2, 32)] + ["cell#32+"]
+    assert recording.numel["cell"].tolist() == [10, 10] and recording.numel["cell#3"].tolist() == [10, 10]
+    assert recording.numel["cell#4"].tolist() == [10, 0]
+    assert recording.numel["cell#32+"].tolist() == [9 * 10, 0]   # calls 32 to 40
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_records_each_value_once(reentrant):
+    "A checkpointed block runs again during backward: that recomputation is not another call."
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block, self.head = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8)), nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.head(checkpoint(self.block, x, use_reentrant=reentrant))
+
+    torch.manual_seed(0)
+    model, x = Checkpointed(), torch.randn(5, 4, requires_grad=True)
+    with colordim.record(model, layers=["block.0", "block.2", "head"], grads=True) as rec:
+        model(x).sum().backward()
+    recording = rec.recording
+    assert recording.layer_names == ["block.0", "block.2", "head"]
+    assert recording.numel == {"block.0": [40], "block.2": [40], "head": [5]}
+    assert recording.grads.numel["head"].tolist() == [5]
+    assert recording.grads.numel["block.2"].tolist() == [40]   # the gradient of the recomputed output

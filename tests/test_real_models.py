@@ -29,11 +29,12 @@ def test_vision_learner_resnet18_by_name_pattern_and_type_through_fine_tune():
                            loss_func=nn.functional.cross_entropy, cbs=callback)
     learn.fine_tune(1, freeze_epochs=1)                       # two fits: frozen, then unfrozen
     recording = callback.recording
-    assert recording.layer_names[:3] == ["0.2", "0.4.0.conv1", "0.4.0.relu"]
+    assert recording.layer_names[:4] == ["0.2", "0.4.0.conv1", "0.4.0.relu", "0.4.0.relu#2"]
     assert recording.layer_names[-1] == "1.8" and recording.shapes["1.8"] == (16, 3)
     assert recording.fit.tolist() == [0] * 4 + [1] * 4 and recording.phase.tolist() == (["train"] * 3 + ["valid"]) * 2
-    # the shared ReLU of a BasicBlock runs twice per forward: both calls count
-    assert recording.numel["0.4.0.relu"][0] == 2 * 16 * 64 * 8 * 8
+    # a BasicBlock runs its one ReLU twice per forward: after bn1, then after the residual sum
+    assert recording.numel["0.4.0.relu"][0] == recording.numel["0.4.0.relu#2"][0] == 16 * 64 * 8 * 8
+    assert recording.label("0.4.0.relu#2") == "0.4.0.relu#2 ReLU"
     assert all(not taps(module) for module in learn.model.modules())
 
 

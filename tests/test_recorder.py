@@ -189,15 +189,27 @@ def test_columns_grow_past_any_capacity_and_keep_their_index():
     assert recording.select_epoch(2).iteration.tolist() == list(range(7)) + [0, 1]
 
 
-def test_a_module_called_twice_in_a_batch_adds_up():
+def test_a_module_called_twice_in_a_forward_pass_is_two_layers():
     shared = nn.Linear(2, 2)
     model = nn.Sequential(shared, nn.ReLU(), shared)
     engine = HistogramRecorder({"shared": shared}).attach()
     run_batches(engine, model, [torch.randn(5, 2)])
     engine.detach()
-    assert engine.recording.numel["shared"].tolist() == [20]
-    assert engine.recording.hist["shared"].sum() + engine.recording.underflow["shared"].sum() \
-        + engine.recording.overflow["shared"].sum() == 20
+    recording = engine.recording
+    assert recording.layer_names == ["shared", "shared#2"]
+    assert recording.numel == {"shared": [10], "shared#2": [10]}
+    for name in recording.layer_names:
+        assert recording.counts[name].sum() == 10
+    # told the root, two forward passes in one column: each pass's first call is `shared` again
+    engine = HistogramRecorder({"shared": shared}).attach(root=model)
+    engine.begin_column()
+    first, second = torch.randn(5, 2), torch.randn(5, 2)
+    model(first), model(second)
+    engine.end_column()
+    engine.detach()
+    recording = engine.recording
+    assert recording.numel == {"shared": [20], "shared#2": [20]}
+    assert recording.max["shared"][0] == pytest.approx(max(shared(first).max(), shared(second).max()).item())
 
 
 def test_non_float_and_non_tensor_outputs_are_skipped_with_a_reason():

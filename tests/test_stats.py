@@ -58,12 +58,17 @@ def test_all_zero_output_is_fully_dead_and_near_zero():
     assert recording.mean["z"].tolist() == [0.0] and recording.std["z"].tolist() == [0.0]
 
 
-def test_a_shared_module_combines_both_calls_and_half_precision_is_exact():
+def test_two_forward_passes_in_one_column_combine_and_half_precision_is_exact():
     shared = nn.Linear(3, 3).half()
-    model = nn.Sequential(shared, shared)
-    batch = torch.randn(8, 3).half()
-    recording, outputs = record(model, {"shared": shared}, [batch], near_zero=0.1)
-    both = torch.cat([o.float().ravel() for o in outputs["shared"]]).numpy().astype(np.float64)
+    batches = torch.randn(8, 3).half(), torch.randn(8, 3).half()
+    engine = HistogramRecorder({"shared": shared}, near_zero=0.1).attach(root=shared)
+    engine.begin_column()
+    outputs = [shared(batch) for batch in batches]   # two passes (a siamese pair, two micro-batches)
+    engine.end_column()
+    engine.detach()
+    recording = engine.recording
+    assert recording.layer_names == ["shared"]
+    both = torch.cat([o.detach().float().ravel() for o in outputs]).numpy().astype(np.float64)
     assert recording.mean["shared"][0] == pytest.approx(both.mean(), rel=1e-5)
     assert recording.std["shared"][0] == pytest.approx(both.std(ddof=1), rel=1e-4)
     assert recording.near_zero["shared"][0] == (np.abs(both) <= np.float32(0.1)).mean()
