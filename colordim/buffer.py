@@ -77,6 +77,14 @@ class LayerBuffer:
             self.unit_max[target].copy_(self.unit_max[source])
         self.clear(source)
 
+    @torch.inference_mode(False)
+    def regrid(self, rows: int, index) -> None:
+        "The first `rows` rows' counts merged as `index` says (`colordim.ranges.remap`: each count's new bin)."
+        index = torch.as_tensor(index, device=self.device)
+        merged = torch.zeros_like(self.counts[:rows])
+        merged.index_add_(1, index, self.counts[:rows])
+        self.counts[:rows] = merged
+
     @property
     def nbytes(self) -> int:
         return self.counts.element_size() * self.counts.numel() + self.moments.element_size() * self.moments.numel()

@@ -7,7 +7,7 @@ import torch
 
 from .layout import CHANNELS, DEAD, EXTREMES, NUMEL, SUMS
 
-__all__ = ["is_distributed", "is_main_process", "all_reduce", "check_same_columns", "reduce_rows"]
+__all__ = ["is_distributed", "is_main_process", "all_reduce", "check_same_columns", "reduce_rows", "agree_grids"]
 
 
 def is_distributed() -> bool:
@@ -69,3 +69,14 @@ def reduce_rows(buffers: list, sizes: np.ndarray, used: int, unit_maxima: bool, 
             buffer.moments[:used, DEAD] = dead * torch.from_numpy(ran).to(device)
             summed[:, layer, CHANNELS] = np.where(ran, buffer.unit_max.shape[1], 0)
     return summed
+
+
+def agree_grids(grids: list, device) -> list:
+    """Per auto layer, the narrowest grid (`colordim.ranges`: (exponent, bins below zero)) that holds every
+    rank's (None: no rank has one yet). Symmetric if any rank's is; a one-sided one then needs one doubling."""
+    below = torch.tensor([grid[1] if grid else 0 for grid in grids], dtype=torch.float64, device=device)
+    all_reduce([], [below], device)
+    exponent = torch.tensor([grid[0] + (1 if bottom and not grid[1] else 0) if grid else -1e9
+                             for grid, bottom in zip(grids, below.tolist())], dtype=torch.float64, device=device)
+    all_reduce([], [exponent], device)
+    return [None if e < -1e8 else (int(e), int(b)) for e, b in zip(exponent.tolist(), below.tolist())]

@@ -48,7 +48,7 @@ def _smoke_test() -> bool:
     "Compile (or load from the cache) and run the kernels once, as plans call them; on failure, warn, use torch."
     try:
         values, counts, moments = np.array([0.5, -1.0], np.float32), np.zeros((1, 4), np.int64), np.zeros((1, 6))
-        floats, ints = np.zeros(1 + LINE, np.float32), np.zeros(LANES * 5 + KEYS_CHUNK, np.int64)
+        floats, ints = np.zeros(1 + LINE, np.float32), np.zeros(LANES * 7 + KEYS_CHUNK, np.int64)
         run_exact(values, counts, moments, 0, params((-1.0, 1.0), 0.0, 0.05, True), floats, ints)
         sample = np.array([1, 0], np.int32)  # position 1, in unit 0; no unsampled unit
         sample.flags.writeable = False
@@ -164,8 +164,9 @@ def _symlog(value, linthresh):
 
 @_jit
 def _keys(block, low, scale, bins, high, linthresh, keys):
-    "Each value's bin: 0 under, 1..bins, bins + 1 over, bins + 2 NaN; the torch path's float32 arithmetic."
-    top = np.float32(bins + 1)
+    """Each value's bin: 0 under, 1..bins, bins + 1 over, bins + 2 NaN, bins + 3 -inf, bins + 4 +inf (an
+    auto range grows for finite values outside it, never for infinities); the torch path's float32 arithmetic."""
+    top, infinity = np.float32(bins + 1), np.float32(np.inf)
     for i in range(block.shape[0]):
         value = block[i]
         if linthresh > 0:  # symlog: bins uniform in sign(x) log1p(|x| / linthresh)
@@ -176,6 +177,8 @@ def _keys(block, low, scale, bins, high, linthresh, keys):
         keys[i] = np.int32(index) - np.int32(value == high)  # `high` itself is in the last bin, as in histc
         if value != value:
             keys[i] = bins + 2
+        elif abs(value) == infinity:
+            keys[i] = bins + 3 + np.int32(value > 0)
 
 
 @_jit
@@ -186,11 +189,29 @@ def _count(keys, lanes):
 
 @_jit
 def _add_counts(lanes, counts):
-    "Add the lanes' counts (all but the NaN bin) to `counts` and zero the lanes for the next call."
+    "Add the lanes' counts (all but the NaN bin; infinities to under and over) to `counts`; zero the lanes."
+    bins = counts.shape[0] - 2
     for k in range(counts.shape[0]):
         for lane in range(LANES):
             counts[k] += lanes[lane, k]
+    for lane in range(LANES):
+        counts[0] += lanes[lane, bins + 3]
+        counts[bins + 1] += lanes[lane, bins + 4]
     lanes[:] = 0
+
+
+@_jit
+def _outside(lanes, grow):
+    """With `grow` (an auto range), whether finite values fell outside it: then the lanes are zeroed and
+    the call adds nothing, and the caller widens the range and calls again."""
+    if not grow:
+        return False
+    bins, outside = lanes.shape[1] - 5, 0
+    for lane in range(LANES):
+        outside += lanes[lane, 0] + lanes[lane, bins + 1]
+    if outside:
+        lanes[:] = 0
+    return outside > 0
 
 
 @_jit
@@ -219,10 +240,11 @@ def _add_sample_moments(moments, total, squares, near_zero, nan, unit_max, unsam
 
 @_jit
 def summarise(flat, batch, units, low, high, bins, linthresh, near, stats, counts, moments, row, unit_max, keys,
-              lanes):
+              lanes, grow=False):
     """Add a float32 output's counts to `counts[row]` (bins + 2) and, with `stats`, its moments to
     `moments[row]` (6); `flat` is laid out (batch, units, inner). Each unit's maximum goes to `unit_max`.
-    Scratch: `keys` (at least units * inner int32), `lanes` (LANES, bins + 3) int64 zeros."""
+    Scratch: `keys` (at least units * inner int32), `lanes` (LANES, bins + 5) int64 zeros. Returns 1, having
+    added nothing, when `grow` and finite values fell outside [low, high]; else 0."""
     width = flat.shape[0] // batch
     values = flat.reshape(batch, units, width // units)
     low32, high32, near32 = np.float32(low), np.float32(high), np.float32(near)
@@ -242,12 +264,15 @@ def summarise(flat, batch, units, low, high, bins, linthresh, near, stats, count
                 minimum = _nan_min(row_low, minimum)
             _keys(rows[n], low32, scale, bins, high32, linthresh32, keys)
             _count(keys, lanes)
+    if _outside(lanes, grow):
+        return 1
     _add_counts(lanes, counts[row])
     if stats:
         maximum = np.float32(-np.inf)
         for unit in range(units):
             maximum = _nan_max(unit_max[unit], maximum)
         _add_moments(moments[row], total, squares, near_zero, unit_max, minimum, maximum)
+    return 0
 
 
 @_jit
@@ -272,7 +297,7 @@ def _unit_maxima(values, unit_of, unit_max):
 
 @_jit
 def summarise_sample(flat, positions, unit_of, unsampled, low, high, bins, linthresh, near, stats, counts, moments,
-                     row, unit_max, values, keys, lanes):
+                     row, unit_max, values, keys, lanes, grow=False):
     """`summarise` of the values of `flat` at `positions` (each in unit `unit_of`); the units in
     `unsampled` get +inf in `unit_max` (never seen, so not dead). The sample is gathered first into
     `values` (float32 scratch, at least as long as `positions`; `keys` int32 alike): the gather is
@@ -284,6 +309,8 @@ def summarise_sample(flat, positions, unit_of, unsampled, low, high, bins, linth
     scale, linthresh32 = np.float32(bins / (high - low)), np.float32(linthresh)
     _keys(values, low32, scale, bins, high32, linthresh32, keys)
     _count(keys, lanes)
+    if _outside(lanes, grow):
+        return 1
     _add_counts(lanes, counts[row])
     if stats:
         total, squares, near_zero, nan = _sums(values, near32)
@@ -292,6 +319,7 @@ def summarise_sample(flat, positions, unit_of, unsampled, low, high, bins, linth
         for unit in range(unit_max.shape[0]):
             maximum = max(maximum, unit_max[unit])
         _add_sample_moments(moments[row], total, squares, near_zero, nan, unit_max, unsampled, minimum, maximum)
+    return 0
 
 
 @_jit_fast(_EXTREMES)
@@ -358,7 +386,7 @@ def _line_unit_maxima(values, starts, line_unit, line_boundary, numel, inner, un
 
 @_jit
 def summarise_lines(flat, starts, line_unit, line_boundary, unsampled, inner, units, low, high, bins, linthresh,
-                    near, stats, counts, moments, row, unit_max, values, keys, lanes):
+                    near, stats, counts, moments, row, unit_max, values, keys, lanes, grow=False):
     """`summarise` of the values of `flat` in the lines of LINE values that begin at `starts` (the last
     may be cut short by the end). Line `s` begins in unit `line_unit[s]`, which ends at position
     `line_boundary[s]`; units follow each other every `inner` values. The lines are copied into
@@ -382,14 +410,17 @@ def summarise_lines(flat, starts, line_unit, line_boundary, unsampled, inner, un
         part, part_keys = values[begin:begin + chunk], keys[:min(chunk, sampled - begin)]
         _keys(part, low32, scale, bins, high32, linthresh32, part_keys)
         _count(part_keys, lanes)
+    if _outside(lanes, grow):
+        return 1
     _add_counts(lanes, counts[row])
     if not stats:
-        return
+        return 0
     total, squares, near_zero, nan = _sums(values, near32)
     unit_max[:] = -np.inf
     minimum, maximum = _line_unit_maxima(values, starts, line_unit, line_boundary, numel, inner, units, unit_max,
                                          nan > 0)
     _add_sample_moments(moments[row], total, squares, near_zero, nan, unit_max, unsampled, minimum, maximum)
+    return 0
 
 # --- what plans call: arrays and a row index, as numba is meant to be called -------------------------
 # numba checks and unboxes every argument of every call (~170 ns an array, warm), so a call takes few:
@@ -402,43 +433,45 @@ def summarise_lines(flat, starts, line_unit, line_boundary, unsampled, inner, un
 #   line_boundary, unsampled units.
 # Each call checks every size its loops rely on before it reads a value: the kernels run without
 # bounds checks.
-LOW, HIGH, LINTHRESH, NEAR, STATS, BATCH, INNER, UNITS, COUNT, UNSAMPLED = range(10)
+LOW, HIGH, LINTHRESH, NEAR, STATS, BATCH, INNER, UNITS, COUNT, UNSAMPLED, GROW = range(11)
 
 
-def params(limits, linthresh, near, stats, batch=1, inner=1, units=1, count=0, unsampled=0) -> np.ndarray:
-    "A plan's fixed numbers: `count` sampled positions or lines, `unsampled` units never sampled."
-    return np.array([*limits, linthresh or 0.0, near, float(stats), batch, inner, units, count, unsampled],
-                    np.float64)
+def params(limits, linthresh, near, stats, batch=1, inner=1, units=1, count=0, unsampled=0, grow=False) -> np.ndarray:
+    """A plan's fixed numbers: `count` sampled positions or lines, `unsampled` units never sampled; `grow`
+    (an auto range): a call with finite values outside [low, high] adds nothing and returns 1."""
+    return np.array([*limits, linthresh or 0.0, near, float(stats), batch, inner, units, count, unsampled,
+                     float(grow)], np.float64)
 
 
 def scratch_sizes(bins: int, units: int, keys: int, gathered: int = 0) -> tuple[int, int]:
     "The (floats, ints) scratch a call needs."
-    return units + gathered, LANES * (bins + 3) + keys
+    return units + gathered, LANES * (bins + 5) + keys
 
 
 @_jit
 def _unpack(flat, counts, moments, row, params, floats, ints, keys_needed, gathered):
     "Check the common sizes; the views every call uses: unit_max, lanes, keys, gathered."
     bins, units = counts.shape[1] - 2, np.int64(params[UNITS])
-    lanes_size = LANES * (bins + 3)
+    lanes_size = LANES * (bins + 5)
     if moments.shape[1] != 6 or moments.shape[0] != counts.shape[0] or not 0 <= row < counts.shape[0] \
-            or units < 1 or floats.shape[0] < units + gathered or ints.shape[0] < lanes_size + keys_needed:
-        raise ValueError("colordim kernel: counts, moments, row or scratch of the wrong size")
-    lanes = ints[:lanes_size].reshape(LANES, bins + 3)
+            or units < 1 or floats.shape[0] < units + gathered or ints.shape[0] < lanes_size + keys_needed \
+            or params.shape[0] != GROW + 1:
+        raise ValueError("colordim kernel: counts, moments, row, params or scratch of the wrong size")
+    lanes = ints[:lanes_size].reshape(LANES, bins + 5)
     return bins, units, floats[:units], lanes, ints[lanes_size:lanes_size + keys_needed], \
         floats[units:units + gathered]
 
 
 @_jit_call
 def run_exact(flat, counts, moments, row, params, floats, ints):
-    "`summarise` of a contiguous float32 output `flat` into `row`."
+    "`summarise` of a contiguous float32 output `flat` into `row`; 1: outside a growing range, nothing added."
     batch = np.int64(params[BATCH])
     width = flat.shape[0] // batch if batch >= 1 else 0
     bins, units, unit_max, lanes, keys, _ = _unpack(flat, counts, moments, row, params, floats, ints, width, 0)
     if batch < 1 or flat.shape[0] % batch or width % units:
         raise ValueError("colordim kernel: an output of the wrong size")
-    summarise(flat, batch, units, params[LOW], params[HIGH], bins, params[LINTHRESH], params[NEAR],
-              params[STATS] != 0, counts, moments, row, unit_max, keys, lanes)
+    return summarise(flat, batch, units, params[LOW], params[HIGH], bins, params[LINTHRESH], params[NEAR],
+                     params[STATS] != 0, counts, moments, row, unit_max, keys, lanes, params[GROW] != 0)
 
 
 @_jit_call
@@ -450,9 +483,9 @@ def run_sample(flat, counts, moments, row, params, floats, ints, index):
     if sampled < 1 or index.shape[0] != 2 * sampled + unsampled or not 0 <= index[0] <= index[sampled - 1] \
             or index[sampled - 1] >= flat.shape[0]:
         raise ValueError("colordim kernel: sample positions of the wrong size")
-    summarise_sample(flat, index[:sampled], index[sampled:2 * sampled], index[2 * sampled:], params[LOW],
-                     params[HIGH], bins, params[LINTHRESH], params[NEAR], params[STATS] != 0, counts, moments, row,
-                     unit_max, gathered, keys, lanes)
+    return summarise_sample(flat, index[:sampled], index[sampled:2 * sampled], index[2 * sampled:], params[LOW],
+                            params[HIGH], bins, params[LINTHRESH], params[NEAR], params[STATS] != 0, counts, moments,
+                            row, unit_max, gathered, keys, lanes, params[GROW] != 0)
 
 
 @_jit_call
@@ -463,6 +496,7 @@ def run_lines(flat, counts, moments, row, params, floats, ints, index):
                                                            KEYS_CHUNK, LINE * count)
     if count < 1 or index.shape[0] != 3 * count + unsampled or not 0 <= index[0] <= index[count - 1] < flat.shape[0]:
         raise ValueError("colordim kernel: sampled lines of the wrong size")
-    summarise_lines(flat, index[:count], index[count:2 * count], index[2 * count:3 * count], index[3 * count:],
-                    np.int64(params[INNER]), units, params[LOW], params[HIGH], bins, params[LINTHRESH],
-                    params[NEAR], params[STATS] != 0, counts, moments, row, unit_max, gathered, keys, lanes)
+    return summarise_lines(flat, index[:count], index[count:2 * count], index[2 * count:3 * count],
+                           index[3 * count:], np.int64(params[INNER]), units, params[LOW], params[HIGH], bins,
+                           params[LINTHRESH], params[NEAR], params[STATS] != 0, counts, moments, row, unit_max,
+                           gathered, keys, lanes, params[GROW] != 0)

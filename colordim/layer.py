@@ -1,8 +1,11 @@
 """`LayerRecorder`: one recorded layer (or one tensor of a module's container output, or its gradient).
 
-It owns what is that layer's alone: its binning (an "auto" range is set from its first output), its
-buffer on the output's device, and its plans, one per output shape, worked out when a shape is first
-seen (`colordim.plans`). `add(output)` is the hot path's last step: plan, buffer row, done.
+It owns what is that layer's alone: its binning, its buffer on the output's device, and its plans,
+one per output shape, worked out when a shape is first seen (`colordim.plans`). `add(output)` is the
+hot path's last step: plan, buffer row, done. An "auto" range (`colordim.ranges`) is set from the
+first output and widens when a CPU output does not fit it (the kernel says so, having added nothing:
+the counts so far merge exactly, the output is added again); on other devices the recorder widens it
+at each flush, from the extremes the flush brought back.
 """
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ import torch
 
 from .buffer import LayerBuffer
 from .columns import Columns
-from .layout import Binning, auto_range
-from .plans import SharedArrays, make_plan
+from .layout import Binning
+from .plans import OUTSIDE, SharedArrays, make_plan
+from .ranges import fitting, remap
 from .torch_kernels import Scratch
 
 __all__ = ["LayerRecorder", "Settings"]
@@ -33,8 +37,9 @@ class LayerRecorder:
     def __init__(self, name: str, index: int, settings: Settings, range, linthresh, module_slot: int = 0):
         self.name, self.index, self.settings = name, index, settings  # index: its place in the host's sizes
         self.module_slot = module_slot  # which of the recorder's modules this is, or is a part of (display order)
-        self.linthresh = linthresh
-        self.binning = None if range == "auto" else Binning(settings.bins, *range, linthresh)  # "auto": at the first output
+        self.linthresh, self.auto = linthresh, range == "auto"
+        self.binning = None if self.auto else Binning(settings.bins, *range, linthresh)  # "auto": at the first output
+        self.host_binning = None  # the binning of its counts already on the host (the recorder's to merge)
         self.buffer = None     # LayerBuffer, made on the first output's device
         self.plans, self.last, self._made = {}, None, 0  # (shape, device) -> plan; the last used; plans made
         self.skipped = None    # why an output could not be recorded, if one could not
@@ -51,6 +56,8 @@ class LayerRecorder:
         if buffer is None or len(buffer) < columns.capacity:
             buffer = self.grown(output.device)
         per_unit = plan(output, buffer, columns.row)  # the plan takes it to float32, out of autograd
+        if per_unit is OUTSIDE:  # an auto range that does not hold it (CPU only): nothing was added
+            per_unit = self._widen_for(output, plan, buffer)
         if self.settings.unit_maxima:
             buffer.keep_unit_max(columns.row, per_unit)
         columns.used.append(plan.used)  # its sizes are counted on the host at the flush
@@ -76,16 +83,36 @@ class LayerRecorder:
                 self.plans.clear()
             settings, seed = self.settings, 1009 * self.index + self._made  # a sample of its own per plan
             plan = make_plan(output, settings.sample, seed, settings.bins, self.binning.limits, self.linthresh,
-                             settings.near_zero, settings.stats, settings.scratch, settings.shared)
+                             settings.near_zero, settings.stats, settings.scratch, settings.shared, grow=self.auto)
             plan.used, self._made = (self.index, plan), self._made + 1  # what a column keeps of each output
             self.plans[key] = plan
         self.last = self.plans[key]
         return self.last
 
     def _set_auto_range(self, output: torch.Tensor) -> None:
-        "range='auto': from this first output; one host sync for this layer, once."
-        finite = torch.nan_to_num(output.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
-        self.binning = Binning(self.settings.bins, *auto_range(finite.abs().max().item()), self.linthresh)
+        "range='auto': the narrowest that holds this first output; one host sync for this layer, once."
+        self.binning = fitting(self.settings.bins, *_finite_extremes(output), self.linthresh)
+
+    def _widen_for(self, output: torch.Tensor, plan, buffer):
+        "A CPU output outside the auto range: widen it to hold the output, then add it (what a plan returns)."
+        low, high = _finite_extremes(output)
+        wider = fitting(self.settings.bins, low, high, self.linthresh, self.binning)
+        if wider != self.binning:
+            self.rebin(wider)
+            per_unit = plan(output, buffer, self.settings.columns.row)
+            if per_unit is not OUTSIDE:
+                return per_unit
+        # float32 rounding at the very edge, or beyond the widest range: those values go to the edge bins
+        return plan(output, buffer, self.settings.columns.row, grow=False)
+
+    def rebin(self, binning: Binning) -> None:
+        "Bin with `binning` (a wider auto range) from now on; the rows on the device merge to it, exactly."
+        if self.buffer is not None:
+            rows = min(len(self.buffer), len(self.settings.columns) + 1)  # the finished rows and an open one
+            self.buffer.regrid(rows, remap(self.binning, binning))
+        self.binning = binning
+        for plan in self.plans.values():
+            plan.rebin(binning.limits)
 
     def grown(self, device=None) -> LayerBuffer:
         "The buffer, made (on `device`) or grown to the ledger's capacity."
@@ -104,3 +131,10 @@ class LayerRecorder:
         "Empty `rows` of the buffer (an int or a slice)."
         if self.buffer is not None:
             self.buffer.clear(rows)
+
+
+def _finite_extremes(output: torch.Tensor) -> tuple[float, float]:
+    """The smallest and largest finite value of `output`, or 0 (every auto range holds 0 anyway): a host
+    read, once per widening."""
+    low, high = torch.aminmax(torch.nan_to_num(output.detach().float(), nan=0.0, posinf=0.0, neginf=0.0))
+    return low.item(), high.item()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["MOMENTS", "SUMS", "EXTREMES", "SUM", "SUM_SQ", "NEAR_ZERO", "DEAD", "NEG_MIN", "MAX", "SIZES", "NUMEL",
-           "CHANNELS", "SAMPLED", "Binning", "bin_edges", "symlog", "symlog_inverse", "readable_bound", "auto_range",
+           "CHANNELS", "SAMPLED", "Binning", "bin_edges", "symlog", "symlog_inverse", "readable_bound",
            "check_bins", "check_range", "check_near_zero", "check_scale", "check_sample", "check_max_columns"]
 
 # One moments row: four sums that add up (across calls, chunks, ranks and merged columns), then the
@@ -61,22 +61,27 @@ class Binning:
     low: float                 # in activation units
     high: float
     linthresh: float = None    # symlog's threshold, or None: linear bins
+    grid: tuple = None         # range="auto": (exponent, bins below zero) on the grid of `colordim.ranges`
 
     @property
     def limits(self) -> tuple[float, float]:
-        "(low, high) where the kernels bin: symlog'd when the scale is symlog."
+        "(low, high) where the kernels bin: symlog'd when the scale is symlog (exact on an auto grid)."
+        if self.grid is not None:
+            exponent, below = self.grid
+            width = 2.0 ** exponent / (self.bins + self.bins % 2)
+            return -below * width, (self.bins - below) * width
         if self.linthresh is None:
             return self.low, self.high
         return float(symlog(self.low, self.linthresh)), float(symlog(self.high, self.linthresh))
 
     def edges(self) -> np.ndarray:
-        return bin_edges(self.low, self.high, self.bins, self.linthresh)
-
-
-def auto_range(finite_abs_max: float) -> tuple[float, float]:
-    "A symmetric range padded 10% past `finite_abs_max` and rounded to 1, 2, 2.5 or 5 times a power of 10."
-    bound = readable_bound(1.1 * finite_abs_max) if finite_abs_max > 0 else 1.0
-    return -bound, bound
+        "The bins + 1 edges in activation units (an auto grid's: exact multiples of its width, 0 among them)."
+        if self.grid is None:
+            return bin_edges(self.low, self.high, self.bins, self.linthresh)
+        low, high = self.limits
+        edges = np.arange(self.bins + 1) * ((high - low) / self.bins) + low
+        edges[-1] = high
+        return edges if self.linthresh is None else symlog_inverse(edges, self.linthresh)
 
 
 # --- options, checked before the first batch, with errors that say what would be valid -------------

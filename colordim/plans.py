@@ -15,11 +15,13 @@ import torch
 from . import fused
 from .torch_kernels import add_moments, channel_count, histogram_counts, symlog_
 
-__all__ = ["make_plan", "draw_sample", "FusedPlan", "SharedArrays", "TorchPlan"]
+__all__ = ["make_plan", "draw_sample", "FusedPlan", "SharedArrays", "TorchPlan", "OUTSIDE"]
 
 USE_FUSED = True  # tests set it False to run the torch path (the GPU's) on the CPU
 LINE = fused.LINE  # float32 values in a 64-byte cache line
 LINES_UP_TO = 64  # outputs of at most 64 x sample values are sampled in whole lines
+OUTSIDE = object()  # what a plan of a growing (auto) range returns when finite values fell outside it: it added
+                    # nothing, and the layer widens its range and calls again (`colordim.layer`)
 
 
 def draw_sample(shape, size: int, seed: int):
@@ -50,11 +52,12 @@ def draw_sample(shape, size: int, seed: int):
 
 class TorchPlan:
     "Torch ops on the output's own device, no sync: the path for GPUs (and for the CPU without numba)."
-    def __init__(self, shape, device, sample, bins, limits, linthresh, near_zero, stats, scratch):
+    def __init__(self, shape, device, sample, bins, limits, linthresh, near_zero, stats, scratch, grow=False):
         self.shape, self.device = torch.Size(shape), torch.device(device)  # the outputs this plan is for
         self.units = channel_count(shape)
         self.sample = None if sample is None else tuple(part.to(device) for part in sample[:2])
         self.options = bins, limits, linthresh, near_zero, stats, scratch
+        self.grow = grow and self.device.type == "cpu"  # elsewhere the host checks at the flush: no sync here
         counted = math.prod(shape) if sample is None else sample[0].numel()
         self.sizes = np.array([math.prod(shape), self.units, counted], dtype=np.int64)  # what the host counts
 
@@ -63,8 +66,13 @@ class TorchPlan:
         return isinstance(output, torch.Tensor) and output.is_floating_point() and output.shape == self.shape \
             and output.device == self.device
 
-    def __call__(self, values: torch.Tensor, rows, row: int):
-        "Add an output to row `row` of `rows` (a LayerBuffer); each unit's maximum (for distributed runs)."
+    def rebin(self, limits) -> None:
+        "Bin over `limits` from now on (an auto range grew)."
+        self.options = (self.options[0], tuple(limits), *self.options[2:])
+
+    def __call__(self, values: torch.Tensor, rows, row: int, grow: bool = True):
+        """Add an output to row `row` of `rows` (a LayerBuffer); each unit's maximum (for distributed runs),
+        or OUTSIDE (nothing added) when a growing range on the CPU does not hold its finite values."""
         bins, (low, high), linthresh, near_zero, stats, scratch = self.options
         # a float32 view or copy for everything, out of autograd: histc and sums of fp16/bf16 would count
         # in that dtype
@@ -72,6 +80,10 @@ class TorchPlan:
         flat = values.reshape(-1)
         counted = flat if self.sample is None else flat.index_select(0, self.sample[0])
         binned = counted if linthresh is None else symlog_(counted, linthresh)
+        if grow and self.grow and binned.numel():  # CPU memory: reading it back is no device sync
+            finite = binned[binned.isfinite()]
+            if finite.numel() and (finite.min().item() < low or finite.max().item() > high):
+                return OUTSIDE
         histogram_counts(binned, bins, low, high, rows.counts[row], scratch)
         if not stats:
             return None
@@ -102,7 +114,7 @@ class FusedPlan:
     """One compiled call per output on the CPU (`colordim.fused`): histogram and moments in one pass over
     the whole output, over its sampled lines, or over its sampled positions. The call takes numpy views
     of the output and of the layer's rows; numba checks and holds every array it is given."""
-    def __init__(self, shape, sample, bins, limits, linthresh, near_zero, stats, shared=None):
+    def __init__(self, shape, sample, bins, limits, linthresh, near_zero, stats, shared=None, grow=False):
         self.shape, self.device = torch.Size(shape), torch.device("cpu")  # the outputs this plan is for
         self.numel, self.units = math.prod(shape), channel_count(shape)
         batch, inner = (shape[0] if len(shape) >= 2 else 1), self._inner(shape)  # a 0-d or 1-d output: one unit
@@ -120,7 +132,7 @@ class FusedPlan:
             self._run, self._index = fused.run_sample, (index,)
             self._scratch = fused.scratch_sizes(bins, self.units, count, count)
         self.params = fused.params(limits, linthresh, near_zero, stats, batch=batch, inner=inner, units=self.units,
-                                   count=count, unsampled=unsampled)
+                                   count=count, unsampled=unsampled, grow=grow)
         self.shared = shared if shared is not None else SharedArrays()
         self._generation, self._arguments = None, ()  # what a call takes besides the output and rows
         self.unit_max = None  # each unit's maximum in the last output (a view of the shared scratch)
@@ -165,8 +177,13 @@ class FusedPlan:
                 and ((units >= 0) & (units < self.units)).all() and ((unsampled >= 0) & (unsampled < self.units)).all()):
             raise ValueError("colordim: sample positions outside the output or its units")
 
-    def __call__(self, values: torch.Tensor, rows, row: int):
-        "Add an output to row `row` of `rows` (a CPU LayerBuffer); each unit's maximum over the output."
+    def rebin(self, limits) -> None:
+        "Bin over `limits` from now on (an auto range grew)."
+        self.params[fused.LOW], self.params[fused.HIGH] = limits
+
+    def __call__(self, values: torch.Tensor, rows, row: int, grow: bool = True):
+        """Add an output to row `row` of `rows` (a CPU LayerBuffer); each unit's maximum over the output, or
+        OUTSIDE (nothing added) when a growing range does not hold its finite values."""
         if values.shape != self.shape or not values.is_cpu:
             raise TypeError(f"a plan for CPU outputs of shape {tuple(self.shape)} got {tuple(values.shape)} "
                             f"on {values.device}")
@@ -178,7 +195,12 @@ class FusedPlan:
         if self._generation != self.shared.generation:  # the shared scratch grew since the last call
             self._take_scratch()
         counts, moments = rows.host
-        self._run(values.numpy().reshape(-1), counts, moments, row, *self._arguments)  # numpy's reshape: cheaper
+        if not grow:  # the last try: what is still outside goes to the edge bins
+            params, self.params[fused.GROW] = self.params[fused.GROW], 0.0
+            self._run(values.numpy().reshape(-1), counts, moments, row, *self._arguments)
+            self.params[fused.GROW] = params
+        elif self._run(values.numpy().reshape(-1), counts, moments, row, *self._arguments):  # numpy's reshape: cheaper
+            return OUTSIDE
         return self.unit_max  # numpy: `LayerBuffer.keep_unit_max` takes it as it is
 
     def _take_scratch(self):
@@ -198,10 +220,11 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 
 @torch.inference_mode(False)  # its tensors are used in and out of inference mode
 def make_plan(values: torch.Tensor, sample: int, seed: int, bins: int, limits, linthresh, near_zero: float,
-              stats: bool, scratch, shared: SharedArrays = None):
-    "The plan for outputs like `values`: `sample` positions drawn from `seed` when it has more values."
+              stats: bool, scratch, shared: SharedArrays = None, grow: bool = False):
+    """The plan for outputs like `values`: `sample` positions drawn from `seed` when it has more values;
+    `grow`: the range is an auto one, which the plan reports values outside of (OUTSIDE)."""
     shape = tuple(values.shape)
     positions = draw_sample(shape, sample, seed) if sample is not None and values.numel() > sample else None
     if USE_FUSED and values.device.type == "cpu" and fused.available():
-        return FusedPlan(shape, positions, bins, limits, linthresh, near_zero, stats, shared)
-    return TorchPlan(shape, values.device, positions, bins, limits, linthresh, near_zero, stats, scratch)
+        return FusedPlan(shape, positions, bins, limits, linthresh, near_zero, stats, shared, grow)
+    return TorchPlan(shape, values.device, positions, bins, limits, linthresh, near_zero, stats, scratch, grow)

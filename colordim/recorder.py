@@ -14,11 +14,12 @@ import torch
 
 from .buffer import LayerBuffer
 from .columns import Columns, check_phase, within_budget
-from .distributed import check_same_columns, is_distributed, reduce_rows
+from .distributed import agree_grids, check_same_columns, is_distributed, reduce_rows
 from .hooks import hook_forward, hook_forward_pre
 from .layer import LayerRecorder, Settings
-from .layout import (CHANNELS, MOMENTS, NEAR_ZERO, NUMEL, SAMPLED, SIZES, SUM, check_bins, check_near_zero,
-                     check_range, check_sample, check_scale)
+from .layout import (CHANNELS, MAX, MOMENTS, NEAR_ZERO, NEG_MIN, NUMEL, SAMPLED, SIZES, SUM, check_bins,
+                     check_near_zero, check_range, check_sample, check_scale)
+from .ranges import fitting, grid_binning, regrid
 from .recording import Recording
 
 __all__ = ["HistogramRecorder", "CALLS"]
@@ -250,6 +251,7 @@ class HistogramRecorder:
         if reduce and is_distributed():
             device = self._reduce_device()
             check_same_columns(used, device)
+            self._agree_ranges(device)  # every rank's rows on the same bins before they are summed
             if used:
                 for layer in self._all:  # a layer this rank never ran takes part with empty rows
                     if layer.buffer is None:
@@ -264,9 +266,49 @@ class HistogramRecorder:
             if training:
                 self._trained_shapes.add(self._all[index].name)
         host = {layer.index: self._to_host(layer, used) for layer in self._all}
+        for layer in self._all:
+            if layer.auto and layer.binning is not None:
+                host[layer.index] = self._widened(layer, *host[layer.index])
         part = self._recording(host, sizes, self.columns.moved_to_host())
         parts = [part] if self._host is None else [self._with_every_layer(self._host), part]
         self._host, self.columns.width = within_budget(parts, self.columns.max_columns, self.columns.width)
+        for layer in self._all:
+            layer.host_binning = layer.binning
+
+    def _widened(self, layer: LayerRecorder, counts: np.ndarray, moments: np.ndarray):
+        """An auto range widened to hold the finite extremes this flush brought back, these rows merged to
+        it. On the CPU it held them already; on other devices this is where it grows (without a sync per
+        batch), and values that were outside it before stay in the edge bins."""
+        outside = counts[:, 0].sum() + counts[:, -1].sum()
+        if not outside:
+            return counts, moments
+        low, high = -moments[:, NEG_MIN], moments[:, MAX]
+        low, high = low[np.isfinite(low)], high[np.isfinite(high)]
+        binning, (bottom, top) = layer.binning, layer.binning.limits
+        if self.settings.stats and (low.size or high.size):
+            wider = fitting(self.bins, min(low.min(initial=0.0), 0.0), max(high.max(initial=0.0), 0.0),
+                            layer.linthresh, binning)
+        else:  # no statistics: grow one doubling (symmetric if anything was under)
+            wider = grid_binning(self.bins, binning.grid[0] + 1, binning.grid[1] or self.bins // 2 * bool(
+                counts[:, 0].sum()), layer.linthresh)
+        if wider == binning:
+            return counts, moments
+        layer.rebin(wider)  # the open row, still on the device
+        return regrid(counts, binning, wider), moments
+
+    def _agree_ranges(self, device) -> None:
+        "Distributed: every auto layer on the widest of the ranks' ranges (which holds each rank's bins)."
+        auto = [layer for layer in self._all if layer.auto]
+        if not auto:
+            return
+        for layer, grid in zip(auto, agree_grids([layer.binning and layer.binning.grid for layer in auto], device)):
+            if grid is None:
+                continue
+            agreed = grid_binning(self.bins, *grid, layer.linthresh)
+            if layer.binning is None:
+                layer.binning = agreed
+            elif agreed != layer.binning:
+                layer.rebin(agreed)
 
     def _to_host(self, layer: LayerRecorder, used: int):
         "Layer's first `used` rows as numpy, cleared on the device; an open row moves to row 0."
@@ -333,7 +375,10 @@ class HistogramRecorder:
             part = recording.kind(kind)
             for layer in layers:
                 if layer.name in part.counts:
-                    host[layer.index] = part.counts[layer.name], part.moments[layer.name]
+                    counts = part.counts[layer.name]
+                    if layer.host_binning is not None and layer.host_binning != layer.binning:  # an auto range grew
+                        counts = regrid(counts, layer.host_binning, layer.binning)
+                    host[layer.index] = counts, part.moments[layer.name]
                     sizes[:, layer.index, NUMEL] = sizes[:, layer.index, SAMPLED] = part.numel[layer.name]
                     sizes[:, layer.index, CHANNELS] = part.channels[layer.name]
                 else:

@@ -7,7 +7,6 @@ from torch import nn
 
 from colordim import ActivationHistogram
 from colordim.plot import color_dim
-from colordim.layout import auto_range
 from colordim.recorder import HistogramRecorder
 from colordim.recording import bin_edges, readable_bound, symlog
 from conftest import make_learner
@@ -29,17 +28,75 @@ def test_readable_bound(value, expected):
     assert readable_bound(value) == pytest.approx(expected)
 
 
-def test_auto_range_from_the_first_batch_symmetric_padded_and_readable():
-    first = torch.tensor([0.0, 2.0, -1.0, 3.3, float("inf"), float("nan")])   # finite |max| 3.3
+def test_auto_range_fits_the_first_batch_then_widens_by_powers_of_two_and_merges_exactly(cpu_path):
+    first = torch.tensor([0.0, 2.0, -1.0, 3.3, float("inf"), float("nan")])   # finite: -1 .. 3.3
     later = torch.tensor([-20.0, 0.1, 4.9])
     recording = record([first, later], range="auto", bins=10)
-    assert recording.range("x") == (-5.0, 5.0)                     # 3.3 * 1.1 = 3.63 -> 5
-    np.testing.assert_allclose(recording.edges["x"], np.linspace(-5, 5, 11))
-    expected, _ = np.histogram([0.0, 2.0, -1.0, 3.3], bins=10, range=(-5, 5))
-    assert recording.hist["x"][0].tolist() == expected.tolist()
-    assert recording.overflow["x"].tolist() == [1, 0] and recording.underflow["x"].tolist() == [0, 1]
+    assert recording.range("x") == (-32.0, 32.0)                   # -20 needs 2**5 below zero
+    np.testing.assert_allclose(recording.edges["x"], np.linspace(-32, 32, 11))
+    for column, values in enumerate([[0.0, 2.0, -1.0, 3.3], [-20.0, 0.1, 4.9]]):
+        expected, _ = np.histogram(values, bins=10, range=(-32, 32))
+        assert recording.hist["x"][column].tolist() == expected.tolist()
+    assert recording.overflow["x"].tolist() == [1, 0] and recording.underflow["x"].tolist() == [0, 0]   # inf
     assert recording.nan["x"].tolist() == [1, 0]
-    assert auto_range(0.0) == (-1.0, 1.0)                          # an all-zero first batch
+    assert record([torch.zeros(4)], range="auto", bins=10).range("x") == (0.0, 1.0)   # an all-zero first batch
+
+
+def test_a_layer_that_never_outputs_a_negative_value_gets_a_one_sided_range(cpu_path):
+    recording = record([torch.tensor([0.0, 0.3, 2.5]), torch.tensor([7.0, 0.0])], range="auto", bins=8)
+    assert recording.range("x") == (0.0, 8.0)                      # no empty negative half
+    assert recording.hist["x"].tolist() == [[2, 0, 1, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 1]]
+    later = record([torch.tensor([0.0, 0.3, 2.5]), torch.tensor([-0.5, 7.0])], range="auto", bins=8)
+    assert later.range("x") == (-8.0, 8.0)                         # a negative value: symmetric from then on
+    assert later.hist["x"].tolist() == [[0, 0, 0, 0, 2, 1, 0, 0], [0, 0, 0, 1, 0, 0, 0, 1]]
+
+
+@pytest.mark.parametrize("bins,scale", [(100, "linear"), (7, "linear"), (10, "symlog")])
+def test_a_growing_range_counts_exactly_what_binning_at_the_final_range_counts(cpu_path, bins, scale):
+    "Merged counts equal a histogram at the final range: the grid keeps every old bin inside one new bin."
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(300, generator=generator).abs() * 0.01] + \
+        [torch.randn(300, generator=generator) * 1.7 ** step for step in range(12)]
+    layer = nn.Identity()
+    with HistogramRecorder({"x": layer}, range="auto", bins=bins, scale=scale) as engine:
+        for iteration, values in enumerate(batches):
+            engine.begin_column(iteration=iteration)
+            layer(values)
+            engine.end_column()
+            if iteration % 5 == 4:
+                engine.flush()                                     # part of it on the host, part on the device
+    recording = engine.recording
+    transform = (lambda v: v) if scale == "linear" else (lambda v: np.sign(v) * np.log1p(np.abs(v)))
+    low, high = transform(np.array(recording.range("x")))           # where the bins are uniform
+    assert 0.0 in recording.edges["x"] and low < 0                  # a grid anchored at 0, symmetric:
+    if bins % 2 == 0:
+        assert high == pytest.approx(-low) and np.log2(high) == pytest.approx(round(np.log2(high)))  # a power of 2
+    else:
+        assert high == pytest.approx(-low * 4 / 3)                  # 7 bins: 3 below zero, 4 above
+    assert recording.underflow["x"].sum() == recording.overflow["x"].sum() == 0
+    edges = recording.edges["x"]
+    for column, values in enumerate(batches):
+        expected, _ = np.histogram(transform(values.numpy().astype(np.float64)), bins=transform(edges))
+        assert recording.hist["x"][column].tolist() == expected.tolist(), column
+
+
+def test_the_demo_cnn_over_a_whole_fit_has_nothing_outside_its_auto_ranges():
+    "The case of the issue: digits, a CNN whose activations grow tenfold as it trains."
+    from colordim.demo import BLOCKS, train
+    learn = train(batch_norm=False, epochs=1, grads=True, range="auto")
+    recording = learn.activation_histogram.recording
+    for kind in (recording, recording.grads):
+        for name in BLOCKS:
+            outside = kind.underflow[name].sum() + kind.overflow[name].sum()
+            assert outside == 0, (name, outside)
+            low, high = kind.range(name)
+            largest = max(np.nanmax(kind.max[name]), -np.nanmin(kind.min[name]))
+            assert largest > (high - low) / 4                       # as narrow as the grid allows
+    for name in BLOCKS[:4]:                                        # conv + ReLU: nothing below zero
+        assert recording.range(name)[0] == 0
+    assert recording.range("4")[0] < 0                             # the logits
+    report = learn.activation_report()
+    assert not [finding for finding in report.findings if finding.check in ("below", "above")]
 
 
 def test_auto_range_is_one_sync_per_layer_and_kept_across_fits():
@@ -47,8 +104,12 @@ def test_auto_range_is_one_sync_per_layer_and_kept_across_fits():
     learn.fit(1)
     ranges = [learn.activation_histogram.recording.range(name) for name in ("0", "1")]
     learn.fit(1)
-    assert [learn.activation_histogram.recording.range(name) for name in ("0", "1")] == ranges
-    assert all(low == -high and high in (1, 2, 2.5, 5, 10, 20, 25, 50) for low, high in ranges)
+    recording = learn.activation_histogram.recording
+    for name, (low, high) in zip(("0", "1"), ranges):
+        later_low, later_high = recording.range(name)
+        assert later_low <= low and later_high >= high             # it only widens
+        assert np.log2(later_high) % 1 == 0 and later_low in (0, -later_high)
+        assert recording.underflow[name].sum() + recording.overflow[name].sum() == 0
 
 
 def test_symlog_bins_are_uniform_in_sign_log1p():
