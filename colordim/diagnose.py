@@ -190,7 +190,7 @@ def _figures(recording: Recording, name: str, columns: _Columns) -> dict:
         jitter=float(np.std(change)) if len(change) >= 2 else math.nan,
         relu_like=bool(len(minimum) and np.nanmin(minimum, initial=np.inf) >= 0),
         first_nan=_first(recording, nan), first_inf=_first(recording, inf),
-        range=recording.range(name),
+        range=recording.range(name), auto=recording.auto.get(name, False),
     )
 
 
@@ -234,8 +234,7 @@ def _findings(recording: Recording, name: str, row: dict, limits: dict) -> list:
         if row[check] > limits["outside"]:
             found.append(Finding(name, check, row[check], limits["outside"],
                                  f"{_percent(row[check])} of values {check} {end:g}, the {word} of `range` "
-                                 f"(healthy: below {limits['outside']:.0%})",
-                                 'widen `range` or use `range="auto"`'))
+                                 f"(healthy: below {limits['outside']:.0%})", _outside_advice(row)))
     silent = any(finding.check in ("dead", "near_zero") for finding in found)  # no scale to speak of
     if row["jitter"] > limits["jitter"] and not silent:
         found.append(Finding(name, "jitter", row["jitter"], limits["jitter"],
@@ -244,6 +243,14 @@ def _findings(recording: Recording, name: str, row: dict, limits: dict) -> list:
                              f"{limits['jitter']:g})", "lower the learning rate, warm it up (fit_one_cycle), "
                              "or add normalisation"))
     return found
+
+
+def _outside_advice(row: dict) -> str:
+    "What to do about values outside the range: a fixed one can be widened; an auto one widened itself."
+    if not row["auto"]:
+        return 'widen `range` or use `range="auto"`'
+    return ("the auto range widened after these batches (on a GPU it widens when batches move to the host), "
+            "or the values are infinite or beyond 2**100: look for a blow-up")
 
 
 def _percent(share: float) -> str:

@@ -105,6 +105,11 @@ class LayerRecorder:
         # float32 rounding at the very edge, or beyond the widest range: those values go to the edge bins
         return plan(output, buffer, self.settings.columns.row, grow=False)
 
+    @property
+    def widens_at_flush(self) -> bool:
+        "An auto range whose outputs are not on the CPU: it can only widen when rows come to the host."
+        return self.auto and self.last is not None and not self.last.grow
+
     def rebin(self, binning: Binning) -> None:
         "Bin with `binning` (a wider auto range) from now on; the rows on the device merge to it, exactly."
         if self.buffer is not None:

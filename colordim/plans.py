@@ -134,6 +134,7 @@ class FusedPlan:
         self.params = fused.params(limits, linthresh, near_zero, stats, batch=batch, inner=inner, units=self.units,
                                    count=count, unsampled=unsampled, grow=grow)
         self.shared = shared if shared is not None else SharedArrays()
+        self.grow = grow  # an auto range the kernel reports values outside of
         self._generation, self._arguments = None, ()  # what a call takes besides the output and rows
         self.unit_max = None  # each unit's maximum in the last output (a view of the shared scratch)
 

@@ -25,6 +25,7 @@ from .recording import Recording
 __all__ = ["HistogramRecorder", "CALLS"]
 
 CALLS = 32  # calls of one module in one forward pass kept apart; from the 32nd on they share a layer
+_EARLY = frozenset(round(2 ** (k / 2)) for k in range(21))  # columns after which GPU auto ranges are checked
 _backward_task = getattr(torch._C, "_current_graph_task_id", lambda: -1)  # -1: not inside a backward pass
 
 
@@ -226,9 +227,15 @@ class HistogramRecorder:
         check_phase(phase)
         self.abandon_column()
         self._new_forward()
-        if self.columns.full:  # the device rows are full: to the host (once per max_columns)
+        if self.columns.full or self._widen_now():  # the device rows are full: to the host (once per max_columns)
             self.flush()
         self.columns.open(phase, epoch=epoch, fit=fit, iteration=iteration)
+
+    def _widen_now(self) -> bool:
+        """Whether to flush now so that auto ranges on a GPU widen early, while activations grow fastest:
+        after 1, 2, 3, 4, 6, 8, 11, 16 ... 1024 columns (powers of sqrt 2: 19 moves to the host in a whole
+        run, never one per batch after the first four)."""
+        return self.columns.ended in _EARLY and any(layer.widens_at_flush for layer in self._all)
 
     def end_column(self) -> None:
         "Keep the open column."
@@ -267,7 +274,7 @@ class HistogramRecorder:
                 self._trained_shapes.add(self._all[index].name)
         host = {layer.index: self._to_host(layer, used) for layer in self._all}
         for layer in self._all:
-            if layer.auto and layer.binning is not None:
+            if layer.widens_at_flush:  # on the CPU the kernel widened it already, per batch
                 host[layer.index] = self._widened(layer, *host[layer.index])
         part = self._recording(host, sizes, self.columns.moved_to_host())
         parts = [part] if self._host is None else [self._with_every_layer(self._host), part]
@@ -276,8 +283,8 @@ class HistogramRecorder:
             layer.host_binning = layer.binning
 
     def _widened(self, layer: LayerRecorder, counts: np.ndarray, moments: np.ndarray):
-        """An auto range widened to hold the finite extremes this flush brought back, these rows merged to
-        it. On the CPU it held them already; on other devices this is where it grows (without a sync per
+        """An auto range widened to hold twice the finite extremes this flush brought back, these rows merged
+        to it. On the CPU it held them already; on other devices this is where it grows (without a sync per
         batch), and values that were outside it before stay in the edge bins."""
         outside = counts[:, 0].sum() + counts[:, -1].sum()
         if not outside:
@@ -285,8 +292,8 @@ class HistogramRecorder:
         low, high = -moments[:, NEG_MIN], moments[:, MAX]
         low, high = low[np.isfinite(low)], high[np.isfinite(high)]
         binning, (bottom, top) = layer.binning, layer.binning.limits
-        if self.settings.stats and (low.size or high.size):
-            wider = fitting(self.bins, min(low.min(initial=0.0), 0.0), max(high.max(initial=0.0), 0.0),
+        if self.settings.stats and (low.size or high.size):  # room for twice that: still growing, most likely
+            wider = fitting(self.bins, 2 * min(low.min(initial=0.0), 0.0), 2 * max(high.max(initial=0.0), 0.0),
                             layer.linthresh, binning)
         else:  # no statistics: grow one doubling (symmetric if anything was under)
             wider = grid_binning(self.bins, binning.grid[0] + 1, binning.grid[1] or self.bins // 2 * bool(
@@ -365,7 +372,8 @@ class HistogramRecorder:
             moments=moments if self.settings.stats else None,
             channels={layer.name: sizes[:, layer.index, CHANNELS] for layer in shown},
             near_zero_threshold=self.settings.near_zero, skipped=self.skipped,
-            types={layer.name: self._types[layer.module_slot] for layer in shown})
+            types={layer.name: self._types[layer.module_slot] for layer in shown},
+            auto={layer.name: layer.auto for layer in shown})
 
     def _with_every_layer(self, recording: Recording) -> Recording:
         "`recording` with every shown layer and its current edges: the parts of a container first seen later are empty."

@@ -44,6 +44,7 @@ class Recording:
     linthresh: dict = None  # name -> t when the bins are uniform in sign(x) log1p(|x| / t), else None
     grads: "Recording" = None  # the same layers' output gradients, same columns (grads=True), else None
     types: dict = None    # name -> the recorded module's class name ("Conv2d"; a container's part: its module's)
+    auto: dict = None     # name -> whether its range was "auto" (widened with the run: `colordim.ranges`)
 
     def __post_init__(self):
         columns = len(self.phase)
@@ -56,6 +57,7 @@ class Recording:
         if self.channels is None:
             self.channels = {name: np.zeros(columns, dtype=np.int64) for name in self.counts}
         self.types = {name: (self.types or {}).get(name, "") for name in self.counts}
+        self.auto = {name: bool((self.auto or {}).get(name, False)) for name in self.counts}
         for name in ("counts", "numel", "edges", "shapes", "moments", "channels"):
             setattr(self, name, LayerDict(getattr(self, name)))
 
@@ -213,7 +215,7 @@ class Recording:
             linthresh={name: self.linthresh[name] for name in names},
             grads=None if self.grads is None else self.grads.select(layers, fit, epoch, phase),
             skipped={name: why for name, why in self.skipped.items() if name in names},
-            types={name: self.types[name] for name in names})
+            types={name: self.types[name] for name in names}, auto={name: self.auto[name] for name in names})
 
     def select_layer(self, layer) -> "Recording":
         "Only `layer` (index or name)."
@@ -253,7 +255,7 @@ class Recording:
                      for key in ("counts", "numel", "moments", "channels", "edges") for name in self.layer_names)
         return columns and tables and self.shapes == other.shapes and self.linthresh == other.linthresh \
             and self.near_zero_threshold == other.near_zero_threshold and self.skipped == other.skipped \
-            and self.types == other.types and self.grads == other.grads
+            and self.types == other.types and self.auto == other.auto and self.grads == other.grads
 
     @classmethod
     def concat(cls, parts: list["Recording"]) -> "Recording":
@@ -268,7 +270,8 @@ class Recording:
             iteration=join("iteration"), moments=per_layer("moments"), channels=per_layer("channels"),
             near_zero_threshold=first.near_zero_threshold, batches=join("batches"), linthresh=dict(first.linthresh),
             grads=cls.concat([part.grads for part in parts]) if all(part.grads is not None for part in parts) else None,
-            skipped={k: v for part in parts for k, v in part.skipped.items()}, types=dict(parts[-1].types))
+            skipped={k: v for part in parts for k, v in part.skipped.items()}, types=dict(parts[-1].types),
+            auto=dict(parts[-1].auto))
 
     def coarsen(self, width: int) -> "Recording":
         "Merge the columns of each `width` consecutive batches of one fit, epoch and phase into one column."
@@ -289,7 +292,8 @@ class Recording:
             moments={name: merge_moments(moments) for name, moments in self.moments.items()},
             channels={name: add(channels) for name, channels in self.channels.items()},
             near_zero_threshold=self.near_zero_threshold, linthresh=dict(self.linthresh), skipped=dict(self.skipped),
-            grads=None if self.grads is None else self.grads.coarsen(width), types=dict(self.types))
+            grads=None if self.grads is None else self.grads.coarsen(width), types=dict(self.types),
+            auto=dict(self.auto))
 
 
 class Histograms(LayerDict):

@@ -60,7 +60,8 @@ def _arrays(recording: Recording, prefix: str) -> tuple[dict, dict]:
     header = {"near_zero_threshold": recording.near_zero_threshold,
               "layers": [{"name": name, "shape": list(recording.shapes[name]),
                           "range": list(recording.range(name)), "linthresh": recording.linthresh[name],
-                          "skipped": recording.skipped.get(name), "type": recording.types.get(name, "")}
+                          "skipped": recording.skipped.get(name), "type": recording.types.get(name, ""),
+                          "auto": recording.auto.get(name, False)}
                          for name in recording.layer_names]}
     return arrays, header
 
@@ -97,7 +98,8 @@ def _read(data, header: dict, prefix: str) -> Recording:
         near_zero_threshold=header["near_zero_threshold"],
         linthresh={layer["name"]: layer["linthresh"] for layer in layers},
         skipped={layer["name"]: layer["skipped"] for layer in layers if layer["skipped"]},
-        types={layer["name"]: layer.get("type", "") for layer in layers})  # runs saved before types: ""
+        types={layer["name"]: layer.get("type", "") for layer in layers},  # runs saved before types: ""
+        auto={layer["name"]: layer.get("auto", False) for layer in layers})
 
 
 def _save_method(self: Recording, path) -> Path:

@@ -80,3 +80,38 @@ def test_not_distributed_means_no_collective(monkeypatch):
     learn = learner(None, None)
     learn.fit(1)
     assert calls == [] and not distributed.is_distributed() and distributed.is_main_process()
+
+
+def auto_values(rank, column):
+    "Rank 0 outputs only values >= 0 (a one-sided range), rank 1 ten times wider and signed."
+    values = torch.randn(50, generator=torch.Generator().manual_seed(10 * rank + column)) * (column + 1)
+    return values.abs() if rank == 0 else values * 10
+
+
+def auto_worker(rank, world, store, folder):
+    from colordim.recorder import HistogramRecorder
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        layer = nn.Identity()
+        with HistogramRecorder({"x": layer}, range="auto", bins=16) as engine:
+            for column in range(3):
+                engine.begin_column(iteration=column)
+                layer(auto_values(rank, column))
+                engine.end_column()
+            engine.flush()   # every rank, as at an epoch end: ranges agreed, then summed
+            engine.recording.save(f"{folder}/auto_rank{rank}.npz")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_with_different_auto_ranges_agree_on_the_widest_before_summing(tmp_path):
+    from colordim import Recording
+    mp.spawn(auto_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    first, second = (Recording.load(tmp_path / f"auto_rank{rank}.npz") for rank in (0, 1))
+    np.testing.assert_array_equal(first.edges["x"], second.edges["x"])
+    edges = first.edges["x"]
+    assert edges[0] < 0 and 0.0 in edges                            # symmetric: rank 1 had negative values
+    for column in range(3):
+        both = torch.cat([auto_values(rank, column) for rank in (0, 1)]).numpy().astype(np.float64)
+        assert first.hist["x"][column].tolist() == np.histogram(both, bins=edges)[0].tolist()
+    assert first.underflow["x"].sum() == first.overflow["x"].sum() == 0

@@ -146,3 +146,62 @@ def test_bad_scale_and_range():
         ActivationHistogram(scale="symlog", linthresh=0)
     with pytest.raises(ValueError, match="range: expected two numbers .* or 'auto', got 'automatic'"):
         ActivationHistogram(range="automatic")
+
+
+@pytest.fixture
+def like_a_gpu(monkeypatch):
+    "The torch path as it runs on a GPU: no look at the values per batch, so auto ranges widen at flushes only."
+    import colordim.plans
+    monkeypatch.setattr(colordim.plans, "USE_FUSED", False)
+    made = colordim.plans.TorchPlan.__init__
+
+    def without_checks(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        self.grow = False
+    monkeypatch.setattr(colordim.plans.TorchPlan, "__init__", without_checks)
+
+
+def test_off_the_cpu_an_auto_range_widens_at_early_flushes_only(like_a_gpu):
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(500, generator=generator) * 1.25 ** step for step in range(40)]
+    layer = nn.Identity()
+    with HistogramRecorder({"x": layer}, range="auto", bins=20) as engine:
+        tops = []
+        for iteration, values in enumerate(batches):
+            engine.begin_column(iteration=iteration)
+            tops.append(engine.layers["activation"][0].binning.high if iteration else None)
+            layer(values)
+            engine.end_column()
+    recording = engine.recording
+    low, high = recording.range("x")
+    assert high >= max(values.abs().max().item() for values in batches) and low == -high
+    changed = [column for column in range(2, 40) if tops[column] != tops[column - 1]]
+    assert changed and set(changed) <= {2, 3, 4, 6, 8, 11, 16, 23, 32}   # at flushes, never per batch
+    assert all(tops[column] > tops[column - 1] for column in changed)       # it only widens
+    outside = recording.underflow["x"] + recording.overflow["x"]
+    assert recording.hist["x"].sum() + outside.sum() == 40 * 500       # nothing lost: outside is counted
+    assert all(recording.hist["x"][column].sum() == 500 for column in (1, 2))   # room for twice what came back
+
+
+def test_off_the_cpu_the_demo_cnn_keeps_under_1_percent_outside_its_auto_ranges(like_a_gpu):
+    from colordim.demo import BLOCKS, train
+    learn = train(batch_norm=False, epochs=1, grads=True, range="auto")
+    recording = learn.activation_histogram.recording
+    for kind in (recording, recording.grads):
+        for name in BLOCKS:
+            outside = (kind.underflow[name].sum() + kind.overflow[name].sum()) / kind.numel[name].sum()
+            assert outside < 0.01, (name, outside)
+
+
+def test_the_report_never_advises_auto_for_an_auto_range_and_a_saved_run_remembers_it(tmp_path):
+    from colordim import Recording, diagnose
+    values = torch.tensor([0.5, -1.0, 2.0, float("inf"), float("inf")])   # 40% beyond any range
+    fixed, auto = record([values], range=(-4, 4), bins=8), record([values], range="auto", bins=8)
+    assert auto.auto == {"x": True} and fixed.auto == {"x": False}
+    (advice_fixed,), (advice_auto,) = ([f.advice for f in diagnose(r).findings if f.check == "above"]
+                                       for r in (fixed, auto))
+    assert 'use `range="auto"`' in advice_fixed
+    assert "auto range widened" in advice_auto and 'use `range="auto"`' not in advice_auto
+    auto.save(tmp_path / "auto.npz")
+    assert Recording.load(tmp_path / "auto.npz").auto == {"x": True}
+    assert Recording.load(tmp_path / "auto.npz") == auto
