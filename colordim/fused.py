@@ -48,7 +48,7 @@ def _smoke_test() -> bool:
     "Compile (or load from the cache) and run the kernels once, as plans call them; on failure, warn, use torch."
     try:
         values, counts, moments = np.array([0.5, -1.0], np.float32), np.zeros((1, 4), np.int64), np.zeros((1, 6))
-        floats, ints = np.zeros(1 + LINE, np.float32), np.zeros(LANES * 7 + KEYS_CHUNK, np.int64)
+        floats, ints = np.zeros(1 + LINE, np.float32), np.zeros(LANES * 5 + KEYS_CHUNK, np.int64)
         run_exact(values, counts, moments, 0, params((-1.0, 1.0), 0.0, 0.05, True), floats, ints)
         sample = np.array([1, 0], np.int32)  # position 1, in unit 0; no unsampled unit
         sample.flags.writeable = False
@@ -164,9 +164,8 @@ def _symlog(value, linthresh):
 
 @_jit
 def _keys(block, low, scale, bins, high, linthresh, keys):
-    """Each value's bin: 0 under, 1..bins, bins + 1 over, bins + 2 NaN, bins + 3 -inf, bins + 4 +inf (an
-    auto range grows for finite values outside it, never for infinities); the torch path's float32 arithmetic."""
-    top, infinity = np.float32(bins + 1), np.float32(np.inf)
+    "Each value's bin: 0 under, 1..bins, bins + 1 over, bins + 2 NaN; the torch path's float32 arithmetic."
+    top = np.float32(bins + 1)
     for i in range(block.shape[0]):
         value = block[i]
         if linthresh > 0:  # symlog: bins uniform in sign(x) log1p(|x| / linthresh)
@@ -177,8 +176,6 @@ def _keys(block, low, scale, bins, high, linthresh, keys):
         keys[i] = np.int32(index) - np.int32(value == high)  # `high` itself is in the last bin, as in histc
         if value != value:
             keys[i] = bins + 2
-        elif abs(value) == infinity:
-            keys[i] = bins + 3 + np.int32(value > 0)
 
 
 @_jit
@@ -189,29 +186,37 @@ def _count(keys, lanes):
 
 @_jit
 def _add_counts(lanes, counts):
-    "Add the lanes' counts (all but the NaN bin; infinities to under and over) to `counts`; zero the lanes."
-    bins = counts.shape[0] - 2
+    "Add the lanes' counts (all but the NaN bin) to `counts` and zero the lanes for the next call."
     for k in range(counts.shape[0]):
         for lane in range(LANES):
             counts[k] += lanes[lane, k]
-    for lane in range(LANES):
-        counts[0] += lanes[lane, bins + 3]
-        counts[bins + 1] += lanes[lane, bins + 4]
     lanes[:] = 0
 
 
 @_jit
-def _outside(lanes, grow):
-    """With `grow` (an auto range), whether finite values fell outside it: then the lanes are zeroed and
-    the call adds nothing, and the caller widens the range and calls again."""
+def _outside(lanes, grow, values, low, scale, bins, high, linthresh):
+    """With `grow` (an auto range), whether finite values of `values` fell outside [low, high]: then the
+    lanes are zeroed, the call adds nothing, and the caller widens the range and calls again. Only when
+    the edge bins counted something are the values looked at again (infinities never widen it)."""
     if not grow:
         return False
-    bins, outside = lanes.shape[1] - 5, 0
+    edges = 0
     for lane in range(LANES):
-        outside += lanes[lane, 0] + lanes[lane, bins + 1]
-    if outside:
-        lanes[:] = 0
-    return outside > 0
+        edges += lanes[lane, 0] + lanes[lane, bins + 1]
+    if not edges:
+        return False
+    top = np.float32(bins + 1)
+    for i in range(values.shape[0]):
+        value = values[i]
+        if value != value or abs(value) == np.float32(np.inf):
+            continue
+        if linthresh > 0:
+            value = _symlog(value, linthresh)
+        index = (value - low) * scale + np.float32(1)
+        if index < np.float32(1) or (index >= top and value != high):
+            lanes[:] = 0
+            return True
+    return False
 
 
 @_jit
@@ -243,7 +248,7 @@ def summarise(flat, batch, units, low, high, bins, linthresh, near, stats, count
               lanes, grow=False):
     """Add a float32 output's counts to `counts[row]` (bins + 2) and, with `stats`, its moments to
     `moments[row]` (6); `flat` is laid out (batch, units, inner). Each unit's maximum goes to `unit_max`.
-    Scratch: `keys` (at least units * inner int32), `lanes` (LANES, bins + 5) int64 zeros. Returns 1, having
+    Scratch: `keys` (at least units * inner int32), `lanes` (LANES, bins + 3) int64 zeros. Returns 1, having
     added nothing, when `grow` and finite values fell outside [low, high]; else 0."""
     width = flat.shape[0] // batch
     values = flat.reshape(batch, units, width // units)
@@ -264,7 +269,7 @@ def summarise(flat, batch, units, low, high, bins, linthresh, near, stats, count
                 minimum = _nan_min(row_low, minimum)
             _keys(rows[n], low32, scale, bins, high32, linthresh32, keys)
             _count(keys, lanes)
-    if _outside(lanes, grow):
+    if _outside(lanes, grow, flat, low32, scale, bins, high32, linthresh32):
         return 1
     _add_counts(lanes, counts[row])
     if stats:
@@ -309,7 +314,7 @@ def summarise_sample(flat, positions, unit_of, unsampled, low, high, bins, linth
     scale, linthresh32 = np.float32(bins / (high - low)), np.float32(linthresh)
     _keys(values, low32, scale, bins, high32, linthresh32, keys)
     _count(keys, lanes)
-    if _outside(lanes, grow):
+    if _outside(lanes, grow, values, low32, scale, bins, high32, linthresh32):
         return 1
     _add_counts(lanes, counts[row])
     if stats:
@@ -410,7 +415,7 @@ def summarise_lines(flat, starts, line_unit, line_boundary, unsampled, inner, un
         part, part_keys = values[begin:begin + chunk], keys[:min(chunk, sampled - begin)]
         _keys(part, low32, scale, bins, high32, linthresh32, part_keys)
         _count(part_keys, lanes)
-    if _outside(lanes, grow):
+    if _outside(lanes, grow, values, low32, scale, bins, high32, linthresh32):
         return 1
     _add_counts(lanes, counts[row])
     if not stats:
@@ -445,19 +450,19 @@ def params(limits, linthresh, near, stats, batch=1, inner=1, units=1, count=0, u
 
 def scratch_sizes(bins: int, units: int, keys: int, gathered: int = 0) -> tuple[int, int]:
     "The (floats, ints) scratch a call needs."
-    return units + gathered, LANES * (bins + 5) + keys
+    return units + gathered, LANES * (bins + 3) + keys
 
 
 @_jit
 def _unpack(flat, counts, moments, row, params, floats, ints, keys_needed, gathered):
     "Check the common sizes; the views every call uses: unit_max, lanes, keys, gathered."
     bins, units = counts.shape[1] - 2, np.int64(params[UNITS])
-    lanes_size = LANES * (bins + 5)
+    lanes_size = LANES * (bins + 3)
     if moments.shape[1] != 6 or moments.shape[0] != counts.shape[0] or not 0 <= row < counts.shape[0] \
             or units < 1 or floats.shape[0] < units + gathered or ints.shape[0] < lanes_size + keys_needed \
             or params.shape[0] != GROW + 1:
         raise ValueError("colordim kernel: counts, moments, row, params or scratch of the wrong size")
-    lanes = ints[:lanes_size].reshape(LANES, bins + 5)
+    lanes = ints[:lanes_size].reshape(LANES, bins + 3)
     return bins, units, floats[:units], lanes, ints[lanes_size:lanes_size + keys_needed], \
         floats[units:units + gathered]
 

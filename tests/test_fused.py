@@ -121,7 +121,7 @@ def test_a_kernel_that_fails_to_compile_falls_back_to_torch_with_a_warning(monke
 def test_kernel_calls_take_arrays_and_refuse_sizes_their_loops_would_overrun():
     "The kernels run without bounds checks: each call checks the sizes first, and a plan its positions, once."
     counts, moments = np.zeros((2, 6), np.int64), np.zeros((2, 6))
-    values, floats, ints = np.ones(8, np.float32), np.zeros(4, np.float32), np.zeros(fused.LANES * 9 + 4, np.int64)
+    values, floats, ints = np.ones(8, np.float32), np.zeros(4, np.float32), np.zeros(fused.LANES * 7 + 4, np.int64)
     fixed = fused.params((-1.0, 1.0), 0.0, 0.05, True, batch=2, units=4)  # (2, 4) output: 4 units, 4 values a row
     fused.run_exact(values, counts, moments, 1, fixed, floats, ints)
     assert counts[1].tolist() == [0, 0, 0, 0, 8, 0] and moments[1, :2].tolist() == [8.0, 8.0]
@@ -138,7 +138,7 @@ def test_kernel_calls_take_arrays_and_refuse_sizes_their_loops_would_overrun():
     with pytest.raises(ValueError, match="sampled lines"):
         index = np.array([0, 16, 0, 0, 4, 20], np.int32)  # a line starting past the end
         fused.run_lines(values, counts, moments, 0, sampled, np.zeros(40, np.float32),
-                        np.zeros(fused.LANES * 9 + 256, np.int64), index)
+                        np.zeros(fused.LANES * 7 + 256, np.int64), index)
     plan = colordim.plans.make_plan(torch.zeros(2, 4), None, 0, 4, (-1.0, 1.0), None, 0.05, True, None)
     with pytest.raises(TypeError, match=r"CPU outputs of shape \(2, 4\) got \(3, 4\) on cpu"):
         plan(torch.zeros(3, 4), None, 0)
@@ -149,11 +149,11 @@ def test_kernel_calls_take_arrays_and_refuse_sizes_their_loops_would_overrun():
 def test_a_growing_range_call_adds_nothing_when_finite_values_fall_outside():
     "range='auto': the kernel says so instead of counting; infinities go to the edge bins and never grow it."
     counts, moments = np.zeros((1, 6), np.int64), np.zeros((1, 6))
-    floats, ints = np.zeros(4, np.float32), np.zeros(fused.LANES * 9 + 4, np.int64)
+    floats, ints = np.zeros(4, np.float32), np.zeros(fused.LANES * 7 + 4, np.int64)
     growing = fused.params((-1.0, 1.0), 0.0, 0.05, True, batch=1, units=1, grow=True)
     outside = np.array([0.5, 3.0, -0.5, 0.0], np.float32)
     assert fused.run_exact(outside, counts, moments, 0, growing, floats, ints) == 1
-    assert counts.sum() == 0 and moments.sum() == 0 and ints[:fused.LANES * 9].sum() == 0   # lanes clean
+    assert counts.sum() == 0 and moments.sum() == 0 and ints[:fused.LANES * 7].sum() == 0   # lanes clean
     infinite = np.array([0.5, np.inf, -np.inf, np.nan], np.float32)
     assert fused.run_exact(infinite, counts, moments, 0, growing, floats, ints) == 0
     assert counts[0].tolist() == [1, 0, 0, 0, 1, 1]                  # -inf under, 0.5, +inf over; NaN in none
@@ -174,7 +174,7 @@ def test_plans_sharing_scratch_take_it_again_when_it_grows():
     plans["small"](small, rows["small"], 0)       # scratch sized for `small`
     keys = shared.arrays["ints"]
     plans["big"](big, rows["big"], 0)             # grows it: `small` takes it again at its next call
-    assert shared.arrays["ints"].size == fused.LANES * 15 + 8 * 5 * 5 > keys.size
+    assert shared.arrays["ints"].size == fused.LANES * 13 + 8 * 5 * 5 > keys.size
     assert plans["small"]._generation != shared.generation == plans["big"]._generation
     plans["small"](small, rows["small"], 1)
     for name, x in (("small", small), ("big", big)):

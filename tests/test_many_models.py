@@ -63,6 +63,7 @@ def check_faithful(model, inputs, loss, layers=None, train=True, atol=0.0):
     for name in recording.layer_names:
         counts = recording.counts[name][0]
         assert counts.sum() + recording.nan[name][0] == recording.numel[name][0], name  # in range + under + over + NaN
+        assert recording.underflow[name][0] == recording.overflow[name][0] == 0, name  # the auto range holds it all
     assert all(not taps(module) for module in model.modules())
     assert all(not hasattr(module, attribute) for module in model.modules() for attribute in ("forward_hooked",))
     assert not any("colordim" in type(value).__module__ for module in model.modules()
