@@ -89,6 +89,19 @@ class LayerBuffer:
     def nbytes(self) -> int:
         return self.counts.element_size() * self.counts.numel() + self.moments.element_size() * self.moments.numel()
 
+    def start_to_host(self, used: int):
+        """(counts, moments, event): the first `used` rows on the host. On CUDA, pinned tensors that fill
+        without the host waiting, done when `event` is; elsewhere numpy copies, done now (event None)."""
+        if self.device.type != "cuda":
+            return *self.to_host(used), None
+        counts = torch.empty((used, self.counts.shape[1]), dtype=self.counts.dtype, pin_memory=True)
+        moments = torch.empty((used, self.moments.shape[1]), dtype=torch.float64, pin_memory=True)
+        counts.copy_(self.counts[:used], non_blocking=True)
+        moments.copy_(self.moments[:used], non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return counts, moments, event
+
     def to_host(self, used: int) -> tuple[np.ndarray, np.ndarray]:
         "Copies of the first `used` rows as numpy (a copy: on the CPU `.cpu()` would alias)."
         if used > len(self):

@@ -10,6 +10,7 @@ from fastcore.basics import patch, store_attr
 
 from . import plot
 from .distributed import is_main_process
+from .columns import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Columns
 from .layers import find_layers
 from .diagnose import diagnose
 from .layout import check_bins, check_near_zero, check_range, check_sample, check_scale
@@ -26,6 +27,7 @@ _ENGINES = weakref.WeakKeyDictionary()
 class ActivationHistogram(Callback):
     "Record a histogram of each chosen layer's output for every batch, on the model's device."
     order = -5  # after TrainEvalCallback (-10) has set `training`, before most others
+    move_every, device_bytes, host_bytes = MOVE_EVERY, DEVICE_BYTES, HOST_BYTES  # callbacks pickled before them
 
     def __init__(self,
         layers=None,      # index, dotted name, glob, module class or module (or a list); None: leaves with params
@@ -38,6 +40,9 @@ class ActivationHistogram(Callback):
         near_zero: float = 0.05,  # |x| <= near_zero counts as near zero (fastai counts x <= 0.05)
         sample: int = None,  # histogram at most this many values of each output per batch, scaled up
         max_columns: int = 10_000,  # per layer; past it neighbouring batches merge, so memory stays bounded
+        move_every: int = MOVE_EVERY,  # finished batches move to the host at least this often (and at epoch ends)
+        device_bytes: int = DEVICE_BYTES,  # the recording's rows on the device stay within this
+        host_bytes: int = HOST_BYTES,  # and on the host: past it, neighbouring batches merge
         save_to=None,  # a path: the recording is saved there (atomically) at every epoch end and fit end
         grads: bool = False,  # also histogram each layer's output gradient: `recording.grads`, kind="grad"
         grad_range="auto",  # the gradients' range: from the first backward, or (low, high)
@@ -48,7 +53,7 @@ class ActivationHistogram(Callback):
     ):
         check_bins(bins), check_range(range), check_scale(scale, linthresh)  # fail now, not at the first batch
         check_range(grad_range), check_scale(grad_scale, linthresh)
-        check_near_zero(near_zero), check_sample(sample)
+        check_near_zero(near_zero), check_sample(sample), Columns(max_columns, move_every, device_bytes, host_bytes)
         store_attr()
         self.engine, self._fit, self._trained, self._active, self._hooked_for = None, -1, False, False, None
         self._checked = False  # the first forward pass of this fit has been checked
@@ -66,6 +71,8 @@ class ActivationHistogram(Callback):
             self.engine = HistogramRecorder(modules, bins=self.bins, range=self.range, scale=self.scale,
                                             linthresh=self.linthresh, stats=self.stats, near_zero=self.near_zero,
                                             sample=self.sample, max_columns=self.max_columns, grads=self.grads,
+                                            move_every=self.move_every, device_bytes=self.device_bytes,
+                                            host_bytes=self.host_bytes,
                                             grad_range=self.grad_range, grad_scale=self.grad_scale)
             self._saved = 0
         self.engine.attach(root=self.learn.model)  # a module called twice in one forward: two layers

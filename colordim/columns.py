@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layout import SIZES, check_max_columns
+from .layout import MOMENTS, SIZES, check_bytes, check_count, check_max_columns
 from .recording import PHASES, Recording
 
 __all__ = ["Columns", "check_phase", "within_budget"]
@@ -21,10 +21,21 @@ def check_phase(phase: str) -> str:
     return phase
 
 
+MOVE_EVERY = 256             # finished columns go to the host at least this often (batches)
+DEVICE_BYTES = 256 * 2 ** 20  # the device rows of every layer together stay within this
+HOST_BYTES = 2 ** 30          # the host recording too: past it, neighbouring columns merge pairwise
+
+
 class Columns:
-    "The columns of one recorder: the open one, the finished ones not yet on the host, and the budget."
-    def __init__(self, max_columns: int = 10_000):
-        self.max_columns = check_max_columns(max_columns)
+    """The columns of one recorder: the open one, the finished ones not yet on the host, and the budgets:
+    at most `rows` finished rows on the device (`move_every`, fewer when `device_bytes` says so for this
+    many layers), at most `max_columns` columns on the host (fewer when `host_bytes` says so)."""
+    def __init__(self, max_columns: int = 10_000, move_every: int = MOVE_EVERY, device_bytes: int = DEVICE_BYTES,
+                 host_bytes: int = HOST_BYTES):
+        self.columns_asked = check_max_columns(max_columns)
+        self.move_every = check_count("move_every", move_every, MOVE_EVERY)
+        self.device_bytes, self.host_bytes = check_bytes("device_bytes", device_bytes), check_bytes("host_bytes", host_bytes)
+        self.rows, self.max_columns = self.move_every, self.columns_asked
         self.row = None       # the row hooks write into now, or None: not recording
         self.used = []        # (layer index, plan) of each output in the open column
         self.capacity = 0     # rows every layer's buffer will have
@@ -39,21 +50,28 @@ class Columns:
         "Finished rows not yet moved to the host."
         return len(self.index)
 
+    def budget(self, layers: int, bins: int) -> None:
+        "Work out the device rows and host columns the budgets allow for `layers` layers of `bins` bins."
+        row = (bins + 2) * 8 + len(MOMENTS) * 8  # one layer's counts and moments, a column
+        self.rows = max(1, min(self.move_every, self.device_bytes // (layers * row) - 1))  # and the open row
+        column = layers * (row + len(SIZES) * 8) + 64  # on the host also its sizes, and the column's index
+        self.max_columns = max(2, min(self.columns_asked, self.host_bytes // column))
+
     @property
     def full(self) -> bool:
-        "Whether the device rows hold `max_columns` finished rows: time to move them to the host."
-        return len(self.index) >= self.max_columns
+        "Whether the device holds as many finished rows as it may: time to move them to the host."
+        return len(self.index) >= self.rows
 
     def reserve(self, columns: int) -> None:
         "Room for `columns` more (say, an epoch's batches), so that no buffer grows per batch."
-        self.capacity = max(self.capacity, min(len(self.index) + columns, self.max_columns) + 1)
+        self.capacity = max(self.capacity, min(len(self.index) + columns, self.rows) + 1)
 
     def open(self, phase: str = "train", epoch: int = 0, fit: int = 0, iteration: int = 0) -> None:
         "Open the next row (an open one must have been ended or abandoned)."
         check_phase(phase)
         row = len(self.index)
         if row >= self.capacity:  # no reserve() or an epoch longer than announced: grow geometrically
-            self.capacity = max(16, 2 * self.capacity)
+            self.capacity = min(max(16, 2 * self.capacity), self.rows + 1)
         self.row, self._pending, self.used = row, (fit, epoch, phase, iteration), []
 
     def end(self) -> None:

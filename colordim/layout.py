@@ -13,7 +13,8 @@ import numpy as np
 
 __all__ = ["MOMENTS", "SUMS", "EXTREMES", "SUM", "SUM_SQ", "NEAR_ZERO", "DEAD", "NEG_MIN", "MAX", "SIZES", "NUMEL",
            "CHANNELS", "SAMPLED", "Binning", "bin_edges", "symlog", "symlog_inverse", "readable_bound",
-           "check_bins", "check_range", "check_near_zero", "check_scale", "check_sample", "check_max_columns"]
+           "check_bins", "check_range", "check_near_zero", "check_scale", "check_sample", "check_max_columns",
+           "check_count", "check_bytes"]
 
 # One moments row: four sums that add up (across calls, chunks, ranks and merged columns), then the
 # extremes, which merge with a maximum (the minimum is kept negated for that).
@@ -130,6 +131,20 @@ def check_sample(value):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"sample: expected None (exact) or an int >= 1 such as 4096, got {value!r}")
+    return int(value)
+
+
+def check_count(name: str, value, example: int) -> int:
+    "`value` as an int >= 1, or a ValueError that names the option."
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected an int >= 1 such as {example}, got {value!r}")
+    return int(value)
+
+
+def check_bytes(name: str, value) -> int:
+    "A memory budget as an int of bytes >= 1 MiB, or a ValueError that names the option."
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2 ** 20:
+        raise ValueError(f"{name}: expected a number of bytes >= 2**20 (1 MiB) such as 256 * 2**20, got {value!r}")
     return int(value)
 
 

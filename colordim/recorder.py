@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .buffer import LayerBuffer
-from .columns import Columns, check_phase, within_budget
+from .columns import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Columns, check_phase, within_budget
 from .distributed import agree_grids, check_same_columns, is_distributed, reduce_rows
 from .hooks import hook_forward, hook_forward_pre
 from .layer import LayerRecorder, Settings
@@ -40,7 +40,10 @@ class HistogramRecorder:
         stats: bool = True,   # also mean, std, near-zero share, min, max and dead-unit rate per batch
         near_zero: float = 0.05,  # |x| <= near_zero counts as near zero
         sample: int = None,   # histogram at most this many values of each output (a fixed random subset)
-        max_columns: int = 10_000,  # past this, neighbouring columns merge pairwise: memory stays bounded
+        max_columns: int = 10_000,  # on the host; past this, neighbouring columns merge pairwise
+        move_every: int = MOVE_EVERY,  # finished columns move to the host at least every this many batches
+        device_bytes: int = DEVICE_BYTES,  # the device rows of all layers stay within this (fewer rows if need be)
+        host_bytes: int = HOST_BYTES,  # the host recording too (fewer columns than max_columns if need be)
         grads: bool = False,  # also histogram each output's gradient, in backward: `recording.grads`
         grad_range="auto",    # the gradients' range: "auto" (from the first backward) or (low, high)
         grad_scale: str = "linear",  # or "symlog"
@@ -49,7 +52,8 @@ class HistogramRecorder:
             raise ValueError("modules: nothing to record; pass at least one {name: module}")
         self.modules = dict(modules)
         self._types = [type(module).__name__ for module in self.modules.values()]  # per module slot
-        self.columns = Columns(max_columns)  # one ledger for every layer and kind: they share columns
+        # one ledger for every layer and kind: they share columns
+        self.columns = Columns(max_columns, move_every, device_bytes, host_bytes)
         self.settings = Settings(self.columns, check_bins(bins), bool(stats), check_near_zero(near_zero),
                                  check_sample(sample))
         self._kinds = {"activation": (check_range(range), check_scale(scale, linthresh))}
@@ -67,7 +71,10 @@ class HistogramRecorder:
             self._add_slot(name, slot)
         self.shapes = {}  # name -> the shape of its last training output (or last output, with none yet)
         self._trained_shapes = set()  # names whose shape came from a training batch
-        self._hooks, self._host = [], None  # our hooks; the Recording moved to the host so far
+        self._hooks = []  # our hooks
+        # On the host: the Recordings moved so far (each move adds one; joined when read or over budget), their
+        # columns, the layers they were made with, and the move still in flight (CUDA copies not waited for).
+        self._moved, self._columns_on_host, self._layers_on_host, self._moving = [], 0, 0, None
         self._root = None  # the module whose forward is one forward pass, when known (`attach(root=...)`)
 
     @property
@@ -108,6 +115,7 @@ class HistogramRecorder:
         for kind, (value_range, linthresh) in self._kinds.items():
             self._all.append(LayerRecorder(name, len(self._all), self.settings, value_range, linthresh, module_slot))
             self.layers[kind].append(self._all[-1])
+        self.columns.budget(len(self._all), self.bins)  # more layers: fewer rows within the same bytes
         return len(self.layers["activation"]) - 1
 
     # --- hooks -------------------------------------------------------------------------------------
@@ -250,7 +258,9 @@ class HistogramRecorder:
 
     # --- to the host -------------------------------------------------------------------------------
     def flush(self, reduce: bool = True) -> None:
-        "Copy the finished columns to the host (one transfer per layer) and reuse the device rows."
+        """Move the finished columns to the host (one transfer per layer) and reuse the device rows. On CUDA
+        the copies go into pinned memory without waiting: the next move or a read of the recording waits."""
+        self._finish_move()
         # Under torch.distributed, every rank calls this at the same epoch end and the rows are summed
         # across ranks first (reduce=False: this rank's own rows only).
         used = len(self.columns)
@@ -272,15 +282,52 @@ class HistogramRecorder:
                 self.shapes[self._all[index].name] = shape
             if training:
                 self._trained_shapes.add(self._all[index].name)
-        host = {layer.index: self._to_host(layer, used) for layer in self._all}
+        copies, events = {}, []
         for layer in self._all:
-            if layer.widens_at_flush:  # on the CPU the kernel widened it already, per batch
-                host[layer.index] = self._widened(layer, *host[layer.index])
-        part = self._recording(host, sizes, self.columns.moved_to_host())
-        parts = [part] if self._host is None else [self._with_every_layer(self._host), part]
-        self._host, self.columns.width = within_budget(parts, self.columns.max_columns, self.columns.width)
+            counts, moments, event = self._to_host(layer, used)
+            copies[layer.index] = counts, moments, layer.binning
+            events += [event] if event is not None else []
+        self._moving = copies, sizes, self.columns.moved_to_host(), events
+        if not events:  # nothing on CUDA: the copies are done
+            self._finish_move()
+
+    def _finish_move(self) -> None:
+        "The last move's rows as host arrays (waiting for its CUDA copies, if any), added to the host parts."
+        if self._moving is None:
+            return
+        copies, sizes, index, events = self._moving
+        self._moving = None
+        for event in events:
+            event.synchronize()
+        host = {}
+        for layer in self._all:
+            counts, moments, binning = copies[layer.index]
+            counts, moments = _as_numpy(counts), _as_numpy(moments)
+            if binning is not None and layer.binning != binning:  # widened since (CPU outputs, in flight)
+                counts = regrid(counts, binning, layer.binning)
+            host[layer.index] = self._widened(layer, counts, moments) if layer.widens_at_flush else (counts, moments)
+        self._add_part(self._recording(host, sizes, index))
+
+    def _add_part(self, part: Recording) -> None:
+        "One move's Recording to the host parts: the host keeps at most `max_columns` columns, merging neighbours."
+        stale = self._layers_on_host != len(self._all) or any(layer.host_binning != layer.binning
+                                                              for layer in self._all)
+        if self._moved and stale:  # a layer was added, or an auto range widened: the parts so far follow (rare)
+            self._moved = [self._with_every_layer(Recording.concat(self._moved) if len(self._moved) > 1
+                                                  else self._moved[0])]
+        self._moved.append(part.coarsen(self.columns.width) if self.columns.width > 1 else part)
+        self._columns_on_host = sum(len(part) for part in self._moved)
+        if self._columns_on_host > self.columns.max_columns:
+            self._join()
+        self._layers_on_host = len(self._all)
         for layer in self._all:
             layer.host_binning = layer.binning
+
+    def _join(self) -> None:
+        "The host parts as one Recording, within `max_columns` (neighbours merged pairwise while longer)."
+        if len(self._moved) > 1 or self._columns_on_host > self.columns.max_columns:
+            joined, self.columns.width = within_budget(self._moved, self.columns.max_columns, self.columns.width)
+            self._moved, self._columns_on_host = [joined], len(joined)
 
     def _widened(self, layer: LayerRecorder, counts: np.ndarray, moments: np.ndarray):
         """An auto range widened to hold twice the finite extremes this flush brought back, these rows merged
@@ -318,15 +365,16 @@ class HistogramRecorder:
                 layer.rebin(agreed)
 
     def _to_host(self, layer: LayerRecorder, used: int):
-        "Layer's first `used` rows as numpy, cleared on the device; an open row moves to row 0."
+        """Layer's first `used` rows on the host (numpy, or pinned tensors being filled, and their CUDA
+        event), cleared on the device; an open row moves to row 0. The device runs these in order."""
         if layer.buffer is None:  # this layer never ran
-            return self._empty(used)
+            return *self._empty(used), None
         buffer = layer.grown()  # as long as the others: a layer may have missed the last columns
-        counts, moments = buffer.to_host(used)
+        counts, moments, event = buffer.start_to_host(used)
         buffer.clear(slice(0, used))
         if self.columns.row is not None:
             buffer.move(self.columns.row, 0)
-        return counts, moments
+        return counts, moments, event
 
     def _empty(self, columns: int) -> tuple[np.ndarray, np.ndarray]:
         "Host counts and moments of `columns` columns where a layer did not run: no values, NaN moments."
@@ -404,14 +452,17 @@ class HistogramRecorder:
         "Everything recorded so far, on the host (copies what is still on the device)."
         if not is_distributed():  # distributed: whole epochs only, summed at their ends on every rank
             self.flush()
-        if self._host is None:
+        self._finish_move()
+        if not self._moved:
             return self._recording({layer.index: self._empty(0) for layer in self._all},
                                    np.zeros((0, len(self._all), len(SIZES)), np.int64), [])
-        for part in (self._host, self._host.grads):
+        self._join()
+        host = self._moved[0]
+        for part in (host, host.grads):
             if part is not None:  # the shown layers' only: a container's own shape is no layer's
                 part.shapes.update({name: shape for name, shape in self.shapes.items() if name in part.counts})
                 part.skipped.update(self.skipped)
-        return self._host
+        return host
 
     def reset(self) -> None:
         "Forget everything recorded (the hooks stay as they are)."
@@ -419,13 +470,27 @@ class HistogramRecorder:
         for layer in self._all:  # columns not yet flushed: their device rows are reused from row 0
             layer.clear(slice(0, len(self.columns)))
         self.columns.reset()
-        self._host = None
+        self._moved, self._columns_on_host, self._moving = [], 0, None
+
+    @property
+    def device_nbytes(self) -> int:
+        "Bytes of the rows on the device (or in CPU memory, for CPU outputs), every layer's."
+        return sum(layer.buffer.nbytes for layer in self._all if layer.buffer is not None)
+
+    @property
+    def host_nbytes(self) -> int:
+        "Bytes of the recording moved to the host so far."
+        return sum(part.nbytes for part in self._moved)
 
     @property
     def nbytes(self) -> int:
         "Bytes held: the device rows and the host recording."
-        device = sum(layer.buffer.nbytes for layer in self._all if layer.buffer is not None)
-        return device + (self._host.nbytes if self._host is not None else 0)
+        return self.device_nbytes + self.host_nbytes
+
+
+def _as_numpy(array) -> np.ndarray:
+    "A host copy as numpy: a pinned tensor's values copied out (the pinned block goes back to torch's cache)."
+    return array.numpy().copy() if isinstance(array, torch.Tensor) else array
 
 
 def _real_values(nested: torch.Tensor) -> torch.Tensor:

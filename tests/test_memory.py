@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+import colordim
 from colordim.recorder import HistogramRecorder
 
 
@@ -59,3 +60,68 @@ def test_coarsen_merges_within_epochs_and_phases_only():
 def test_bad_max_columns():
     with pytest.raises(ValueError, match="max_columns: expected an int >= 2"):
         HistogramRecorder({"x": nn.Identity()}, max_columns=1)
+
+
+def test_a_300_module_model_over_many_steps_stays_within_both_budgets_and_loses_nothing():
+    "A step loop that never calls epoch(): rows move to the host every few steps, merged there past its budget."
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Tanh() if i % 2 else nn.Linear(2, 2) for i in range(300)])
+    budget = 2 ** 20
+    steps, x = 1_000, torch.randn(1, 2)  # 38 moves, merged on the host to 64 steps a column
+    with torch.no_grad(), colordim.record(model, layers="*", bins=8, range=(-2, 2), device_bytes=budget,
+                                          host_bytes=budget) as rec:
+        engine, device, host = rec.engine, 0, 0
+        for step in range(steps):
+            model(x)
+            device, host = max(device, engine.device_nbytes), max(host, engine.host_nbytes)
+    recording = rec.recording
+    assert engine.columns.rows == 26 and engine.columns.max_columns == 22   # what 1 MiB allows for 300 layers
+    assert device <= budget and host <= budget                             # at every step
+    assert len(recording.layer_names) == 300 and len(recording) <= 22
+    assert recording.batches.sum() == steps                                # nothing lost
+    for name in recording.layer_names:
+        assert recording.numel[name].sum() == 2 * steps
+        assert recording.counts[name].sum() + recording.nan[name].sum() == 2 * steps
+
+
+def test_on_cuda_a_move_to_the_host_is_waited_for_only_at_the_next_move_or_a_read(monkeypatch):
+    "No CUDA here: the copies' event is a stand-in that counts its waits; the device rows are the CPU's."
+    from colordim.buffer import LayerBuffer
+    waits = []
+
+    class Event:
+        def synchronize(self):
+            waits.append(len(waits))
+
+    copy = LayerBuffer.to_host
+    monkeypatch.setattr(LayerBuffer, "start_to_host", lambda self, used: (*copy(self, used), Event()))
+    layer = nn.Identity()
+    engine = HistogramRecorder({"x": layer}, bins=4, range=(0, 4)).attach()
+    for column in range(3):
+        engine.begin_column(iteration=column)
+        layer(torch.full((2,), float(column)))
+        engine.end_column()
+        if column == 0:
+            engine.flush()
+            assert waits == []                                             # started, not waited for
+    engine.flush()
+    assert len(waits) == 1                                                 # the first move, at the second
+    recording = engine.recording
+    assert len(waits) == 2 and recording.hist["x"].tolist() == [[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0]]
+    engine.detach()
+
+
+def test_the_callback_moves_every_few_batches_and_checks_its_budgets():
+    from colordim import ActivationHistogram
+    from conftest import make_learner
+    with pytest.raises(ValueError, match=r"device_bytes: expected a number of bytes >= 2\*\*20"):
+        ActivationHistogram(device_bytes=1000)
+    with pytest.raises(ValueError, match="move_every: expected an int >= 1"):
+        ActivationHistogram(move_every=0)
+    callback = ActivationHistogram(layers=["0", "1"], move_every=4)
+    learn = make_learner(cbs=callback)
+    learn.fit(1)
+    assert callback.engine.columns.rows == 4 and len(callback.engine.columns) == 0
+    recording = callback.recording
+    assert recording.phase.tolist() == ["train"] * 6 + ["valid"] * 3 and recording.batches.sum() == 9
+    assert recording.numel["0"].tolist() == [8 * 4 * 64] * 8 + [4 * 4 * 64]
