@@ -75,7 +75,6 @@ class HistogramRecorder:
         # On the host: the Recordings moved so far (each move adds one; joined when read or over budget), their
         # columns, the layers they were made with, and the move still in flight (CUDA copies not waited for).
         self._moved, self._columns_on_host, self._layers_on_host, self._moving = [], 0, 0, None
-        self._root = None  # the module whose forward is one forward pass, when known (`attach(root=...)`)
 
     @property
     def bins(self) -> int:
@@ -235,13 +234,13 @@ class HistogramRecorder:
         check_phase(phase)
         self.abandon_column()
         self._new_forward()
-        if self.columns.full or self._widen_now():  # the device rows are full: to the host (once per max_columns)
+        if self.columns.full or self._widen_now():  # the device rows are full (every move_every batches): to the host
             self.flush()
         self.columns.open(phase, epoch=epoch, fit=fit, iteration=iteration)
 
     def _widen_now(self) -> bool:
         """Whether to flush now so that auto ranges on a GPU widen early, while activations grow fastest:
-        after 1, 2, 3, 4, 6, 8, 11, 16 ... 1024 columns (powers of sqrt 2: 19 moves to the host in a whole
+        after 1, 2, 3, 4, 6, 8, 11, 16 ... 1024 columns (powers of sqrt 2: 20 moves to the host in a whole
         run, never one per batch after the first four)."""
         return self.columns.ended in _EARLY and any(layer.widens_at_flush for layer in self._all)
 
@@ -338,7 +337,7 @@ class HistogramRecorder:
             return counts, moments
         low, high = -moments[:, NEG_MIN], moments[:, MAX]
         low, high = low[np.isfinite(low)], high[np.isfinite(high)]
-        binning, (bottom, top) = layer.binning, layer.binning.limits
+        binning = layer.binning
         if self.settings.stats and (low.size or high.size):  # room for twice that: still growing, most likely
             wider = fitting(self.bins, 2 * min(low.min(initial=0.0), 0.0), 2 * max(high.max(initial=0.0), 0.0),
                             layer.linthresh, binning)
