@@ -29,7 +29,7 @@ THRESHOLDS = {
 class Finding:
     "One problem seen in one layer: what was measured, against which threshold, and what to try."
     layer: str
-    check: str          # "silent", "nan", "inf", "dead", "near_zero", "below", "above" or "jitter"
+    check: str          # "origin", "silent", "nan", "inf", "dead", "near_zero", "below", "above" or "jitter"
     value: float        # the figure measured
     threshold: float    # healthy is at or below this (for nan/inf: 0 batches)
     message: str        # what was seen, in plain words
@@ -138,7 +138,24 @@ def diagnose(recording: Recording, tail: float = THRESHOLDS["tail"], dead: float
         row = _figures(recording, name, columns)
         rows.append(row)
         findings += _findings(recording, name, row, thresholds)
-    return Report(rows, findings, thresholds, columns=len(recording))
+    return Report(rows, _origin(recording) + findings, thresholds, columns=len(recording))
+
+
+def _origin(recording: Recording) -> list:
+    """Where the first NaN or Inf of the run came out, when several layers had one: the first batch with
+    any, and in it the first layer in the model's order (the layers before it were finite there)."""
+    broken = {name: (recording.nan[name] > 0) | (recording.max[name] == np.inf) | (recording.min[name] == -np.inf)
+              for name in recording.layer_names}
+    if sum(bool(mask.any()) for mask in broken.values()) < 2:
+        return []  # one layer's own finding says where
+    column = min(int(np.argmax(mask)) for mask in broken.values() if mask.any())
+    name = next(name for name in recording.layer_names if broken[name][column])
+    later = sum(bool(mask[column]) for mask in broken.values()) - 1
+    return [Finding(name, "origin", 1, 0,
+                    f"the run's first NaN or Inf came out of this layer, at {_first(recording, broken[name])}, "
+                    f"the first layer in the model's order to output one then ({later} later layer"
+                    f"{'s' if later != 1 else ''} did too)",
+                    "look at this layer's input and weights in that batch; lower the learning rate or clip gradients")]
 
 
 class _Columns:

@@ -176,3 +176,26 @@ def test_a_layer_that_never_ran_and_an_empty_recording():
     assert [(f.layer, f.check) for f in report.findings] == [("unused", "silent")]
     assert "never ran in a recorded batch" in report.findings[0].message
     assert report.rows[0]["near_zero"] >= 0 and math.isnan(report.rows[1]["dead"])
+
+
+def test_where_the_first_nan_came_out_is_the_first_layer_in_the_model_to_output_one():
+    import colordim
+
+    class Log(nn.Module):
+        def forward(self, x):
+            return torch.log(x)
+
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), Log(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(3)), model[0].bias.zero_()
+    batches = [torch.rand(4, 3) + 0.5 for _ in range(4)]
+    batches[2][1, 0] = -1.0               # ReLU -> 0, log(0) = -inf, then NaN... in the last layer
+    with colordim.record(model, layers="*", range="auto") as rec:
+        for batch in batches:
+            model(batch)
+    report = diagnose(rec.recording)
+    origin = report.findings[0]
+    assert origin.check == "origin" and origin.layer == "2"
+    assert "at epoch 0, train batch 2" in origin.message and "(1 later layer did too)" in origin.message
+    assert [f.check for f in report.findings_for("3")][:1] in (["nan"], ["inf"])
+    assert not [f for f in diagnose(recorded([[torch.randn(4, 3)] * 5])).findings if f.check == "origin"]
