@@ -17,7 +17,7 @@ from .columns import Columns
 from .layout import Binning
 from .plans import OUTSIDE, SharedArrays, make_plan
 from .ranges import fitting, remap
-from .torch_kernels import Scratch
+from .torch_kernels import Scratch, finite_extremes
 
 __all__ = ["LayerRecorder", "Settings"]
 
@@ -91,11 +91,11 @@ class LayerRecorder:
 
     def _set_auto_range(self, output: torch.Tensor) -> None:
         "range='auto': the narrowest that holds this first output; one host sync for this layer, once."
-        self.binning = fitting(self.settings.bins, *_finite_extremes(output), self.linthresh)
+        self.binning = fitting(self.settings.bins, *finite_extremes(output), self.linthresh)
 
     def _widen_for(self, output: torch.Tensor, plan, buffer):
         "A CPU output outside the auto range: widen it to hold the output, then add it (what a plan returns)."
-        low, high = _finite_extremes(output)
+        low, high = finite_extremes(output)
         wider = fitting(self.settings.bins, low, high, self.linthresh, self.binning)
         if wider != self.binning:
             self.rebin(wider)
@@ -137,9 +137,3 @@ class LayerRecorder:
         if self.buffer is not None:
             self.buffer.clear(rows)
 
-
-def _finite_extremes(output: torch.Tensor) -> tuple[float, float]:
-    """The smallest and largest finite value of `output`, or 0 (every auto range holds 0 anyway): a host
-    read, once per widening."""
-    low, high = torch.aminmax(torch.nan_to_num(output.detach().float(), nan=0.0, posinf=0.0, neginf=0.0))
-    return low.item(), high.item()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import fused
-from .torch_kernels import add_moments, channel_count, histogram_counts, symlog_
+from .torch_kernels import add_moments, channel_count, finite_extremes, histogram_counts, symlog_
 
 __all__ = ["make_plan", "draw_sample", "FusedPlan", "SharedArrays", "TorchPlan", "OUTSIDE"]
 
@@ -81,8 +81,8 @@ class TorchPlan:
         counted = flat if self.sample is None else flat.index_select(0, self.sample[0])
         binned = counted if linthresh is None else symlog_(counted, linthresh)
         if grow and self.grow and binned.numel():  # CPU memory: reading it back is no device sync
-            finite = binned[binned.isfinite()]
-            if finite.numel() and (finite.min().item() < low or finite.max().item() > high):
+            smallest, largest = finite_extremes(binned)
+            if smallest < low or largest > high:
                 return OUTSIDE
         histogram_counts(binned, bins, low, high, rows.counts[row], scratch)
         if not stats:

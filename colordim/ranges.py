@@ -51,9 +51,7 @@ def fitting(bins: int, low: float, high: float, linthresh=None, current: Binning
     while exponent < HIGHEST and (binning.limits[0] > low or binning.limits[1] < high):  # log2's rounding
         exponent += 1
         binning = grid_binning(bins, exponent, below, linthresh)
-    if current is not None and below != current.grid[1] and exponent == current.grid[0]:
-        binning = grid_binning(bins, exponent + 1, below, linthresh)  # one-sided to symmetric: twice as wide
-    return binning
+    return binning  # one-sided to symmetric: the loop made it hold current's top, so at least twice as wide
 
 
 def remap(old: Binning, new: Binning) -> np.ndarray:

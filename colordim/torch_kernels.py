@@ -8,7 +8,7 @@ import torch
 
 from .layout import EXTREMES, SUMS
 
-__all__ = ["CHUNK", "Scratch", "histogram_counts", "add_moments", "channel_count", "symlog_"]
+__all__ = ["CHUNK", "Scratch", "histogram_counts", "add_moments", "channel_count", "symlog_", "finite_extremes"]
 
 # histc counts in float32: a bin is exact up to 2**24, so bigger outputs are counted in chunks.
 CHUNK = 2 ** 24
@@ -80,6 +80,13 @@ def _counts_by_index(x: torch.Tensor, bins: int, low: float, high: float) -> tor
     counts = torch.zeros(bins + 3, dtype=torch.int64, device=x.device)
     counts.index_put_((index,), torch.ones((), dtype=torch.int64, device=x.device), accumulate=True)
     return counts[:-1]
+
+
+def finite_extremes(x: torch.Tensor) -> tuple[float, float]:
+    """The smallest and largest finite value of `x`, or 0 (every auto range holds 0 anyway): a host read,
+    for an auto range's first output and its widenings (on the CPU, where it is no device sync)."""
+    low, high = torch.aminmax(torch.nan_to_num(x.detach().float(), nan=0.0, posinf=0.0, neginf=0.0))
+    return low.item(), high.item()
 
 
 def symlog_(x: torch.Tensor, linthresh: float) -> torch.Tensor:
