@@ -6,10 +6,17 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
-__all__ = ["find_layers", "hookable_modules", "default_layers", "root_name"]
+__all__ = ["find_layers", "hookable_modules", "default_layers", "root_name", "unwrapped"]
 
 MODEL_NAME = "model"  # what the root module is called when it is hooked itself (see `root_name`)
 _SHOWN = 20  # how many available names an error lists
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The module a `torch.compile(model)` wrapper compiles (its layers have the eager names: `0.1`, not
+    `_orig_mod.0.1`), or `model` itself. Hooks on it are traced into the compiled graph."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module) else model
 
 
 def root_name(model: nn.Module) -> str:
@@ -33,6 +40,7 @@ def find_layers(model: nn.Module, layers=None) -> dict[str, nn.Module]:
     "Resolve `layers` (one spec or a list of them) to `{name: module}` in the model's order."
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    model = unwrapped(model)
     if layers is None:
         found = default_layers(model)
         if not found:

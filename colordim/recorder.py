@@ -15,6 +15,7 @@ import torch
 from .buffer import LayerBuffer
 from .columns import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Columns, check_phase, within_budget
 from .distributed import agree_grids, check_same_columns, is_distributed, reduce_rows
+from . import in_graph
 from .hooks import hook_forward, hook_forward_pre
 from .layer import LayerRecorder, Settings
 from .layout import (CHANNELS, MAX, MOMENTS, NEAR_ZERO, NEG_MIN, NUMEL, SAMPLED, SIZES, SUM, check_bins,
@@ -72,6 +73,7 @@ class HistogramRecorder:
         self.shapes = {}  # name -> the shape of its last training output (or last output, with none yet)
         self._trained_shapes = set()  # names whose shape came from a training batch
         self._hooks = []  # our hooks
+        self._waiting = {}  # compiled graphs: (module slot, tensor index) -> the layers its gradients go to, by call
         # On the host: the Recordings moved so far (each move adds one; joined when read or over budget), their
         # columns, the layers they were made with, and the move still in flight (CUDA copies not waited for).
         self._moved, self._columns_on_host, self._layers_on_host, self._moving = [], 0, 0, None
@@ -125,7 +127,9 @@ class HistogramRecorder:
         self.settings.unit_maxima = self.settings.stats and is_distributed()  # to merge dead units exactly
         for layer in self._all:
             layer.buffer = None  # made again on the device of the next output (the model may have moved)
-        self._hooks = [hook_forward(module, self._forward_hook(slot)) for slot, module in enumerate(self.modules.values())]
+        grads = "grad" in self.layers
+        self._hooks = [hook_forward(module, self._forward_hook(slot), self._gradient_in_graph(slot) if grads else None)
+                       for slot, module in enumerate(self.modules.values())]
         if root is not None:  # before the layers' hooks: a pre-hook runs before the root's forward
             self._hooks.append(hook_forward_pre(root, self._new_forward))
         return self
@@ -167,13 +171,28 @@ class HistogramRecorder:
                 return self._again(slot, call, output)
             if isinstance(output, torch.Tensor) and not output.is_nested and slot not in containers:
                 activation.add(output)
-                if gradient is not None and output.requires_grad:
+                if gradient is not None and in_graph.running():  # the graph hooks its own tensors
+                    self._expect_gradients(slot, [slot])
+                elif gradient is not None and output.requires_grad:
                     # a hook on the output tensor, not register_full_backward_hook: in-place ops break that
                     output.register_hook(gradient.add_gradient)
             else:
-                for part, value in self._parts(slot, output):
-                    self._add(part, value)
+                self._add_parts(slot, self._parts(slot, output))
         return hook
+
+    def _gradient_in_graph(self, slot: int):
+        "Where a compiled graph sends the gradient of module `slot`'s output (its `index`-th tensor)."
+        def gradient(module, index: int, grad) -> None:
+            waiting = self._waiting.get((slot, index))
+            if waiting:  # the last call's first: backward meets a module's calls in reverse order
+                self.layers["grad"][waiting.pop()].add_gradient(grad)
+        return gradient
+
+    def _expect_gradients(self, slot: int, parts: list) -> None:
+        """In a compiled graph the output's tensors are not autograd's (`colordim.in_graph`): the gradient of
+        its `index`-th tensor comes to `_gradient_in_graph` instead, for the layer `parts[index]`."""
+        for index, part in enumerate(parts):
+            self._waiting.setdefault((slot, index), []).append(part)
 
     def _again(self, slot: int, call: int, output) -> None:
         "A module's call after its first in one forward pass: a layer of its own (`name#2`, ...)."
@@ -184,8 +203,7 @@ class HistogramRecorder:
         if key not in self._repeats:
             suffix = f"#{call + 1}" if call < CALLS - 1 else f"#{CALLS}+"  # the last takes every later call
             self._repeats[key] = self._add_slot(self.layers["activation"][slot].name + suffix, slot)
-        for part, value in self._parts(self._repeats[key], output):
-            self._add(part, value)
+        self._add_parts(slot, self._parts(self._repeats[key], output))
 
     def _recomputed(self, slot: int, output) -> None:
         """A checkpointed module's output recomputed in backward: its values are not recorded again, but
@@ -198,11 +216,15 @@ class HistogramRecorder:
             if isinstance(value, torch.Tensor) and value.requires_grad:
                 value.register_hook(self.layers["grad"][part].add_gradient)
 
-    def _add(self, slot: int, value) -> None:
-        "Record one part of a module's output, and hook its gradient."
-        self.layers["activation"][slot].add(value)
-        if "grad" in self.layers and isinstance(value, torch.Tensor) and value.requires_grad:
-            value.register_hook(self.layers["grad"][slot].add_gradient)
+    def _add_parts(self, module_slot: int, parts: list) -> None:
+        "Record the parts of one output of module `module_slot` ([(slot, value)]), and hook their gradients."
+        grads, graph = "grad" in self.layers, in_graph.running()  # in a graph, the graph hooks its own tensors
+        for slot, value in parts:
+            self.layers["activation"][slot].add(value)
+            if grads and not graph and isinstance(value, torch.Tensor) and value.requires_grad:
+                value.register_hook(self.layers["grad"][slot].add_gradient)
+        if grads and graph:
+            self._expect_gradients(module_slot, [slot for slot, value in parts if isinstance(value, torch.Tensor)])
 
     def _parts(self, slot: int, output, path: str = "") -> list:
         "[(slot, value)]: the output itself, or one slot per leaf of a tuple, list or dict of them."
@@ -234,6 +256,7 @@ class HistogramRecorder:
         check_phase(phase)
         self.abandon_column()
         self._new_forward()
+        self._waiting.clear()
         if self.columns.full or self._widen_now():  # the device rows are full (every move_every batches): to the host
             self.flush()
         self.columns.open(phase, epoch=epoch, fit=fit, iteration=iteration)
