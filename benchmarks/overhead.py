@@ -1,5 +1,6 @@
 """What recording costs: time per batch with no callback, fastai's ActivationStats(with_hist=True),
-colordim exact and colordim sampled, on the same model, data and hooked modules. Run: `make bench`.
+colordim exact and colordim sampled, on the same model, data and hooked modules; then the demo CNN
+compiled with `fullgraph=True`, with and without colordim. Run: `make bench`.
 
 A shared machine's speed drifts by 10-20% over seconds, more than the overheads measured. So the
 variants take turns batch by batch in the same fit: each turn is four training batches, one per
@@ -200,12 +201,62 @@ def run(name, make_model_and_dls, device, repeats, sample):
     return median, ratio
 
 
+def batch_timer(device):
+    "A callback that keeps the time of every training batch."
+    from fastai.callback.core import Callback
+
+    class BatchTimer(Callback):
+        order = -1000
+
+        def before_fit(self):
+            self.times = []
+
+        def before_batch(self):
+            self.started = time.perf_counter() if self.training else None
+
+        def after_batch(self):
+            if self.started is not None:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                self.times.append(time.perf_counter() - self.started)
+    return BatchTimer()
+
+
+def run_compiled(device, repeats):
+    """The demo CNN compiled with `fullgraph=True`, with and without colordim exact on the same modules:
+    one epoch each in turn (hooks cannot take turns per batch here: new hooks are a new graph), the
+    first round to compile. Each fit with colordim compiles once more (its hooks are new)."""
+    import torch._dynamo
+    from colordim import ActivationHistogram
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * repeats + 4)
+    runs = {}
+    for key in ("a none", "c exact"):
+        torch.manual_seed(0)
+        model, dls = demo_workload(device, 64)
+        model.to(device).compile(fullgraph=True)
+        timer = batch_timer(device)
+        cbs = [ActivationHistogram(layers=hooked(model))] if key == "c exact" else []
+        runs[key] = learner(model, dls, cbs + [timer]), timer, []
+    for round in range(repeats + 1):
+        for key, (learn, timer, times) in runs.items():
+            learn.fit(1, 1e-3)
+            times += timer.times[1:] if round else []  # the first batch of a fit may compile
+    median = {key: statistics.median(times) for key, (_, _, times) in runs.items()}
+    ratio = median["c exact"] / median["a none"]
+    print(f"\ndemo CNN compiled (fullgraph=True) on {device}, median of {len(runs['a none'][2])} batches each "
+          f"in {repeats} rounds:")
+    print(f"  a none     {1000 * median['a none']:8.2f} ms/batch")
+    print(f"  c exact    {1000 * median['c exact']:8.2f} ms/batch   overhead {100 * (ratio - 1):6.1f}%   "
+          f"ratio {ratio:.3f}")
+    return median, ratio
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10, help="rounds (epochs) after a warm-up one")
     parser.add_argument("--sample", type=int, default=4096, help="sample=N for the sampled variant")
     parser.add_argument("--resnet-batch-size", type=int, default=None, help="default 64 on CPU, 256 on CUDA")
-    parser.add_argument("--only", choices=["demo", "resnet"], default=None)
+    parser.add_argument("--only", choices=["demo", "resnet", "compiled"], default=None)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
@@ -215,6 +266,8 @@ def main(argv=None):
     if args.only in (None, "resnet"):
         bs = args.resnet_batch_size or (256 if device.type == "cuda" else 64)
         run(f"resnet18, 64x64, bs {bs}", lambda: resnet_workload(device, bs), device, args.repeats, args.sample)
+    if args.only in (None, "compiled"):
+        run_compiled(device, min(args.repeats, 4))
 
 
 if __name__ == "__main__":

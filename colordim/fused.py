@@ -245,13 +245,15 @@ def _add_sample_moments(moments, total, squares, near_zero, nan, unit_max, unsam
 
 @_jit
 def summarise(flat, batch, units, low, high, bins, linthresh, near, stats, counts, moments, row, unit_max, keys,
-              lanes, grow=False):
+              lanes, grow=False, units_last=False):
     """Add a float32 output's counts to `counts[row]` (bins + 2) and, with `stats`, its moments to
-    `moments[row]` (6); `flat` is laid out (batch, units, inner). Each unit's maximum goes to `unit_max`.
+    `moments[row]` (6); `flat` is laid out (batch, units, inner), or (batch, inner, units) with `units_last`
+    (channels_last). Each unit's maximum goes to `unit_max`.
     Scratch: `keys` (at least units * inner int32), `lanes` (LANES, bins + 3) int64 zeros. Returns 1, having
     added nothing, when `grow` and finite values fell outside [low, high]; else 0."""
     width = flat.shape[0] // batch
     values = flat.reshape(batch, units, width // units)
+    stored_last = flat.reshape(batch, width // units, units)  # the same values, units last
     low32, high32, near32 = np.float32(low), np.float32(high), np.float32(near)
     scale, linthresh32 = np.float32(bins / (high - low)), np.float32(linthresh)
     rows, keys = flat.reshape(batch, width), keys[:width]
@@ -265,7 +267,11 @@ def summarise(flat, batch, units, low, high, bins, linthresh, near, stats, count
             total, squares, near_zero = total + part_total, squares + part_squares, near_zero + part_near
         for n in range(first, last):
             if stats:
-                row_low = _extremes(values[n], unit_max) if part_nan == 0 else _extremes_with_nan(values[n], unit_max)
+                if units_last:  # a (units, inner) view of the row: strided, but one row is in cache
+                    row_low = _extremes(stored_last[n].T, unit_max) if part_nan == 0 \
+                        else _extremes_with_nan(stored_last[n].T, unit_max)
+                else:
+                    row_low = _extremes(values[n], unit_max) if part_nan == 0 else _extremes_with_nan(values[n], unit_max)
                 minimum = _nan_min(row_low, minimum)
             _keys(rows[n], low32, scale, bins, high32, linthresh32, keys)
             _count(keys, lanes)
@@ -438,14 +444,16 @@ def summarise_lines(flat, starts, line_unit, line_boundary, unsampled, inner, un
 #   line_boundary, unsampled units.
 # Each call checks every size its loops rely on before it reads a value: the kernels run without
 # bounds checks.
-LOW, HIGH, LINTHRESH, NEAR, STATS, BATCH, INNER, UNITS, COUNT, UNSAMPLED, GROW = range(11)
+LOW, HIGH, LINTHRESH, NEAR, STATS, BATCH, INNER, UNITS, COUNT, UNSAMPLED, GROW, LAST = range(12)
 
 
-def params(limits, linthresh, near, stats, batch=1, inner=1, units=1, count=0, unsampled=0, grow=False) -> np.ndarray:
+def params(limits, linthresh, near, stats, batch=1, inner=1, units=1, count=0, unsampled=0, grow=False,
+           units_last=False) -> np.ndarray:
     """A plan's fixed numbers: `count` sampled positions or lines, `unsampled` units never sampled; `grow`
-    (an auto range): a call with finite values outside [low, high] adds nothing and returns 1."""
+    (an auto range): a call with finite values outside [low, high] adds nothing and returns 1; `units_last`:
+    a whole output laid out (batch, inner, units), as channels_last stores one."""
     return np.array([*limits, linthresh or 0.0, near, float(stats), batch, inner, units, count, unsampled,
-                     float(grow)], np.float64)
+                     float(grow), float(units_last)], np.float64)
 
 
 def scratch_sizes(bins: int, units: int, keys: int, gathered: int = 0) -> tuple[int, int]:
@@ -460,7 +468,7 @@ def _unpack(flat, counts, moments, row, params, floats, ints, keys_needed, gathe
     lanes_size = LANES * (bins + 3)
     if moments.shape[1] != 6 or moments.shape[0] != counts.shape[0] or not 0 <= row < counts.shape[0] \
             or units < 1 or floats.shape[0] < units + gathered or ints.shape[0] < lanes_size + keys_needed \
-            or params.shape[0] != GROW + 1:
+            or params.shape[0] != LAST + 1:
         raise ValueError("colordim kernel: counts, moments, row, params or scratch of the wrong size")
     lanes = ints[:lanes_size].reshape(LANES, bins + 3)
     return bins, units, floats[:units], lanes, ints[lanes_size:lanes_size + keys_needed], \
@@ -476,7 +484,8 @@ def run_exact(flat, counts, moments, row, params, floats, ints):
     if batch < 1 or flat.shape[0] % batch or width % units:
         raise ValueError("colordim kernel: an output of the wrong size")
     return summarise(flat, batch, units, params[LOW], params[HIGH], bins, params[LINTHRESH], params[NEAR],
-                     params[STATS] != 0, counts, moments, row, unit_max, keys, lanes, params[GROW] != 0)
+                     params[STATS] != 0, counts, moments, row, unit_max, keys, lanes, params[GROW] != 0,
+                     params[LAST] != 0)
 
 
 @_jit_call

@@ -17,6 +17,7 @@ record, they record before it ends), in backward too.
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 import weakref
 
@@ -107,6 +108,8 @@ def _layout(value, tensors: list) -> str:
 
 def rebuild(layout: str, tensors: list):
     "The output `_layout` described, around `tensors`; other objects stand in as `Opaque` of their type's name."
+    if layout == TENSOR:  # a plain tensor: most outputs
+        return tensors[0]
     found = iter(tensors)
 
     def fill(value):
@@ -121,7 +124,13 @@ def rebuild(layout: str, tensors: list):
         if isinstance(value, str) and value.startswith("\x00"):
             return _opaque(value[1:])
         return value
-    return fill(ast.literal_eval(layout))
+    return fill(_parsed(layout))
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(layout: str):
+    "A layout as Python values, parsed once: a graph passes the same few layouts every batch."
+    return ast.literal_eval(layout)
 
 
 _opaque_types = {}

@@ -15,7 +15,8 @@ import torch
 from . import fused
 from .torch_kernels import add_moments, channel_count, finite_extremes, histogram_counts, symlog_
 
-__all__ = ["make_plan", "draw_sample", "FusedPlan", "SharedArrays", "TorchPlan", "OUTSIDE"]
+__all__ = ["make_plan", "draw_sample", "FusedPlan", "SharedArrays", "TorchPlan", "UnitsLast", "OUTSIDE",
+           "units_last", "as_units_last"]
 
 USE_FUSED = True  # tests set it False to run the torch path (the GPU's) on the CPU
 LINE = fused.LINE  # float32 values in a 64-byte cache line
@@ -62,9 +63,9 @@ class TorchPlan:
         self.sizes = np.array([math.prod(shape), self.units, counted], dtype=np.int64)  # what the host counts
 
     def fits(self, output) -> bool:
-        "Whether `output` is a floating-point tensor of this plan's shape and device."
+        "Whether `output` is a floating-point tensor of this plan's shape and device, not stored units last."
         return isinstance(output, torch.Tensor) and output.is_floating_point() and output.shape == self.shape \
-            and output.device == self.device
+            and output.device == self.device and (output.is_contiguous() or not units_last(output))
 
     def rebin(self, limits) -> None:
         "Bin over `limits` from now on (an auto range grew)."
@@ -114,8 +115,10 @@ class FusedPlan:
     """One compiled call per output on the CPU (`colordim.fused`): histogram and moments in one pass over
     the whole output, over its sampled lines, or over its sampled positions. The call takes numpy views
     of the output and of the layer's rows; numba checks and holds every array it is given."""
-    def __init__(self, shape, sample, bins, limits, linthresh, near_zero, stats, shared=None, grow=False):
+    def __init__(self, shape, sample, bins, limits, linthresh, near_zero, stats, shared=None, grow=False,
+                 stored_last=False):
         self.shape, self.device = torch.Size(shape), torch.device("cpu")  # the outputs this plan is for
+        self.stored_last = stored_last  # whole outputs stored units last (channels_last), read in place
         self.numel, self.units = math.prod(shape), channel_count(shape)
         batch, inner = (shape[0] if len(shape) >= 2 else 1), self._inner(shape)  # a 0-d or 1-d output: one unit
         counted = self.numel if sample is None else sample[0].numel()
@@ -132,16 +135,18 @@ class FusedPlan:
             self._run, self._index = fused.run_sample, (index,)
             self._scratch = fused.scratch_sizes(bins, self.units, count, count)
         self.params = fused.params(limits, linthresh, near_zero, stats, batch=batch, inner=inner, units=self.units,
-                                   count=count, unsampled=unsampled, grow=grow)
+                                   count=count, unsampled=unsampled, grow=grow, units_last=stored_last)
         self.shared = shared if shared is not None else SharedArrays()
         self.grow = grow  # an auto range the kernel reports values outside of
         self._generation, self._arguments = None, ()  # what a call takes besides the output and rows
         self.unit_max = None  # each unit's maximum in the last output (a view of the shared scratch)
 
     def fits(self, output) -> bool:
-        "Whether `output` is a float32 CPU tensor of this plan's shape (other float dtypes take the long way)."
+        """Whether `output` is a float32 CPU tensor of this plan's shape (other float dtypes take the long way),
+        not stored units last."""
         return isinstance(output, torch.Tensor) and output.dtype is torch.float32 and output.is_cpu \
-            and output.shape == self.shape
+            and output.shape == self.shape and (units_last(output) if self.stored_last
+                                                else output.is_contiguous() or not units_last(output))
 
     def _inner(self, shape) -> int:
         "Values per unit and item: units follow each other every `inner` values."
@@ -191,7 +196,9 @@ class FusedPlan:
         values = values.detach()  # numpy views of tensors that require grad are refused
         if values.dtype is not torch.float32:  # bf16/fp16 are counted in float32, as on the torch path
             values = values.float()
-        if not values.is_contiguous():  # a copy in logical order (channels_last, transposed)
+        if self.stored_last:  # (batch, ..., units): a contiguous view
+            values = values.movedim(1, -1)
+        elif not values.is_contiguous():  # a copy in logical order (transposed)
             values = values.contiguous()
         if self._generation != self.shared.generation:  # the shared scratch grew since the last call
             self._take_scratch()
@@ -213,6 +220,36 @@ class FusedPlan:
         self._generation = self.shared.generation
 
 
+def units_last(output: torch.Tensor) -> bool:
+    """Whether `output` (N, C, ...) is stored with its units (dim 1) last: channels_last, as inductor's and
+    cuDNN's convolutions give. Read in logical order, it would be copied first."""
+    return output.dim() >= 3 and not output.is_contiguous() and output.movedim(1, -1).is_contiguous()
+
+
+def as_units_last(output: torch.Tensor) -> torch.Tensor:
+    "A units-last output as the (positions, units) matrix it is in memory: a view, no copy."
+    return output.movedim(1, -1).reshape(-1, output.shape[1])
+
+
+class UnitsLast:
+    """The plan for outputs stored units last: another plan's, for their (positions, units) view. The
+    histogram, moments and dead units are the same as in logical order; a sample's positions are drawn
+    in memory order (a different sample of the same output)."""
+    def __init__(self, plan, shape):
+        self.plan, self.shape, self.device = plan, torch.Size(shape), plan.device
+        self.sizes, self.grow = plan.sizes, plan.grow
+
+    def fits(self, output) -> bool:
+        return isinstance(output, torch.Tensor) and output.shape == self.shape and units_last(output) \
+            and self.plan.fits(as_units_last(output))
+
+    def rebin(self, limits) -> None:
+        self.plan.rebin(limits)
+
+    def __call__(self, values: torch.Tensor, rows, row: int, grow: bool = True):
+        return self.plan(as_units_last(values), rows, row, grow)
+
+
 def _frozen(array: np.ndarray) -> np.ndarray:
     "`array`, read-only from now on: the kernel reads by its indices, which were checked once."
     array.flags.writeable = False
@@ -224,6 +261,13 @@ def make_plan(values: torch.Tensor, sample: int, seed: int, bins: int, limits, l
               stats: bool, scratch, shared: SharedArrays = None, grow: bool = False):
     """The plan for outputs like `values`: `sample` positions drawn from `seed` when it has more values;
     `grow`: the range is an auto one, which the plan reports values outside of (OUTSIDE)."""
+    if units_last(values) and sample is None and USE_FUSED and values.device.type == "cpu" and fused.available() \
+            and values.dtype is torch.float32:  # the kernel reads it in place
+        return FusedPlan(tuple(values.shape), None, bins, limits, linthresh, near_zero, stats, shared, grow, True)
+    if units_last(values):  # the torch path and samples: its (positions, units) view
+        plan = make_plan(as_units_last(values), sample, seed, bins, limits, linthresh, near_zero, stats, scratch,
+                         shared, grow)
+        return UnitsLast(plan, values.shape)
     shape = tuple(values.shape)
     positions = draw_sample(shape, sample, seed) if sample is not None and values.numel() > sample else None
     if USE_FUSED and values.device.type == "cpu" and fused.available():

@@ -224,3 +224,33 @@ def test_checkpointed_blocks_in_a_compiled_model_count_each_value_and_gradient_o
     eager = train_loop(eager_model, eager_model, grads=True, layers=layers)
     assert recording == eager and recording.grads == eager.grads
     assert recording.grads.numel["block.0"].tolist() == [16 * 16] * BATCHES
+
+
+@pytest.mark.parametrize("sample", [None, 50])
+def test_outputs_stored_channels_last_are_read_in_place_with_the_counts_of_logical_order(cpu_path, sample):
+    "Inductor's convolutions (and models in channels_last) give (N, C, H, W) outputs stored (N, H, W, C)."
+    from colordim.plans import UnitsLast
+    model = nn.Sequential(nn.Tanh(), nn.ReLU())
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randn(8, 6, 5, 5, generator=generator) * 3 for _ in range(3)]
+    images[0][:, 2] = -1.0  # channel 2 dead after the ReLU
+    recordings = {}
+    for layout in (torch.contiguous_format, torch.channels_last):
+        with colordim.record(model, layers=[0, 1], bins=16, range=(-2, 2), sample=sample) as recorder:
+            for x in images:
+                model(x.to(memory_format=layout))
+        recordings[layout] = recorder.recording
+        plan = next(iter(recorder.engine.layers["activation"][1].plans.values()))
+        read_in_place = isinstance(plan, UnitsLast) or getattr(plan, "stored_last", False)
+        assert read_in_place == (layout is torch.channels_last)
+    plain, stored_last = recordings.values()
+    assert stored_last.shapes == plain.shapes and stored_last.shapes["1"] == (8, 6, 5, 5)
+    for name in ("0", "1"):  # the same counts (a sample: of as many values); the sums in another order
+        if sample is None:
+            assert np.array_equal(stored_last.counts[name], plain.counts[name])
+            np.testing.assert_allclose(stored_last.moments[name], plain.moments[name], rtol=1e-12)
+        else:
+            assert np.allclose(stored_last.counts[name].sum(1), plain.counts[name].sum(1))
+    assert all(np.array_equal(stored_last.numel[name], plain.numel[name]) for name in ("0", "1"))
+    if sample is None:  # a sample of 50 may miss the dead channel's values: only the exact rate is certain
+        assert stored_last.dead_rate["1"].tolist()[0] == pytest.approx(1 / 6) and plain.dead_rate["1"][1] == 0
