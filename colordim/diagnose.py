@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .recording import Recording
+from .scale_checks import SIGMAS, blowup, growth, massive_ratio, share_beyond, stacks
 
 __all__ = ["diagnose", "Report", "Finding", "THRESHOLDS"]
 
@@ -22,6 +23,11 @@ THRESHOLDS = {
     "near_zero": 0.9,   # a share of values with |x| <= the recording's near-zero threshold above this
     "outside": 0.01,    # a share of values below or above the range (training batches) above this
     "jitter": 0.25,     # std of the batch-to-batch change of log(std) over the last epoch above this
+    "massive": 100.0,   # massive activations: a largest |value| at least this ...
+    "massive_ratio": 1000.0,  # ... and at least this many times the median |value|, in a training batch
+    "outliers": 0.001,  # heavy tails: a share of values beyond 6 standard deviations above this (the tail)
+    "growth": 10.0,     # a block's RMS over its stack's first block's above this (the tail)
+    "blowup": 100.0,    # a layer's RMS in a training batch over its median in the first 10% of them above this
 }
 
 
@@ -29,7 +35,8 @@ THRESHOLDS = {
 class Finding:
     "One problem seen in one layer: what was measured, against which threshold, and what to try."
     layer: str
-    check: str          # "origin", "silent", "nan", "inf", "dead", "near_zero", "below", "above" or "jitter"
+    check: str          # "origin", "silent", "nan", "inf", "dead", "near_zero", "below", "above", "jitter",
+                        # "massive", "outliers" or "growth"
     value: float        # the figure measured
     threshold: float    # healthy is at or below this (for nan/inf: 0 batches)
     message: str        # what was seen, in plain words
@@ -119,15 +126,23 @@ def _format(key, value) -> str:
 
 def diagnose(recording: Recording, tail: float = THRESHOLDS["tail"], dead: float = THRESHOLDS["dead"],
              near_zero: float = THRESHOLDS["near_zero"], outside: float = THRESHOLDS["outside"],
-             jitter: float = THRESHOLDS["jitter"]) -> Report:
+             jitter: float = THRESHOLDS["jitter"], massive: float = THRESHOLDS["massive"],
+             massive_ratio: float = THRESHOLDS["massive_ratio"], outliers: float = THRESHOLDS["outliers"],
+             growth: float = THRESHOLDS["growth"], blowup: float = THRESHOLDS["blowup"]) -> Report:
     """Health figures and findings for each layer of `recording` (its activations). Thresholds:
-    `tail` last share of training batches read for dead units and near zero (0.1); `dead` share of
-    dead units of a ReLU-like layer (0.05); `near_zero` share of values near zero (0.9); `outside`
-    share of values beyond an end of the range (0.01); `jitter` std of the batch-to-batch change in
-    log(std) over the last epoch (0.25). A finding means a figure above its threshold."""
+    `tail` last share of training batches read for dead units, near zero, outliers and growth (0.1);
+    `dead` share of dead units of a ReLU-like layer (0.05); `near_zero` share of values near zero (0.9);
+    `outside` share of values beyond an end of the range (0.01); `jitter` std of the batch-to-batch
+    change in log(std) over the last epoch (0.25); `massive` and `massive_ratio`: a largest |value| at
+    least this big (100) and this many times the median |value| (1000) in a training batch; `outliers`
+    share of values beyond 6 standard deviations (0.001); `growth` RMS of a block over its stack's first
+    block (10; a stack: `blocks.0`, `blocks.1`, ... of one shape); `blowup` RMS of a layer in a training
+    batch over its median in the first 10% of them (100: where a run diverged). A finding means a figure
+    above its threshold (`colordim.scale_checks` says how the last five are read)."""
     if not isinstance(recording, Recording):
         raise TypeError(f"recording: expected a colordim Recording, got {type(recording).__name__}")
-    thresholds = dict(tail=tail, dead=dead, near_zero=near_zero, outside=outside, jitter=jitter)
+    thresholds = dict(tail=tail, dead=dead, near_zero=near_zero, outside=outside, jitter=jitter, massive=massive,
+                      massive_ratio=massive_ratio, outliers=outliers, growth=growth, blowup=blowup)
     for name, value in thresholds.items():
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and (name != "tail" or 0 < value <= 1)):
             valid = "a share in (0, 1]" if name == "tail" else "a number >= 0"
@@ -137,8 +152,81 @@ def diagnose(recording: Recording, tail: float = THRESHOLDS["tail"], dead: float
     for name in recording.layer_names:
         row = _figures(recording, name, columns)
         rows.append(row)
-        findings += _findings(recording, name, row, thresholds)
-    return Report(rows, _origin(recording) + findings, thresholds, columns=len(recording))
+        findings += _findings(recording, name, row, thresholds) + _scale_findings(recording, name, row, columns,
+                                                                                  thresholds)
+    findings += _growth(recording, columns, thresholds)
+    return Report(rows, _origin(recording) + _blowup(recording, columns, blowup) + findings, thresholds,
+                  columns=len(recording))
+
+
+def _blowup(recording: Recording, columns: "_Columns", limit: float) -> list:
+    """Where the run's scale blew up: the first training batch where a layer's RMS passed `limit` times its
+    early median, and in it the first such layer in the model's order."""
+    ratios = {name: blowup(recording, name, columns.train) for name in recording.layer_names}
+    with np.errstate(invalid="ignore"):
+        above = {name: ratio > limit for name, ratio in ratios.items()}
+    if not any(mask.any() for mask in above.values()):
+        return []
+    column = min(int(np.argmax(mask)) for mask in above.values() if mask.any())
+    name = next(name for name in recording.layer_names if above[name][column])
+    others = sum(bool(mask.any()) for mask in above.values()) - 1
+    return [Finding(name, "blowup", float(np.nanmax(ratios[name])), limit,
+                    f"the run blew up here: at {_first(recording, above[name])} this layer's RMS passed {limit:g} "
+                    f"times its median in the first 10% of training batches (up to {np.nanmax(ratios[name]):.3g} "
+                    f"times later), the first layer in the model's order to do so ({others} other layer"
+                    f"{'s' if others != 1 else ''} did later or then)",
+                    "lower the learning rate at and before that batch (a spike in the schedule?), warm it up, "
+                    "or clip gradients")]
+
+
+def _scale_findings(recording: Recording, name: str, row: dict, columns: "_Columns", limits: dict) -> list:
+    """Massive activations (any training batch) and heavy tails (the tail of training) in one layer; not
+    heavy tails where the values are one-sided (ReLU-like): a mostly-zero output's std is no scale for them."""
+    found = []
+    train = columns.train
+    largest, ratio = massive_ratio(recording, name)
+    hits = np.zeros(len(recording), bool)
+    with np.errstate(invalid="ignore"):
+        hits[train] = (largest[train] >= limits["massive"]) & (ratio[train] >= limits["massive_ratio"])
+    if hits.any():
+        worst = int(np.flatnonzero(hits)[np.nanargmax(ratio[hits])])
+        found.append(Finding(name, "massive", float(ratio[worst]), limits["massive_ratio"],
+                             f"massive activations: values up to {largest[worst]:.3g}, {ratio[worst]:.0f} times the "
+                             f"median |value| (healthy: below {limits['massive']:g} or {limits['massive_ratio']:g} "
+                             f"times), first at {_first(recording, hits)}",
+                             "a few units carry huge values (they break fp16 and quantisation): look at this layer's "
+                             "input and weights there; lower the learning rate or clip gradients"))
+    shares = share_beyond(recording, name)
+    share = _tail_mean(shares, columns)
+    if share > limits["outliers"] and not row["relu_like"]:
+        above = np.zeros(len(recording), bool)
+        above[train] = shares[train] > limits["outliers"]
+        found.append(Finding(name, "outliers", share, limits["outliers"],
+                             f"heavy tails: {_percent(share)} of values lie beyond {SIGMAS} standard deviations over "
+                             f"the last {limits['tail']:.0%} of training batches (normal: 2e-9; healthy: below "
+                             f"{limits['outliers']:.1%}), first above at {_first(recording, above)}",
+                             "outlier features: check the norms before this layer; lower the learning rate"))
+    return found
+
+
+def _growth(recording: Recording, columns: "_Columns", limits: dict) -> list:
+    "Blocks of a stack whose RMS grew past `growth` times the first block's, over the tail of training."
+    found = []
+    for stack in stacks(recording):
+        ratios = growth(recording, stack)
+        for index, name in enumerate(stack[1:], start=1):
+            ratio = _tail_mean(ratios[:, index], columns)
+            if ratio > limits["growth"]:
+                above = np.zeros(len(recording), bool)
+                above[columns.train] = ratios[columns.train, index] > limits["growth"]
+                found.append(Finding(name, "growth", ratio, limits["growth"],
+                                     f"the scale grows with depth: RMS {ratio:.1f} times `{stack[0]}`'s over the last "
+                                     f"{limits['tail']:.0%} of training batches (healthy: below {limits['growth']:g}), "
+                                     f"first above at {_first(recording, above)}",
+                                     "the residual stream blows up: lower the learning rate, scale the residual "
+                                     "branches down at init, or normalise the blocks' outputs"))
+                break  # the first block past it says where; later ones follow from it
+    return found
 
 
 def _origin(recording: Recording) -> list:

@@ -25,7 +25,7 @@ import torch
 
 __all__ = ["tracing", "running", "register", "unregister", "trace", "available"]
 
-_hooks, _keys = {}, itertools.count()  # key -> weak reference to its Hook
+_hooks, _keys = weakref.WeakValueDictionary(), itertools.count()  # key -> its Hook, while it lives
 _running = [0]  # > 0 while a graph's op runs a hook: its tensors are not the ones autograd sees
 TENSOR = "..."  # a tensor's place in a layout; anything else but containers and None is "\x00" + its type
 
@@ -57,7 +57,7 @@ def running() -> bool:
 def register(hook) -> int:
     "A key for `hook`, which the graph's ops find it by (weakly held)."
     key = next(_keys)
-    _hooks[key] = weakref.ref(hook)
+    _hooks[key] = hook
     return key
 
 
@@ -66,17 +66,14 @@ def unregister(key: int) -> None:
     _hooks.pop(key, None)
 
 
-def _live(key: int):
-    reference = _hooks.get(key)
-    return reference() if reference is not None else None
-
-
 def trace(hook, value, output: bool = True) -> None:
     """What a traced hook adds to the graph: its op, on the tensors of `value` (its output, or a pre-hook's
     inputs, which the op takes only to be placed among them: inductor mishandles an op with no tensor
     inputs), and a gradient op on each tensor of an output that requires grad."""
     tensors = []
-    layout = _layout(value, tensors) if output else (_layout(value, tensors) and "None")
+    layout = _layout(value, tensors)
+    if not output:  # the pre-hook's function takes no output
+        layout = "None"
     torch.ops.colordim.hook(tensors, hook.key, layout)
     if hook.gradient is not None and output:
         for index, tensor in enumerate(tensors):
@@ -151,7 +148,7 @@ if available:
     @torch.library.custom_op("colordim::hook", mutates_args=(), **_UNSAFE)
     def _hook_op(tensors: list[torch.Tensor], key: int, layout: str) -> None:
         "At run time: hook `key`'s call on the real output."
-        hook = _live(key)
+        hook = _hooks.get(key)
         if hook is None:
             return
         _running[0] += 1
@@ -167,7 +164,7 @@ if available:
     @torch.library.custom_op("colordim::gradient", mutates_args=(), **_UNSAFE)
     def _gradient_op(grad: torch.Tensor, key: int, index: int) -> None:
         "At run time, in backward: the gradient of tensor `index` of hook `key`'s output."
-        hook = _live(key)
+        hook = _hooks.get(key)
         if hook is not None:
             hook.run_gradient(index, grad)
 

@@ -48,3 +48,24 @@ def test_console_script_is_installed():
     script = shutil.which("colordim") or str(Path(sys.executable).parent / "colordim")
     result = subprocess.run([script, "demo", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--epochs" in result.stdout and "-o DIR" in result.stdout
+
+
+def test_the_gpt_demo_writes_both_runs_and_prints_their_reports(tmp_path, capsys):
+    assert main(["demo", "--model", "gpt", "--steps", "30", "-o", str(tmp_path)]) == 0
+    for run in ("gpt_stable", "gpt_spiking"):
+        assert sorted(path.name for path in (tmp_path / run).iterdir()) == ["grid.png", "recording.npz", "report.html"]
+        grid = mpimg.imread(tmp_path / run / "grid.png")
+        assert grid.shape[0] > 400 and grid.shape[1] > 800  # 13 panels, 4 a row
+    from colordim import Recording
+    saved = Recording.load(tmp_path / "gpt_spiking" / "recording.npz")
+    assert len(saved) == 30 and saved.layer_names[-1] == "head" and len(saved.layer_names) == 13
+    printed = capsys.readouterr().out
+    assert "Training the GPT (spiking): 30 steps, lr 0.003, 0.3 from step 12 to 15" in printed
+    assert printed.count("Health report, ") == 2 and "Done in" in printed
+
+
+def test_bad_gpt_demo_numbers_are_one_clear_line(capsys):
+    assert main(["demo", "--model", "gpt", "--steps", "5"]) == 2
+    assert capsys.readouterr().err == "colordim demo: --steps must be at least 20, got 5\n"
+    assert main(["demo", "--model", "gpt", "--spike", "0"]) == 2
+    assert capsys.readouterr().err == "colordim demo: --spike must be above 0, got 0.0\n"

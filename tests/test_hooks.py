@@ -1,5 +1,5 @@
 """colordim.hooks: torch forward hooks on every device, that copies of a model never carry along and
-that torch.compile never traces."""
+that torch.compile traces as one op that runs them eagerly (more in test_compiled.py)."""
 import copy
 import io
 import pickle
