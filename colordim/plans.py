@@ -261,13 +261,13 @@ def make_plan(values: torch.Tensor, sample: int, seed: int, bins: int, limits, l
               stats: bool, scratch, shared: SharedArrays = None, grow: bool = False):
     """The plan for outputs like `values`: `sample` positions drawn from `seed` when it has more values;
     `grow`: the range is an auto one, which the plan reports values outside of (OUTSIDE)."""
-    if units_last(values) and sample is None and USE_FUSED and values.device.type == "cpu" and fused.available() \
-            and values.dtype is torch.float32:  # the kernel reads it in place
-        return FusedPlan(tuple(values.shape), None, bins, limits, linthresh, near_zero, stats, shared, grow, True)
-    if units_last(values):  # the torch path and samples: its (positions, units) view
-        plan = make_plan(as_units_last(values), sample, seed, bins, limits, linthresh, near_zero, stats, scratch,
-                         shared, grow)
-        return UnitsLast(plan, values.shape)
+    if units_last(values):
+        if sample is None and USE_FUSED and values.is_cpu and values.dtype is torch.float32 and fused.available():
+            return FusedPlan(tuple(values.shape), None, bins, limits, linthresh, near_zero, stats, shared, grow,
+                             stored_last=True)  # the kernel reads it in place
+        # the torch path, and samples: its (positions, units) view
+        return UnitsLast(make_plan(as_units_last(values), sample, seed, bins, limits, linthresh, near_zero, stats,
+                                   scratch, shared, grow), values.shape)
     shape = tuple(values.shape)
     positions = draw_sample(shape, sample, seed) if sample is not None and values.numel() > sample else None
     if USE_FUSED and values.device.type == "cpu" and fused.available():
