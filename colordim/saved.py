@@ -68,11 +68,14 @@ def _arrays(recording: Recording, prefix: str) -> tuple[dict, dict]:
 
 def load(path) -> Recording:
     "Read a Recording saved by `save` (never unpickles: opening a file cannot run code)."
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):  # what np.load would take for a pickle, and refuse as one
+        raise ValueError(f"{path}: not a colordim recording (not a complete .npz archive; colordim saves runs "
+                         "with `recording.save(path)` or `save_to=`)")
     try:
         with np.load(path, allow_pickle=False) as data:
-            header = json.loads(bytes(data["header"]).decode())
-            if header.get("format") != FORMAT:
-                raise ValueError(f"it is not a colordim recording (format {header.get('format')!r})")
+            header = _header(path, data)
             if header.get("version", 0) > FORMAT_VERSION:
                 raise ValueError(f"it was written by a newer colordim ({header.get('library')}, format "
                                  f"{header['version']}); this one reads format {FORMAT_VERSION}: upgrade colordim")
@@ -80,10 +83,29 @@ def load(path) -> Recording:
             if "grads" in header:
                 recording.grads = _read(data, header["grads"], "grads.")
             return recording
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
+    except _NotOurs as error:
+        raise ValueError(f"{path}: not a colordim recording ({error})") from None
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a readable colordim recording: {error}") from None
+        raise ValueError(f"{path}: a damaged colordim recording: {error}") from None
+
+
+class _NotOurs(Exception):
+    "An .npz that another program wrote."
+
+
+def _header(path, data) -> dict:
+    "The JSON header of a colordim .npz, or _NotOurs saying what the file holds instead."
+    if "header" not in data.files:
+        arrays = ", ".join(data.files[:8]) + (", ..." if len(data.files) > 8 else "")
+        raise _NotOurs(f"an .npz without colordim's header; its arrays: {arrays or 'none'}")
+    try:
+        header = json.loads(bytes(data["header"]).decode())
+    except (ValueError, UnicodeDecodeError):
+        raise _NotOurs("its 'header' array is not colordim's JSON header") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else None
+        raise _NotOurs(f"its header's format is {found!r}, not {FORMAT!r}")
+    return header
 
 
 def _read(data, header: dict, prefix: str) -> Recording:

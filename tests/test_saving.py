@@ -42,8 +42,13 @@ def test_a_truncated_file_a_future_version_and_other_files_are_refused(tmp_path)
     path = a_recording().save(tmp_path / "a.npz")
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(ValueError, match="truncated.npz: not a readable colordim recording"):
+    with pytest.raises(ValueError, match="truncated.npz: not a colordim recording .not a complete .npz archive"):
         Recording.load(truncated)
+    text = tmp_path / "notes.npz"  # a text file renamed: numpy would call it a pickle and suggest allow_pickle
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="notes.npz: not a colordim recording") as refused:
+        Recording.load(text)
+    assert "pickle" not in str(refused.value)
     with np.load(path) as data:
         arrays = dict(data)
     header = json.loads(bytes(arrays["header"]).decode())
@@ -52,9 +57,13 @@ def test_a_truncated_file_a_future_version_and_other_files_are_refused(tmp_path)
     np.savez(tmp_path / "future.npz", **arrays)
     with pytest.raises(ValueError, match="written by a newer colordim .* format 99\\); this one reads format 1"):
         Recording.load(tmp_path / "future.npz")
-    np.savez(tmp_path / "other.npz", x=np.arange(3))
-    with pytest.raises(ValueError, match="other.npz: not a readable colordim recording"):
+    np.savez(tmp_path / "other.npz", x=np.arange(3), y=np.ones(2))
+    with pytest.raises(ValueError, match="other.npz: not a colordim recording .an .npz without colordim's header; "
+                                         "its arrays: x, y.$"):
         Recording.load(tmp_path / "other.npz")
+    np.savez(tmp_path / "json.npz", header=np.frombuffer(b'{"format": "theirs"}', dtype=np.uint8))
+    with pytest.raises(ValueError, match="json.npz: not a colordim recording .its header's format is 'theirs'"):
+        Recording.load(tmp_path / "json.npz")
     with pytest.raises(FileNotFoundError, match="missing.npz: no such file"):
         Recording.load(tmp_path / "missing.npz")
 
