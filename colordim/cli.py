@@ -12,6 +12,7 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="colordim", description="Colorful-dimension plots of layer activations for fastai and PyTorch.")
+    parser.add_argument("--version", action="version", version=f"colordim {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo", help="train the seed CNN on MNIST digits with and without batch norm (or a tiny GPT with a "
@@ -62,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     board.add_argument("run", metavar="RUN.npz", help="the saved run")
     board.add_argument("log_dir", metavar="LOG_DIR", help="TensorBoard's log folder")
     return parser
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
 
 
 def _add_columns_choice(command) -> None:
@@ -159,6 +165,9 @@ def _compare_runs(args) -> None:
     matplotlib.use("Agg")
     from . import plot
     from .recording import Recording
+    if len(args.runs) < 2:
+        raise ValueError(f"compare needs two or more saved runs to draw side by side, got one: {args.runs[0]}; "
+                         "for one run, use `colordim plot`")
     recordings = [Recording.load(path) for path in args.runs]
     layers = {_layer(recording, args.layer) for recording in recordings}
     if len(layers) != 1:

@@ -63,7 +63,8 @@ def test_missing_bad_and_wrong_requests_exit_nonzero_with_one_line(tmp_path):
     assert "missing.npz: no such file" in result.stderr
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     result = run("plot", tmp_path / "bad.npz")
-    assert result.returncode == 1 and "not a readable colordim recording" in result.stderr
+    assert result.returncode == 1 and "bad.npz: not a colordim recording" in result.stderr
+    assert "pickle" not in result.stderr
     saved_run(tmp_path / "a.npz")
     result = run("plot", tmp_path / "a.npz", "--layers", "conv9")
     assert result.returncode == 1 and "'conv9' was not recorded; recorded layers: ['0', '1', '2']" in result.stderr
@@ -90,3 +91,14 @@ def test_compare_two_runs_on_one_scale(tmp_path):
     plt.close(figure)
     with pytest.raises(ValueError, match="labels: got 1 for 2 recordings"):
         colordim.compare([colordim.Recording.load(calm)] * 2, labels=["one"])
+
+
+def test_version_and_compare_with_one_run(tmp_path):
+    import colordim
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"colordim {colordim.__version__}"
+    saved_run(tmp_path / "a.npz")
+    result = run("compare", tmp_path / "a.npz")
+    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0
+    assert "compare needs two or more saved runs to draw side by side, got one:" in result.stderr
+    assert "use `colordim plot`" in result.stderr
