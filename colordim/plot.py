@@ -85,7 +85,8 @@ def color_dim_epochs(recording: Recording, layer=0, phase="train", log=True, col
 
 def dead_chart(recording: Recording, layers=None, phase="train", axes=None, figsize=None, fname=None,
                kind="activation"):
-    "Per batch, the share of values in the bin(s) at zero and the dead-unit rate, a line per layer."
+    """Per batch, the share of values in the bin(s) at zero and the dead-unit rate, a line per layer; the rate
+    only for layers that never output a negative value (a logit below zero is not dead, as in the report)."""
     recording = recording.kind(kind)
     names = _names(recording, layers)
     _columns(recording, names[0], None, phase)  # the checks: a recording with `phase` columns
@@ -93,11 +94,18 @@ def dead_chart(recording: Recording, layers=None, phase="train", axes=None, figs
     figure, (zero_ax, dead_ax) = _axes(axes, 2, lambda: plt.subplots(
         2, 1, sharex=True, figsize=figsize or (10, 5), constrained_layout=True))
     zero_share = shown.zero_bin_share()
+    signed = []
     for name in names:
-        zero_ax.plot(zero_share[name], label=shown.label(name), linewidth=1)
-        dead_ax.plot(shown.dead_rate[name], label=shown.label(name), linewidth=1)
-    zero_ax.set_ylabel("share in the\nbin(s) at 0")
-    dead_ax.set_ylabel("dead-unit rate")
+        line, = zero_ax.plot(zero_share[name], label=shown.label(name), linewidth=1)
+        if np.nanmin(shown.min[name], initial=np.inf) < 0:
+            signed.append(shown.label(name))
+        else:  # the same colour in both panels
+            dead_ax.plot(shown.dead_rate[name], label=shown.label(name), linewidth=1, color=line.get_color())
+    zero_ax.set_ylabel("share of values\nat 0")
+    dead_ax.set_ylabel("share of channels\nthat never fire")
+    if signed:
+        dead_ax.text(0.99, 0.97, "not drawn (they output negative values, so none is dead): " + ", ".join(signed),
+                     transform=dead_ax.transAxes, ha="right", va="top", fontsize=7, wrap=True)
     dead_ax.set_xlabel(_x_label(shown, phase))
     for ax in (zero_ax, dead_ax):
         ax.set_ylim(-0.02, 1.02)

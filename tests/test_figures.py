@@ -114,10 +114,14 @@ def test_dead_chart_draws_zero_share_and_dead_rate(recording, tmp_path):
     # every value of the zero layer is in the bins at 0, but for the NaN (0 * NaN) of training column 4
     assert lines["zero"].tolist() == [1.0] * 4 + [95 / 96, 1.0]
     np.testing.assert_allclose(lines["unit"], train.zero_bin_share()["unit"])
-    dead = {line.get_label().split()[0]: line.get_ydata() for line in dead_ax.lines}
+    dead = {line.get_label().split()[0]: line.get_ydata() for line in dead_ax.lines if line.get_label()[0] != "_"}
     # every unit outputs 0 <= 0: dead; but the unit with a NaN is not "dead", it is broken
     assert dead["zero"].tolist() == [1.0] * 4 + [0.75, 1.0]
-    np.testing.assert_allclose(dead["unit"], train.dead_rate["unit"])
+    # the signed layers have no dead units (as in the report): not drawn, and the panel says why
+    assert list(dead) == ["zero"]
+    notes = [text.get_text() for text in dead_ax.texts]
+    assert notes == ["not drawn (they output negative values, so none is dead): unit Scale, big Scale"]
+    assert dead_ax.get_ylabel() == "share of channels\nthat never fire" and zero_ax.get_ylabel() == "share of values\nat 0"
     assert len(vertical_lines(dead_ax)) == 1 and dead_ax.get_ylim() == (-0.02, 1.02)
     assert not_blank(png(figure, tmp_path / "dead.png"))
 
