@@ -14,6 +14,7 @@ and check the sizes their loops rely on: no address ever reaches compiled code.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -40,8 +41,30 @@ def available() -> bool:
     "Whether the compiled CPU kernels run here: numba imports, and a first tiny call compiles and works."
     global _WORKS
     if _WORKS is None:
-        _WORKS = njit is not None and _smoke_test()
+        _WORKS = njit is not None and _telling_if_slow(_smoke_test)
     return _WORKS
+
+
+def _telling_if_slow(compile_kernels, after: float = 1.0):
+    """`compile_kernels()`, saying so on stderr if it takes more than `after` seconds (the first recording
+    after installing compiles the kernels, several seconds; later ones load them from the disk cache)."""
+    import sys
+    import threading
+    told, started = [], time.perf_counter()
+
+    def tell():
+        told.append(True)
+        print("colordim: compiling the CPU kernel (once after installing; cached on disk after that) ...",
+              file=sys.stderr, flush=True)
+    notice = threading.Timer(after, tell)
+    notice.daemon = True
+    notice.start()
+    try:
+        return compile_kernels()
+    finally:
+        notice.cancel()
+        if told:
+            print(f"colordim: CPU kernel ready in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
 
 
 def _smoke_test() -> bool:

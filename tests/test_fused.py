@@ -193,3 +193,13 @@ def test_the_kernel_calls_keep_the_gil_because_plans_share_their_scratch():
     for call in (fused.run_exact, fused.run_sample, fused.run_lines):
         assert call.targetoptions.get("nogil", False) is False, call
     assert fused.summarise.targetoptions["nogil"] is True  # the kernels themselves may run without it
+
+
+def test_a_slow_first_compile_says_so_on_stderr_and_a_quick_one_says_nothing(capsys):
+    import time
+    from colordim import fused
+    assert fused._telling_if_slow(lambda: time.sleep(0.4) or True, after=0.05) is True
+    told = capsys.readouterr().err
+    assert told.count("colordim: compiling the CPU kernel (once after installing; cached on disk after that)") == 1
+    assert "colordim: CPU kernel ready in 0 s" in told
+    assert fused._telling_if_slow(lambda: 7, after=5.0) == 7 and capsys.readouterr().err == ""
