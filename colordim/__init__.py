@@ -4,11 +4,12 @@ from .layers import find_layers
 from .loop import record
 from .recorder import HistogramRecorder
 from .recording import Recording
+from .summary import summary
 from . import saved  # noqa: F401  (sets Recording.save and Recording.load)
 
 __version__ = "0.1.0"
 _FIGURES = ("color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats", "compare")
-__all__ = ["ActivationHistogram", "HistogramRecorder", "Recording", "Report", "diagnose", "find_layers", "record",
+__all__ = ["ActivationHistogram", "HistogramRecorder", "Recording", "Report", "diagnose", "find_layers", "record", "summary",
            "to_tensorboard", *_FIGURES, "__version__"]
 
 

@@ -262,3 +262,15 @@ def show_heatmap(self: Learner, x, layer=0, **kwargs):
     "The channel-mean map of `layer` for input `x`, resized, over the input image."
     from .maps import show_heatmap
     return show_heatmap(self.model, x, layer, **kwargs)
+
+
+@patch
+def activation_summary(self: Learner, x=None):
+    """Every module of the model with what `layers=` takes to pick it (index, name), its type, output shape,
+    parameters and whether it is hooked by default; `x`: an input batch (default: one training batch)."""
+    from .summary import summary
+    if x is None:
+        batch = self.dls.one_batch()
+        inputs = getattr(self.dls, "n_inp", 1 if len(batch) == 1 else len(batch) - 1)  # as fastai's Learner splits
+        x = tuple(batch[:inputs])
+    return summary(self.model, x)
