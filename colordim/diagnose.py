@@ -50,6 +50,23 @@ class Finding:
         return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(str(self), quote=False))
 
 
+# what a check says of its layers in the verdict line: (one layer, several)
+VERDICTS = {"silent": ("recorded nothing", "recorded nothing"), "nan": ("outputs NaN", "output NaN"),
+            "inf": ("outputs Inf", "output Inf"), "blowup": ("blew up first", "blew up first"),
+            "dead": ("has dead units", "have dead units"), "near_zero": ("outputs mostly zeros", "output mostly zeros"),
+            "below": ("clips", "clip"), "above": ("clips", "clip"), "jitter": ("jumps in scale", "jump in scale"),
+            "massive": ("has massive activations", "have massive activations"),
+            "outliers": ("has heavy tails", "have heavy tails"), "growth": ("grows with depth", "grow with depth")}
+# the table's cell each check is about (a layer's row shows which figure is over its threshold)
+CELLS = {"dead": "dead", "near_zero": "near_zero", "below": "below", "above": "above", "nan": "nan_batches",
+         "inf": "inf_batches", "jitter": "jitter"}
+
+
+def _listed(names: list) -> str:
+    "`a`, `a and b`, `a, b and c`."
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 @dataclass
 class Report:
     "Per-layer health figures (`rows`, one dict per layer) and `findings`; prints as a table, shows as HTML."
@@ -71,6 +88,32 @@ class Report:
         "True when nothing was found."
         return not self.findings
 
+    @property
+    def verdict(self) -> str:
+        """The answer first, in one line: "All 5 layers healthy", or "3 of 5 layers unhealthy: 1, 2 and 3 have
+        dead units; 4 clips" (layers grouped by what is wrong, most serious first: see VERDICTS)."""
+        layers = len(self.rows)
+        if not self.columns:
+            return f"Nothing recorded yet ({layers} layer{'s' if layers != 1 else ''} hooked)"
+        unhealthy = list(dict.fromkeys(finding.layer for finding in self.findings if finding.check != "origin"))
+        if not unhealthy:
+            return f"All {layers} layers healthy" if layers != 1 else "The layer is healthy"
+        said = {}  # phrase -> layers, in the order findings come
+        for finding in self.findings:
+            if finding.check in VERDICTS:
+                phrase = VERDICTS[finding.check]
+                said.setdefault(phrase, [])
+                if finding.layer not in said[phrase]:
+                    said[phrase].append(finding.layer)
+        order = list(VERDICTS.values())  # most serious first
+        parts = [f"{_listed(names)} {phrase[len(names) > 1]}"
+                 for phrase, names in sorted(said.items(), key=lambda item: order.index(item[0]))]
+        return f"{len(unhealthy)} of {layers} layer{'s' if layers != 1 else ''} unhealthy: " + "; ".join(parts)
+
+    def over(self, row: dict) -> set:
+        "The keys of `row`'s cells whose figure is over its threshold (a finding about them)."
+        return {CELLS[finding.check] for finding in self.findings_for(row["layer"]) if finding.check in CELLS}
+
     def _cells(self, row) -> list[str]:
         return [_format(key, row[key]) for key, _ in self.COLUMNS]
 
@@ -81,6 +124,7 @@ class Report:
         table = ["  ".join(cell.ljust(width) if i < 3 else cell.rjust(width)
                            for i, (cell, width) in enumerate(zip(line, widths))) for line in lines]
         table.insert(1, "  ".join("-" * width for width in widths))
+        table.insert(0, self.verdict + "\n")
         tail = self.thresholds["tail"]
         notes = [f"dead units and near zero: the last {tail:.0%} of training batches; jitter: the last epoch",
                  "Findings:" if self.findings else "Findings: none, every figure is within its threshold."
@@ -90,22 +134,52 @@ class Report:
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        table = self.table_html('class="colordim-report"')
-        return f"{table}<p>Findings:</p>{self.findings_html('none')}"
+        "In a notebook: the verdict, the table with the rows and cells of findings marked, the findings."
+        table = self.table_html('class="colordim-report"', shade=True, inline=True)
+        return f"{self.verdict_html()}{table}<p>Findings:</p>{self.findings_html('none')}"
 
-    def table_html(self, attributes: str = "", shade: bool = False) -> str:
-        "The table as HTML (`attributes` of its tag); `shade`: the rows of layers with findings get class 'finding'."
+    def verdict_html(self) -> str:
+        "The verdict as a paragraph, green when healthy and orange when not."
+        color = "#1b5e20" if self.healthy else "#bf360c"
+        return (f'<p class="colordim-verdict" style="font-size:1.2em;font-weight:bold;color:{color}">'
+                f"{html.escape(self.verdict)}</p>")
+
+    def table_html(self, attributes: str = "", shade: bool = False, inline: bool = False, links: bool = False) -> str:
+        """The table as HTML (`attributes` of its tag). `shade`: the rows of layers with findings get class
+        'finding', and each cell over its threshold class 'over' (`inline`: styled in place, for a notebook
+        with no page style); `links`: each layer name links to its section (`#layer-NAME`)."""
         head = "".join(f"<th>{html.escape(title)}</th>" for _, title in self.COLUMNS)
         rows = []
         for row in self.rows:
-            css = ' class="finding"' if shade and self.findings_for(row["layer"]) else ""
-            rows.append(f"<tr{css}>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in self._cells(row)) + "</tr>")
+            found, over = bool(self.findings_for(row["layer"])), self.over(row)
+            css = ' class="finding"' if shade and found else ""
+            css += ' style="background:#fff3e0"' if shade and found and inline else ""
+            cells = []
+            for (key, _), cell in zip(self.COLUMNS, self._cells(row)):
+                text = html.escape(cell)
+                if links and key == "layer":
+                    text = f'<a href="#{layer_anchor(row["layer"])}">{text}</a>'
+                mark = (' class="over"' + (' style="background:#ffab91;font-weight:bold"' if inline else "")) \
+                    if shade and key in over else ""
+                cells.append(f"<td{mark}>{text}</td>")
+            rows.append(f"<tr{css}>" + "".join(cells) + "</tr>")
         return f'<table {attributes}><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
-    def findings_html(self, none: str) -> str:
-        "The findings as an HTML list (`none`: the one item when there is no finding)."
-        return "<ul>" + ("".join(f"<li>{finding.html()}</li>" for finding in self.findings)
-                         or f"<li>{html.escape(none)}</li>") + "</ul>"
+    def findings_html(self, none: str, links: bool = False) -> str:
+        "The findings as an HTML list (`none`: the one item when there is none; `links`: to each layer's section)."
+        items = []
+        for finding in self.findings:
+            text = finding.html()
+            if links:  # the layer's name, first in the finding, links to its section
+                name = f"<code>{html.escape(finding.layer, quote=False)}</code>"
+                text = text.replace(name, f'<a href="#{layer_anchor(finding.layer)}">{name}</a>', 1)
+            items.append(f"<li>{text}</li>")
+        return "<ul>" + ("".join(items) or f"<li>{html.escape(none)}</li>") + "</ul>"
+
+
+def layer_anchor(name: str) -> str:
+    "The HTML id of a layer's section: `layer-` and its name with anything but letters, digits, - and _ as _."
+    return "layer-" + re.sub(r"[^A-Za-z0-9_-]", "_", name)
 
 
 def _format(key, value) -> str:

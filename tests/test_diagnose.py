@@ -135,10 +135,12 @@ def test_the_report_prints_a_table_and_shows_as_html():
     recording = recorded([relu_batches(18) + relu_batches(2, dead_channels=range(6))])
     report = diagnose(recording)
     lines = str(report).splitlines()
-    assert lines[0].split()[:5] == ["layer", "type", "shape", "dead", "units"]
-    assert lines[2].split()[:4] == ["x", "Identity", "16x8x4x4", "75.0%"]
+    assert lines[:2] == ["1 of 1 layer unhealthy: x has dead units", ""]  # the verdict first
+    assert lines[2].split()[:5] == ["layer", "type", "shape", "dead", "units"]
+    assert lines[4].split()[:4] == ["x", "Identity", "16x8x4x4", "75.0%"]
     page = report._repr_html_()
-    assert page.count("<tr>") == 2 and "<code>x</code>: 75% of channels" in page   # header + one layer
+    assert page.count("<tr") == 2 and "<code>x</code>: 75% of channels" in page   # header + one layer
+    assert '<tr class="finding"' in page and page.count('class="over"') == 1  # the dead-units cell
 
 
 def test_stats_off_leaves_the_stat_figures_blank_and_finds_the_rest():
@@ -146,7 +148,7 @@ def test_stats_off_leaves_the_stat_figures_blank_and_finds_the_rest():
     report = diagnose(recorded([[batch] * 4], stats=False))
     row = report.rows[0]
     assert math.isnan(row["dead"]) and math.isnan(row["jitter"]) and checks(report) == ["above"]
-    assert str(report).splitlines()[2].split() == ["x", "Identity", "100", "-", "-", "0.0%", "20.0%", "0", "0", "-"]
+    assert str(report).splitlines()[4].split() == ["x", "Identity", "100", "-", "-", "0.0%", "20.0%", "0", "0", "-"]
 
 
 def test_the_demo_runs_collapsed_and_healthy():

@@ -56,14 +56,15 @@ def png_of(source):
     return mpimg.imread(io.BytesIO(data), format="png")
 
 
-def check_page(path, layers):
+def check_page(path, layers, validation=False, gradients=False):
     page = Page(path.read_text(encoding="utf-8"))
-    assert len(page.images) == 2 + 2 * len(layers)   # grid, dead chart, and per layer: colour-dim, epochs
+    # grid (and one of the validation batches, of the gradients), dead chart, and per layer: colour-dim, epochs
+    assert len(page.images) == 2 + validation + gradients + 2 * len(layers)
     for source in page.images:
         image = png_of(source)
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0.01   # a real figure
     assert [row[0] for row in page.rows] == layers                    # one findings-table row per layer
-    assert all(address.startswith("data:") for address in page.addresses)   # nothing from outside
+    assert all(address.startswith(("data:", "#")) for address in page.addresses)   # nothing from outside
     assert "script" not in page.tags and "link" not in page.tags and "iframe" not in page.tags
     text = path.read_text(encoding="utf-8")
     assert "http://" not in text and "https://" not in text and "url(" not in text
@@ -74,7 +75,7 @@ def test_to_html_writes_one_self_contained_page(tmp_path):
     saved = saved_run(tmp_path / "run.npz")
     recording = Recording.load(saved)
     path = recording.to_html(tmp_path / "out" / "report.html", title="my run")
-    page = check_page(path, ["0", "1", "2"])
+    page = check_page(path, ["0", "1", "2"], validation=True)
     text = " ".join(page.text)
     for fact in ("my run", "0, 1, 2", "bins", "100", "-4 to 4", "1 fit, 2 epochs", colordim.__version__,
                  "10 (8 training, 2 validation batches)"):
@@ -98,9 +99,11 @@ def test_the_report_command_prints_and_writes_the_page(tmp_path):
     saved_run(tmp_path / "a.npz")
     result = run("report", tmp_path / "a.npz", "-o", tmp_path / "a.html")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0].split()[:3] == ["layer", "type", "shape"]
+    verdict, blank, header = result.stdout.splitlines()[:3]
+    assert verdict.endswith("unhealthy: 2 clips") or verdict == "All 3 layers healthy", verdict
+    assert blank == "" and header.split()[:3] == ["layer", "type", "shape"]
     assert f"wrote {tmp_path / 'a.html'}" in result.stdout
-    check_page(tmp_path / "a.html", ["0", "1", "2"])
+    check_page(tmp_path / "a.html", ["0", "1", "2"], validation=True)
     result = run("report", tmp_path / "missing.npz")
     assert result.returncode == 1 and "missing.npz: no such file" in result.stderr
     assert "report" in run("--help").stdout and "-o FILE" in run("report", "--help").stdout
@@ -123,3 +126,44 @@ def test_no_recording_no_report():
     learn = make_learner()
     with pytest.raises(ValueError, match="no ActivationHistogram has recorded on this learner"):
         learn.activation_report()
+
+
+def test_the_page_leads_with_its_verdict_links_findings_and_marks_the_cells_over_a_threshold(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Identity(), torch.nn.ReLU(), torch.nn.Identity())
+    with colordim.record(model, layers=[0, 1, 2], range=(-10, 10), grads=True) as recorder:
+        for _ in range(10):
+            x = torch.randn(64, 8, generator=generator).requires_grad_()
+            x.data[:, :4] = -1.0  # half of the ReLU's units never fire
+            x.data[:8] *= 50      # and an eighth of the values lie beyond the range
+            model(x).sum().backward()
+    recording = recorder.recording
+    report = colordim.diagnose(recording)
+    assert report.verdict == "3 of 3 layers unhealthy: 1 and 2 have dead units; 0, 1 and 2 clip"
+    text = (tmp_path / "page.html")
+    recording.to_html(text)
+    page_text = text.read_text(encoding="utf-8")
+    page = check_page(text, ["0", "1", "2"], gradients=True)
+    assert page_text.index('id="verdict"') < page_text.index('id="findings"')  # the answer first
+    assert '<p class="verdict unhealthy" id="verdict">3 of 3 layers unhealthy: 1 and 2 have dead units; 0, 1 and 2 clip</p>' \
+        in page_text
+    assert '<h2 id="layer-1">Layer <code>1</code></h2>' in page_text and '<a href="#layer-1"><code>1</code></a>' in page_text
+    assert '<td><a href="#layer-0">0</a></td>' in page_text  # the table's rows link too
+    assert page_text.count('class="over"') == 6  # 1's and 2's dead units, 0's share below, each one's above
+    assert "<h2>Gradients</h2>" in page_text and "validation batches</h2>" not in page_text
+    assert 'img { width: 100%' in page_text and '<div class="scroll"><table id="findings"' in page_text
+    html_in_notebook = report._repr_html_()
+    assert html_in_notebook.startswith('<p class="colordim-verdict"') and html_in_notebook.count('class="over"') == 6
+    printed = str(report).splitlines()
+    assert printed[0] == report.verdict and printed[1] == ""
+
+
+def test_verdicts_of_healthy_and_empty_reports():
+    model = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Identity())
+    with colordim.record(model, layers=[0, 1]) as recorder:
+        for _ in range(4):
+            model(torch.randn(16, 4))
+    assert colordim.diagnose(recorder.recording).verdict == "All 2 layers healthy"
+    with colordim.record(model, layers=[0, 1]) as empty:
+        pass
+    assert colordim.diagnose(empty.recording).verdict == "Nothing recorded yet (2 layers hooked)"
