@@ -27,7 +27,7 @@ THRESHOLDS = {
     "massive_ratio": 1000.0,  # ... and at least this many times the median |value|, in a training batch
     "outliers": 0.001,  # heavy tails: a share of values beyond 6 standard deviations above this (the tail)
     "growth": 10.0,     # a block's RMS over its stack's first block's above this (the tail)
-    "blowup": 100.0,    # a layer's RMS in a training batch over its median in the first 10% of them above this
+    "blowup": 100.0,    # a layer's RMS in a training batch over its median in the 10 before above this
 }
 
 
@@ -211,7 +211,7 @@ def diagnose(recording: Recording, tail: float = THRESHOLDS["tail"], dead: float
     least this big (100) and this many times the median |value| (1000) in a training batch; `outliers`
     share of values beyond 6 standard deviations (0.001); `growth` RMS of a block over its stack's first
     block (10; a stack: `blocks.0`, `blocks.1`, ... of one shape); `blowup` RMS of a layer in a training
-    batch over its median in the first 10% of them (100: where a run diverged). A finding means a figure
+    batch over its median in the 10 training batches before (100: where a run diverged). A finding means a figure
     above its threshold (`colordim.scale_checks` says how the last five are read)."""
     if not isinstance(recording, Recording):
         raise TypeError(f"recording: expected a colordim Recording, got {type(recording).__name__}")
@@ -235,7 +235,7 @@ def diagnose(recording: Recording, tail: float = THRESHOLDS["tail"], dead: float
 
 def _blowup(recording: Recording, columns: "_Columns", limit: float) -> list:
     """Where the run's scale blew up: the first training batch where a layer's RMS passed `limit` times its
-    early median, and in it the first such layer in the model's order."""
+    median over the batches just before, and in it the first such layer in the model's order."""
     ratios = {name: blowup(recording, name, columns.train) for name in recording.layer_names}
     with np.errstate(invalid="ignore"):
         above = {name: ratio > limit for name, ratio in ratios.items()}
@@ -246,8 +246,8 @@ def _blowup(recording: Recording, columns: "_Columns", limit: float) -> list:
     others = sum(bool(mask.any()) for mask in above.values()) - 1
     return [Finding(name, "blowup", float(np.nanmax(ratios[name])), limit,
                     f"the run blew up here: at {_first(recording, above[name])} this layer's RMS passed {limit:g} "
-                    f"times its median in the first 10% of training batches (up to {np.nanmax(ratios[name]):.3g} "
-                    f"times later), the first layer in the model's order to do so ({others} other layer"
+                    f"times its median over the 10 training batches before (up to {np.nanmax(ratios[name]):.3g} "
+                    f"times), the first layer in the model's order to do so ({others} other layer"
                     f"{'s' if others != 1 else ''} did later or then)",
                     "lower the learning rate at and before that batch (a spike in the schedule?), warm it up, "
                     "or clip gradients")]

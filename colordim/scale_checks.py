@@ -10,8 +10,9 @@ heavy tails, and growth with depth. `colordim.diagnose` turns each into a findin
   its values there.
 - Growth with depth: the RMS of each block of a stack (layers whose names differ only in one index,
   `blocks.0`, `blocks.1`, ..., with the same shape) against the stack's first block.
-- Blow-ups in time: a layer's RMS in a batch against its median RMS early in training (a learning
-  rate that spikes scales every layer up by orders of magnitude, often without a NaN).
+- Blow-ups in time: a layer's RMS in a batch against its median RMS over the batches just before (a
+  learning rate that spikes scales every layer up by orders of magnitude within a few batches, often
+  without a NaN; a layer that grows steadily from a tiny initialisation is not a blow-up).
 """
 from __future__ import annotations
 
@@ -91,13 +92,20 @@ def growth(recording: Recording, stack: list[str]) -> np.ndarray:
         return sizes / sizes[:, :1]
 
 
-def blowup(recording: Recording, name: str, train: np.ndarray, early: float = 0.1) -> np.ndarray:
-    """Per column, the layer's RMS over its median RMS in the first `early` share of the training columns
-    `train` (at least 5 of them); NaN outside `train` and where the RMS is not finite."""
-    sizes, ratio = rms(recording, name), np.full(len(recording), np.nan)
-    first = sizes[train[:max(5, int(early * len(train)))]]
-    first = first[np.isfinite(first)]
-    if first.size and np.median(first) > 0:
-        ratio[train] = np.where(np.isfinite(sizes[train]), sizes[train], np.nan) / np.median(first)
-    return ratio  # NaN and Inf have findings of their own
+BEFORE = 10  # blow-ups: a batch against the median of this many training batches before it
+
+
+def blowup(recording: Recording, name: str, train: np.ndarray, before: int = BEFORE) -> np.ndarray:
+    """Per column, the layer's RMS over its median RMS in the `before` training columns just before it (from
+    the 4th training column on); NaN elsewhere, and where the RMS is not finite (NaN and Inf have findings
+    of their own)."""
+    ratio = np.full(len(recording), np.nan)
+    sizes = rms(recording, name)[train]
+    sizes = np.where(np.isfinite(sizes), sizes, np.nan)
+    for at in range(3, len(sizes)):
+        earlier = sizes[max(0, at - before):at]
+        earlier = earlier[np.isfinite(earlier)]
+        if earlier.size and np.median(earlier) > 0:
+            ratio[train[at]] = sizes[at] / np.median(earlier)
+    return ratio
 

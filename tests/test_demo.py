@@ -30,7 +30,7 @@ def test_demo_writes_a_png_per_conv_block_for_both_runs(tmp_path, capsys):
         expected = [f"block{i}.png" for i in range(5)] + [f"block{i}_epochs.png" for i in range(5)]
         assert files == sorted(expected + ["dead_chart.png", "grid.png", "report.html"])
         page = (tmp_path / run / "report.html").read_text()
-        assert page.count("data:image/png;base64,") == 12 and "<table" in page
+        assert page.count("data:image/png;base64,") == 13 and "<table" in page  # with the validation grid
     side_by_side = mpimg.imread(tmp_path / "batchnorm_vs_none.png")
     assert side_by_side.shape[0] > 300 and side_by_side.shape[1] > 500
     printed = capsys.readouterr().out
