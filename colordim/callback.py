@@ -28,6 +28,7 @@ class ActivationHistogram(Callback):
     "Record a histogram of each chosen layer's output for every batch, on the model's device."
     order = -5  # after TrainEvalCallback (-10) has set `training`, before most others
     move_every, device_bytes, host_bytes = MOVE_EVERY, DEVICE_BYTES, HOST_BYTES  # callbacks pickled before them
+    show, _live, tensorboard, _board = False, None, None, None
 
     def __init__(self,
         layers=None,      # index, dotted name, glob, module class or module (or a list); None: leaves with params
@@ -50,10 +51,13 @@ class ActivationHistogram(Callback):
         record_inference: bool = False,  # also record get_preds/validate outside a fit, as 'valid' columns
         export_recording: bool = False,  # let learn.export() carry the recording (host arrays, no hooks)
         report: bool = False,  # print the health report (`colordim.diagnose`) after each fit
+        show=False,  # in a notebook: redraw the grid in one output after each epoch (an int N: every N batches too)
+        tensorboard=None,  # a log folder: histograms at each move to the host, the grid at each epoch end
     ):
         check_bins(bins), check_range(range), check_scale(scale, linthresh)  # fail now, not at the first batch
         check_range(grad_range), check_scale(grad_scale, linthresh)
         check_near_zero(near_zero), check_sample(sample), Columns(max_columns, move_every, device_bytes, host_bytes)
+        _check_show(show)
         store_attr()
         self.engine, self._fit, self._trained, self._active, self._hooked_for = None, -1, False, False, None
         self._checked = False  # the first forward pass of this fit has been checked
@@ -113,6 +117,10 @@ class ActivationHistogram(Callback):
         if self._active:
             self.engine.end_column()  # counts it in `engine.ended`: no callback attribute set per batch
                                       # (fastai's Callback.__setattr__ looks the name up on the learner)
+            if self.show and self.show is not True and self.engine.ended % self.show == 0 and self.learn.training:
+                self._draw()  # every N batches: a move to the host, as `move_every` makes
+            if self.tensorboard is not None and self.engine.ended % self.move_every == 0:
+                self._board_write()  # the rows were due to move to the host now anyway
 
     def after_cancel_batch(self):
         "A cancelled batch is not a complete batch: drop its column."
@@ -123,6 +131,27 @@ class ActivationHistogram(Callback):
         if self._active:
             self.engine.flush()
             self._save()
+            if self.show:
+                self._draw()
+            if self.tensorboard is not None:
+                self._board_write(grid=True)
+
+    def _board_write(self, grid: bool = False):
+        "What the host received since the last write, to TensorBoard (rank 0 only)."
+        if not is_main_process():
+            return
+        if self._board is None:
+            from .tensorboard import LiveBoard
+            self._board = LiveBoard(self.tensorboard)
+        self._board.write(self.engine.recording, grid=grid)
+
+    def _draw(self):
+        "The grid, redrawn in the notebook's one output (nothing outside a notebook)."
+        if self._live is None:
+            from .live import LiveGrid
+            self._live = LiveGrid()
+        if self._live.shown and is_main_process():
+            self._live.update(self.engine.recording)
 
     def after_fit(self):
         "Sum the last columns across ranks (when distributed), remove the hooks; the recording stays."
@@ -133,6 +162,9 @@ class ActivationHistogram(Callback):
         self._unhook()
 
     def _unhook(self):
+        if self._board is not None:
+            self._board.close()
+            self._board = None
         if self.engine is not None:
             self.engine.detach()
             if self._active:
@@ -161,8 +193,16 @@ class ActivationHistogram(Callback):
         "Pickle (e.g. `learn.export()`) the settings, not the hooks or recorded buffers."
         state = dict(self.__dict__)
         exported = self.recording if self.export_recording and self.engine is not None else None
-        state.update(engine=None, _active=False, _hooked_for=None, _exported=exported)
+        state.update(engine=None, _active=False, _hooked_for=None, _exported=exported, _live=None, _board=None)
         return state
+
+
+def _check_show(show):
+    "`show` as given: False, True (each epoch) or a number of batches >= 1."
+    if not (isinstance(show, bool) or isinstance(show, int) and show >= 1):
+        raise ValueError(f"show: {show!r} is not valid; use True (after each epoch), False, or a number of "
+                         "batches >= 1 (also every that many batches)")
+    return show
 
 
 def _length(loader) -> int:

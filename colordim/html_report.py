@@ -26,6 +26,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }
+th { white-space: normal; vertical-align: bottom; }
 th:first-child, td:first-child, td:nth-child(2) { text-align: left; }
 tr.finding td { background: #fff3e0; }
 td.over { background: #ffab91 !important; font-weight: bold; }

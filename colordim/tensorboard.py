@@ -5,16 +5,21 @@ import numpy as np
 
 from .recording import Recording
 
-__all__ = ["to_tensorboard"]
+__all__ = ["to_tensorboard", "LiveBoard", "training_steps"]
 
 
-def to_tensorboard(recording: Recording, log_dir, kinds=("activation", "grad")) -> list[str]:
-    "Write every layer's per-batch histograms to `log_dir` (tags kind/layer/phase, step = column); the tags."
+def _summary_writer():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:
         raise ImportError("colordim.to_tensorboard needs TensorBoard: pip install 'colordim[tensorboard]' "
                           f"(or pip install tensorboard); {error}") from None
+    return SummaryWriter
+
+
+def to_tensorboard(recording: Recording, log_dir, kinds=("activation", "grad")) -> list[str]:
+    "Write every layer's per-batch histograms to `log_dir` (tags kind/layer/phase, step = column); the tags."
+    SummaryWriter = _summary_writer()
     tags = []
     with SummaryWriter(str(log_dir)) as writer:
         for kind in kinds:
@@ -29,7 +34,60 @@ def to_tensorboard(recording: Recording, log_dir, kinds=("activation", "grad")) 
     return tags
 
 
-def _write_column(writer, tag: str, source: Recording, name: str, column: int) -> None:
+def training_steps(recording: Recording) -> np.ndarray:
+    """Per column, the training iteration it belongs to, counted over the whole recording (as fastai's
+    `train_iter`): a training column's own, a validation column's that of the training before it plus its
+    own index in the epoch."""
+    train = recording.phase == "train"
+    done = np.cumsum(np.where(train, recording.batches, 0))  # training batches up to and with each column
+    before = done - np.where(train, recording.batches, 0)
+    return np.where(train, done - 1, before + recording.iteration).astype(np.int64)
+
+
+class LiveBoard:
+    """TensorBoard during training (`ActivationHistogram(tensorboard=log_dir)`): at each `write`, the columns
+    the host received since the last one as histograms (step = training iteration), and at each epoch end
+    the colour-dim grid as an image. Only host copies: nothing here reads the device."""
+    def __init__(self, log_dir):
+        self.writer, self.written = _summary_writer()(str(log_dir)), 0
+
+    def write(self, recording: Recording, grid: bool = False) -> None:
+        "The new columns of `recording` (and, with `grid`, its grid image at the last training step)."
+        if len(recording) < self.written:  # neighbours merged past max_columns: go on from what is there
+            self.written = len(recording)
+        steps = training_steps(recording)
+        for kind in ("activation", "grad"):
+            if kind == "grad" and recording.grads is None:
+                continue
+            source = recording.kind(kind)
+            for name in source.layer_names:
+                for column in range(self.written, len(source)):
+                    if not source.numel[name][column]:  # nothing in it (a gradient in validation)
+                        continue
+                    _write_column(self.writer, f"{kind}/{name}/{source.phase[column]}", source, name, column,
+                                  step=int(steps[column]))
+        self.written = len(recording)
+        if grid and len(recording) and (recording.phase == "train").any():
+            self.writer.add_image("colordim/grid", _grid_image(recording), global_step=int(steps[recording.phase == "train"].max()),
+                                  dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _grid_image(recording: Recording) -> np.ndarray:
+    "The training batches' colour-dim grid as an (height, width, 3) uint8 image."
+    import matplotlib.pyplot as plt
+    from .plot import color_dims
+    figure, _ = color_dims(recording, phase="train")
+    figure.canvas.draw()
+    image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(figure)
+    return image
+
+
+def _write_column(writer, tag: str, source: Recording, name: str, column: int, step: int = None) -> None:
     "One histogram: the underflow, the bins and the overflow, as TensorBoard's right-edged buckets."
     edges, counts = source.edges[name], source.counts[name][column].astype(np.float64)
     low, high = float(edges[0]), float(edges[-1])
@@ -41,4 +99,4 @@ def _write_column(writer, tag: str, source: Recording, name: str, column: int) -
         tag, min=float(min(smallest, low)), max=float(max(largest, high)), num=int(counts.sum()),
         sum=float(moments[0]), sum_squares=float(moments[1]),
         bucket_limits=[low, *edges[1:].tolist(), float(largest)],  # right edges: below low, the bins, above high
-        bucket_counts=counts.tolist(), global_step=column)
+        bucket_counts=counts.tolist(), global_step=column if step is None else step)

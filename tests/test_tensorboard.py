@@ -48,3 +48,42 @@ def test_without_tensorboard_the_error_says_which_extra_to_install(tmp_path, mon
     recording = colordim.Recording.load(saved_run(tmp_path / "a.npz"))
     with pytest.raises(ImportError, match=r"pip install 'colordim\[tensorboard\]'"):
         colordim.to_tensorboard(recording, tmp_path / "logs")
+
+
+def read_images(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+    events = EventAccumulator(str(log_dir), size_guidance={IMAGES: 0})
+    events.Reload()
+    return {tag: events.Images(tag) for tag in events.Tags()["images"]}
+
+
+def test_the_callback_writes_histograms_during_training_next_to_fastais_tensorboard_callback(tmp_path):
+    import matplotlib.image as mpimg
+    import io
+    from fastai.callback.tensorboard import TensorBoardCallback
+    from colordim import ActivationHistogram
+    from conftest import make_learner
+    learn = make_learner(cbs=[ActivationHistogram(layers=["0", "3"], grads=True, tensorboard=tmp_path / "tb",
+                                                  move_every=4),
+                              TensorBoardCallback(tmp_path / "tb", trace_model=False, log_preds=False)])
+    learn.fit(2)
+    histograms = read_histograms(tmp_path / "tb")
+    recording = learn.activation_histogram.recording
+    assert sorted(tag for tag in histograms if tag.startswith(("activation/", "grad/"))) == sorted(
+        f"{kind}/{name}/{phase}" for kind in ("activation", "grad") for name in ("0", "3") for phase in ("train", "valid")
+        if not (kind == "grad" and phase == "valid"))
+    train = histograms["activation/3/train"]
+    assert [event.step for event in train] == list(range(12))  # the training iteration, over both epochs
+    valid = histograms["activation/3/valid"]
+    assert [event.step for event in valid] == [6, 7, 8, 12, 13, 14]  # after epoch 0's 6 and epoch 1's 12 batches
+    columns = np.flatnonzero(recording.phase == "train")
+    for event, column in zip(train, columns):  # the same counts as the recording
+        assert list(event.histogram_value.bucket) == recording.counts["3"][column].tolist()
+    images = read_images(tmp_path / "tb")["colordim/grid"]
+    assert [image.step for image in images] == [5, 11]  # each epoch's end
+    grid = mpimg.imread(io.BytesIO(images[-1].encoded_image_string), format="png")
+    assert grid.shape[0] > 100 and grid.shape[1] > 300 and grid.std() > 0.05
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    scalars = EventAccumulator(str(tmp_path / "tb"))
+    scalars.Reload()
+    assert "train_loss" in scalars.Tags()["scalars"]  # fastai's callback wrote beside ours
