@@ -28,7 +28,7 @@ class ActivationHistogram(Callback):
     "Record a histogram of each chosen layer's output for every batch, on the model's device."
     order = -5  # after TrainEvalCallback (-10) has set `training`, before most others
     move_every, device_bytes, host_bytes = MOVE_EVERY, DEVICE_BYTES, HOST_BYTES  # callbacks pickled before them
-    show, _live, tensorboard, _board = False, None, None, None
+    show, _live, tensorboard, _board, wandb, _wandb = False, None, None, None, False, None
 
     def __init__(self,
         layers=None,      # index, dotted name, glob, module class or module (or a list); None: leaves with params
@@ -53,6 +53,7 @@ class ActivationHistogram(Callback):
         report: bool = False,  # print the health report (`colordim.diagnose`) after each fit
         show=False,  # in a notebook: redraw the grid in one output after each epoch (an int N: every N batches too)
         tensorboard=None,  # a log folder: histograms at each move to the host, the grid at each epoch end
+        wandb: bool = False,  # the same into the active Weights & Biases run (wandb.init first)
     ):
         check_bins(bins), check_range(range), check_scale(scale, linthresh)  # fail now, not at the first batch
         check_range(grad_range), check_scale(grad_scale, linthresh)
@@ -70,6 +71,9 @@ class ActivationHistogram(Callback):
         self._active = not hasattr(self.learn, "lr_finder")  # lr_find's sweep is not training
         if not self._active:
             return
+        if self.wandb:  # no run to log into: say so now, not at the first epoch's end
+            from .wandb_log import _wandb
+            _wandb()
         modules = find_layers(self.learn.model, self.layers)
         if self.engine is None or list(modules.values()) != list(self.engine.modules.values()):
             self.engine = HistogramRecorder(modules, bins=self.bins, range=self.range, scale=self.scale,
@@ -119,7 +123,7 @@ class ActivationHistogram(Callback):
                                       # (fastai's Callback.__setattr__ looks the name up on the learner)
             if self.show and self.show is not True and self.engine.ended % self.show == 0 and self.learn.training:
                 self._draw()  # every N batches: a move to the host, as `move_every` makes
-            if self.tensorboard is not None and self.engine.ended % self.move_every == 0:
+            if (self.tensorboard is not None or self.wandb) and self.engine.ended % self.move_every == 0:
                 self._board_write()  # the rows were due to move to the host now anyway
 
     def after_cancel_batch(self):
@@ -133,17 +137,22 @@ class ActivationHistogram(Callback):
             self._save()
             if self.show:
                 self._draw()
-            if self.tensorboard is not None:
+            if self.tensorboard is not None or self.wandb:
                 self._board_write(grid=True)
 
     def _board_write(self, grid: bool = False):
-        "What the host received since the last write, to TensorBoard (rank 0 only)."
+        "What the host received since the last write, to TensorBoard and W&B (rank 0 only)."
         if not is_main_process():
             return
-        if self._board is None:
+        if self.tensorboard is not None and self._board is None:
             from .tensorboard import LiveBoard
             self._board = LiveBoard(self.tensorboard)
-        self._board.write(self.engine.recording, grid=grid)
+        if self.wandb and self._wandb is None:
+            from .wandb_log import WandbLog
+            self._wandb = WandbLog()
+        for writer in (self._board, self._wandb):
+            if writer is not None:
+                writer.write(self.engine.recording, grid=grid)
 
     def _draw(self):
         "The grid, redrawn in the notebook's one output (nothing outside a notebook)."
@@ -164,7 +173,7 @@ class ActivationHistogram(Callback):
     def _unhook(self):
         if self._board is not None:
             self._board.close()
-            self._board = None
+        self._board = self._wandb = None
         if self.engine is not None:
             self.engine.detach()
             if self._active:
@@ -193,7 +202,7 @@ class ActivationHistogram(Callback):
         "Pickle (e.g. `learn.export()`) the settings, not the hooks or recorded buffers."
         state = dict(self.__dict__)
         exported = self.recording if self.export_recording and self.engine is not None else None
-        state.update(engine=None, _active=False, _hooked_for=None, _exported=exported, _live=None, _board=None)
+        state.update(engine=None, _active=False, _hooked_for=None, _exported=exported, _live=None, _board=None, _wandb=None)
         return state
 
 
