@@ -171,9 +171,7 @@ class ActivationHistogram(Callback):
         self._unhook()
 
     def _unhook(self):
-        if self._board is not None:
-            self._board.close()
-        self._board = self._wandb = None
+        # the TensorBoard and W&B writers stay: the next fit's batches follow this one's (each write flushes)
         if self.engine is not None:
             self.engine.detach()
             if self._active:

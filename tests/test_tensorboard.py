@@ -87,3 +87,6 @@ def test_the_callback_writes_histograms_during_training_next_to_fastais_tensorbo
     scalars = EventAccumulator(str(tmp_path / "tb"))
     scalars.Reload()
     assert "train_loss" in scalars.Tags()["scalars"]  # fastai's callback wrote beside ours
+    learn.fit(1)  # a second fit goes on from the first: nothing written twice
+    again = read_histograms(tmp_path / "tb")["activation/3/train"]
+    assert [event.step for event in again] == list(range(18))
