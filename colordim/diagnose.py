@@ -100,11 +100,10 @@ class Report:
             return f"All {layers} layers healthy" if layers != 1 else "The layer is healthy"
         said = {}  # phrase -> layers, in the order findings come
         for finding in self.findings:
-            if finding.check in VERDICTS:
-                phrase = VERDICTS[finding.check]
-                said.setdefault(phrase, [])
-                if finding.layer not in said[phrase]:
-                    said[phrase].append(finding.layer)
+            layers_said = said.setdefault(VERDICTS.get(finding.check), [])
+            if finding.layer not in layers_said:
+                layers_said.append(finding.layer)
+        said.pop(None, None)  # "origin": the layer's own NaN or Inf finding says it
         order = list(VERDICTS.values())  # most serious first
         parts = [f"{_listed(names)} {phrase[len(names) > 1]}"
                  for phrase, names in sorted(said.items(), key=lambda item: order.index(item[0]))]
@@ -159,8 +158,9 @@ class Report:
                 text = html.escape(cell)
                 if links and key == "layer":
                     text = f'<a href="#{layer_anchor(row["layer"])}">{text}</a>'
-                mark = (' class="over"' + (' style="background:#ffab91;font-weight:bold"' if inline else "")) \
-                    if shade and key in over else ""
+                mark = ""
+                if shade and key in over:  # the figure a finding is about
+                    mark = ' class="over"' + (' style="background:#ffab91;font-weight:bold"' if inline else "")
                 cells.append(f"<td{mark}>{text}</td>")
             rows.append(f"<tr{css}>" + "".join(cells) + "</tr>")
         return f'<table {attributes}><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
