@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import io
 from pathlib import Path
 
 from .diagnose import diagnose, layer_anchor
@@ -39,11 +38,8 @@ dt { font-weight: bold; }
 
 def _png(figure, alt: str) -> str:
     "A matplotlib figure as an <img> with its PNG inside, and the figure closed."
-    import matplotlib.pyplot as plt
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=72)
-    plt.close(figure)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    from .plot import png_bytes
+    data = base64.b64encode(png_bytes(figure)).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 

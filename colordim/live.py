@@ -6,8 +6,6 @@ its own). Outside a notebook kernel (a terminal, a script, CI) it draws nothing 
 """
 from __future__ import annotations
 
-import io
-
 __all__ = ["LiveGrid", "notebook_display"]
 
 
@@ -47,12 +45,8 @@ class LiveGrid:
         self.updates += 1
 
     def _image(self, recording):
-        import matplotlib.pyplot as plt
         from IPython.display import Image
-        from .plot import color_dims
+        from .plot import color_dims, png_bytes
         phase = "train" if (recording.phase == "train").any() else "valid"
         figure, _ = color_dims(recording, cols=self.cols, phase=phase)
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=self.dpi)
-        plt.close(figure)
-        return Image(data=buffer.getvalue(), format="png")
+        return Image(data=png_bytes(figure, self.dpi), format="png")

@@ -9,7 +9,8 @@ from matplotlib.colors import LogNorm, Normalize, SymLogNorm
 
 from .recording import PHASES, Recording, symlog
 
-__all__ = ["color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats", "compare"]
+__all__ = ["color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats", "compare", "png_bytes",
+           "grid_image"]
 
 OVERLAYS = (None, "mean", "mean_std")
 BAND = 0.03  # height of the under- and overflow bands, as a share of the range
@@ -317,6 +318,24 @@ def _colorbar(figure, image, ax, log):
     bar = figure.colorbar(image, ax=ax, pad=0.01)
     bar.set_label("count (log scale)" if log else "count")
     return bar
+
+
+def png_bytes(figure, dpi: int = 72) -> bytes:
+    "A figure as PNG bytes, and the figure closed (the report page, the live notebook output)."
+    import io
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def grid_image(recording: Recording) -> np.ndarray:
+    "The training batches' colour-dim grid as an (height, width, 3) uint8 image (TensorBoard, W&B)."
+    figure, _ = color_dims(recording, phase="train")
+    figure.canvas.draw()
+    image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(figure)
+    return image
 
 
 def _save(figure, fname):

@@ -68,23 +68,10 @@ class LiveBoard:
                                   step=int(steps[column]))
         self.written = len(recording)
         if grid and len(recording) and (recording.phase == "train").any():
-            self.writer.add_image("colordim/grid", _grid_image(recording), global_step=int(steps[recording.phase == "train"].max()),
-                                  dataformats="HWC")
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def _grid_image(recording: Recording) -> np.ndarray:
-    "The training batches' colour-dim grid as an (height, width, 3) uint8 image."
-    import matplotlib.pyplot as plt
-    from .plot import color_dims
-    figure, _ = color_dims(recording, phase="train")
-    figure.canvas.draw()
-    image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(figure)
-    return image
+            from .plot import grid_image
+            self.writer.add_image("colordim/grid", grid_image(recording),
+                                  global_step=int(steps[recording.phase == "train"].max()), dataformats="HWC")
+        self.writer.flush()  # the writer stays open for the next fit's batches
 
 
 def _write_column(writer, tag: str, source: Recording, name: str, column: int, step: int = None) -> None:

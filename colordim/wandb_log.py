@@ -52,7 +52,7 @@ class WandbLog:
                         np_histogram=(counts, source.edges[name]))
         self.written = len(recording)
         if grid and len(recording) and (recording.phase == "train").any():
-            from .tensorboard import _grid_image
-            logged["colordim/grid"] = self.wandb.Image(_grid_image(recording))
+            from .plot import grid_image
+            logged["colordim/grid"] = self.wandb.Image(grid_image(recording))
         if logged:
             self.wandb.log(logged, commit=False)
