@@ -150,9 +150,10 @@ class ActivationHistogram(Callback):
         if self.wandb and self._wandb is None:
             from .wandb_log import WandbLog
             self._wandb = WandbLog()
+        parts = self.engine.new_parts()  # each batch once, as it came: later merges on the host change nothing sent
         for writer in (self._board, self._wandb):
             if writer is not None:
-                writer.write(self.engine.recording, grid=grid)
+                writer.write(parts, grid=self.engine.view() if grid else None)
 
     def _draw(self):
         "The grid, redrawn in the notebook's one output (nothing outside a notebook)."
@@ -160,18 +161,20 @@ class ActivationHistogram(Callback):
             from .live import LiveGrid
             self._live = LiveGrid()
         if self._live.shown and is_main_process():
-            self._live.update(self.engine.recording)
+            self._live.update(self.engine.view())
 
     def after_fit(self):
         "Sum the last columns across ranks (when distributed), remove the hooks; the recording stays."
         if self._active:
             self.engine.flush()
             if self.report and self._trained and is_main_process():
-                print(diagnose(self.engine.recording))
+                print(diagnose(self.engine.view()))
         self._unhook()
 
     def _unhook(self):
         # the TensorBoard and W&B writers stay: the next fit's batches follow this one's (each write flushes)
+        if self._wandb is not None:
+            self._wandb.commit()  # the last row shows now, not when something else logs
         if self.engine is not None:
             self.engine.detach()
             if self._active:
@@ -182,7 +185,7 @@ class ActivationHistogram(Callback):
     def _save(self):
         "Write to `save_to` what is new since the last write (after_fit follows the last after_epoch)."
         if self.save_to is not None and self.engine.ended != self._saved and is_main_process():  # rank 0 writes
-            self.engine.recording.save(self.save_to)
+            self.engine.view().save(self.save_to)
         self._saved = self.engine.ended
 
     # --- results -----------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from .layout import MOMENTS, SIZES, check_bytes, check_count, check_max_columns
-from .recording import PHASES, Recording
+from .recording import PHASES
 
-__all__ = ["Columns", "check_phase", "within_budget"]
+__all__ = ["Columns", "check_phase"]
 
 
 def check_phase(phase: str) -> str:
@@ -22,8 +22,10 @@ def check_phase(phase: str) -> str:
 
 
 MOVE_EVERY = 256             # finished columns go to the host at least this often (batches)
-DEVICE_BYTES = 256 * 2 ** 20  # the device rows of every layer together stay within this
-HOST_BYTES = 2 ** 30          # the host recording too: past it, neighbouring columns merge pairwise
+# Defaults that fit a laptop: 320 MiB at most in all. 150 layers of 100 bins keep 2,000 columns on the
+# host (a picture 2,000 pixels wide), 10 layers 10,000 (max_columns); `benchmarks/long_run.py` prints it.
+DEVICE_BYTES = 64 * 2 ** 20   # the device rows of every layer together stay within this
+HOST_BYTES = 256 * 2 ** 20    # the host recording too: past it, neighbouring columns merge pairwise
 
 
 class Columns:
@@ -41,7 +43,6 @@ class Columns:
         self.capacity = 0     # rows every layer's buffer will have
         self.index = []       # per finished row: (fit, epoch, phase, iteration)
         self.outputs = []     # per finished row: its outputs' (layer index, plan) list (shared while the same)
-        self.width = 1        # batches per column once merging past the budget started
         self._pending = None  # the open column's (fit, epoch, phase, iteration)
         self._sizes_of = {}   # a sequence of (layer index, plan) -> what it adds, worked out once
         self.ended = 0        # rows ever ended: what is new since a caller last looked
@@ -54,7 +55,9 @@ class Columns:
         "Work out the device rows and host columns the budgets allow for `layers` layers of `bins` bins."
         row = (bins + 2) * 8 + len(MOMENTS) * 8  # one layer's counts and moments, a column
         self.rows = max(1, min(self.move_every, self.device_bytes // (layers * row) - 1))  # and the open row
-        column = layers * (row + len(SIZES) * 8) + 64  # on the host also its sizes, and the column's index
+        # On the host (`colordim.host_columns`) each layer's column also holds numel and channels, one more
+        # layer's worth is the scratch merges write into, and the column's index takes 52 bytes.
+        column = (layers + 1) * (row + 2 * 8) + 52
         self.max_columns = max(2, min(self.columns_asked, self.host_bytes // column))
 
     @property
@@ -122,16 +125,5 @@ class Columns:
     def reset(self) -> None:
         "Forget every row, open or finished."
         self.abandon()
-        self.index, self.outputs, self.width = [], [], 1
+        self.index, self.outputs = [], []
 
-
-def within_budget(parts: list[Recording], max_columns: int, width: int) -> tuple[Recording, int]:
-    """One Recording of `parts` with at most `max_columns` columns, merging pairs of neighbours (of one
-    fit, epoch and phase) while it is longer; and the batches per column that took."""
-    total = Recording.concat(parts).coarsen(width) if len(parts) > 1 else parts[0]
-    while len(total) > max_columns:
-        merged = total.coarsen(2 * width)
-        if len(merged) == len(total):  # one column per epoch and phase already: nothing left to merge
-            break
-        total, width = merged, 2 * width
-    return total, width

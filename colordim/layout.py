@@ -144,7 +144,7 @@ def check_count(name: str, value, example: int) -> int:
 def check_bytes(name: str, value) -> int:
     "A memory budget as an int of bytes >= 1 MiB, or a ValueError that names the option."
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2 ** 20:
-        raise ValueError(f"{name}: expected a number of bytes >= 2**20 (1 MiB) such as 256 * 2**20, got {value!r}")
+        raise ValueError(f"{name}: expected a number of bytes >= 2**20 (1 MiB) such as 64 * 2**20, got {value!r}")
     return int(value)
 
 

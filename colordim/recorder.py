@@ -9,14 +9,17 @@ host as a `Recording`, summed across ranks first when distributed (`colordim.dis
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
 from .buffer import LayerBuffer
-from .columns import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Columns, check_phase, within_budget
+from .columns import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Columns, check_phase
 from .distributed import agree_grids, check_same_columns, is_distributed, reduce_rows
 from . import in_graph
 from .hooks import hook_forward, hook_forward_pre
+from .host_columns import HostColumns
 from .layer import LayerRecorder, Settings
 from .layout import (CHANNELS, MAX, MOMENTS, NEAR_ZERO, NEG_MIN, NUMEL, SAMPLED, SIZES, SUM, check_bins,
                      check_near_zero, check_range, check_sample, check_scale)
@@ -62,7 +65,8 @@ class HistogramRecorder:
             self._kinds["grad"] = (check_range(grad_range), check_scale(grad_scale, linthresh))
         # Per slot (the modules', then each tensor of a container output, added when first seen), one
         # LayerRecorder per kind; `_all`: every LayerRecorder, by its index.
-        self.layers, self._all = {kind: [] for kind in self._kinds}, []
+        self.layers, self._all, self._kind_of = {kind: [] for kind in self._kinds}, [], []  # _kind_of: per index
+        self.host = None
         self._containers, self._part_slots = set(), {}  # module slots that returned containers; (slot, path) -> slot
         self._first_part = {}  # container module slot -> the path of its first part
         self._calls = [0] * len(self.modules)  # per module: its calls so far in this forward pass
@@ -70,13 +74,14 @@ class HistogramRecorder:
         self._repeats = {}  # (module slot, call) -> the slot of that call (a module run again: a layer of its own)
         for slot, name in enumerate(self.modules):
             self._add_slot(name, slot)
+        # On the host: every column moved so far, in arrays made once within `host_bytes` (`colordim.host_columns`)
+        self.host = HostColumns(self.columns.max_columns, self.bins)
         self.shapes = {}  # name -> the shape of its last training output (or last output, with none yet)
         self._trained_shapes = set()  # names whose shape came from a training batch
         self._hooks = []  # our hooks
         self._waiting = {}  # compiled graphs: (module slot, tensor index) -> the layers its gradients go to, by call
-        # On the host: the Recordings moved so far (each move adds one; joined when read or over budget), their
-        # columns, the layers they were made with, and the move still in flight (CUDA copies not waited for).
-        self._moved, self._columns_on_host, self._layers_on_host, self._moving = [], 0, 0, None
+        self._moving = None  # the move still in flight: CUDA copies not waited for yet (`_Move`)
+        self._unsent = None  # the moves' Recordings kept for writers until `new_parts()` takes them (None: not asked)
 
     @property
     def bins(self) -> int:
@@ -116,7 +121,10 @@ class HistogramRecorder:
         for kind, (value_range, linthresh) in self._kinds.items():
             self._all.append(LayerRecorder(name, len(self._all), self.settings, value_range, linthresh, module_slot))
             self.layers[kind].append(self._all[-1])
+            self._kind_of.append(kind)
         self.columns.budget(len(self._all), self.bins)  # more layers: fewer rows within the same bytes
+        if self.host is not None:
+            self.host.fit_within(self.columns.max_columns)
         return len(self.layers["activation"]) - 1
 
     # --- hooks -------------------------------------------------------------------------------------
@@ -309,47 +317,40 @@ class HistogramRecorder:
             counts, moments, event = self._to_host(layer, used)
             copies[layer.index] = counts, moments, layer.binning
             events += [event] if event is not None else []
-        self._moving = copies, sizes, self.columns.moved_to_host(), events
+        self._moving = _Move(copies, sizes, self.columns.moved_to_host(), events)
         if not events:  # nothing on CUDA: the copies are done
             self._finish_move()
 
     def _finish_move(self) -> None:
-        "The last move's rows as host arrays (waiting for its CUDA copies, if any), added to the host parts."
+        "The last move's rows as host arrays (waiting for its CUDA copies, if any), added to the host's columns."
         if self._moving is None:
             return
-        copies, sizes, index, events = self._moving
-        self._moving = None
-        for event in events:
+        move, self._moving = self._moving, None
+        for event in move.events:
             event.synchronize()
         host = {}
         for layer in self._all:
-            counts, moments, binning = copies[layer.index]
+            counts, moments, binning = move.copies[layer.index]
             counts, moments = _as_numpy(counts), _as_numpy(moments)
             if binning is not None and layer.binning != binning:  # widened since (CPU outputs, in flight)
                 counts = regrid(counts, binning, layer.binning)
             host[layer.index] = self._widened(layer, counts, moments) if layer.widens_at_flush else (counts, moments)
-        self._add_part(self._recording(host, sizes, index))
+        self._keep(self._recording(host, move.sizes, move.index))
 
-    def _add_part(self, part: Recording) -> None:
-        "One move's Recording to the host parts: the host keeps at most `max_columns` columns, merging neighbours."
-        stale = self._layers_on_host != len(self._all) or any(layer.host_binning != layer.binning
-                                                              for layer in self._all)
-        if self._moved and stale:  # a layer was added, or an auto range widened: the parts so far follow (rare)
-            self._moved = [self._with_every_layer(Recording.concat(self._moved) if len(self._moved) > 1
-                                                  else self._moved[0])]
-        self._moved.append(part.coarsen(self.columns.width) if self.columns.width > 1 else part)
-        self._columns_on_host = sum(len(part) for part in self._moved)
-        if self._columns_on_host > self.columns.max_columns:
-            self._join()
-        self._layers_on_host = len(self._all)
-        for layer in self._all:
+    def _keep(self, part: Recording) -> None:
+        "One move's Recording into the host's columns (within `host_bytes`, merging neighbours in place)."
+        for layer in self._all:  # an auto range widened since its columns went to the host: they follow, exactly
+            if layer.host_binning is not None and layer.host_binning != layer.binning:
+                old, new = layer.host_binning, layer.binning
+                self.host.regrid(self._key(layer), lambda counts: regrid(counts, old, new))
             layer.host_binning = layer.binning
+        self.host.append(part)
+        if self._unsent is not None:
+            self._unsent.append(part)
 
-    def _join(self) -> None:
-        "The host parts as one Recording, within `max_columns` (neighbours merged pairwise while longer)."
-        if len(self._moved) > 1 or self._columns_on_host > self.columns.max_columns:
-            joined, self.columns.width = within_budget(self._moved, self.columns.max_columns, self.columns.width)
-            self._moved, self._columns_on_host = [joined], len(joined)
+    def _key(self, layer: LayerRecorder) -> tuple:
+        "(kind, name): how the host's columns name a layer."
+        return self._kind_of[layer.index], layer.name
 
     def _widened(self, layer: LayerRecorder, counts: np.ndarray, moments: np.ndarray):
         """An auto range widened to hold twice the finite extremes this flush brought back, these rows merged
@@ -416,75 +417,74 @@ class HistogramRecorder:
                       key=lambda slot: (layers[slot].module_slot, slot))
 
     def _recording(self, host: dict, sizes: np.ndarray, index: list) -> Recording:
-        "The activations' Recording of some columns, with the gradients' as its `.grads`."
+        """One move's Recording: per layer index its host (counts, moments), `sizes` (columns, layers, 3) and
+        the columns' index; a sampled output's counts and sums scaled to stand for the whole output."""
         fit, epoch, phase, iteration = zip(*index) if index else ((), (), (), ())
         columns = dict(fit=np.array(fit, dtype=np.int64), epoch=np.array(epoch, dtype=np.int64),
                        phase=np.array(phase, dtype="<U5"), iteration=np.array(iteration, dtype=np.int64))
-        kinds = {kind: self._kind_recording(kind, host, sizes, columns) for kind in self.layers}
-        kinds["activation"].grads = kinds.get("grad")
-        return kinds["activation"]
-
-    def _kind_recording(self, kind: str, host: dict, sizes: np.ndarray, columns: dict) -> Recording:
-        "One kind's Recording: per shown layer its host `counts` and `moments`, `sizes` (columns, layers, 3)."
-        counts, moments, shown = {}, {}, [self.layers[kind][slot] for slot in self._shown()]
-        for layer in shown:
-            counts[layer.name], moments[layer.name] = host[layer.index]
+        tables = {}
+        for layer in self._all:
+            counts, moments = host[layer.index]
             numel, sampled = sizes[:, layer.index, NUMEL], sizes[:, layer.index, SAMPLED]
             if (sampled < numel).any():  # a sample stands for its whole output: scale its counts up
                 scale = np.where(sampled > 0, numel / np.maximum(sampled, 1), 0.0)
-                counts[layer.name] = counts[layer.name] * scale[:, None]
-                moments[layer.name][:, SUM:NEAR_ZERO + 1] *= scale[:, None]  # sums and counts taken on the sample
-        return Recording(
-            counts=counts, numel={layer.name: sizes[:, layer.index, NUMEL] for layer in shown},
-            edges={layer.name: layer.edges() for layer in shown},
-            shapes={layer.name: self.shapes.get(layer.name, ()) for layer in shown},
-            linthresh={layer.name: layer.linthresh for layer in shown}, **columns,
-            moments=moments if self.settings.stats else None,
-            channels={layer.name: sizes[:, layer.index, CHANNELS] for layer in shown},
-            near_zero_threshold=self.settings.near_zero, skipped=self.skipped,
-            types={layer.name: self._types[layer.module_slot] for layer in shown},
-            auto={layer.name: layer.auto for layer in shown})
+                counts = counts * scale[:, None]
+                moments[:, SUM:NEAR_ZERO + 1] *= scale[:, None]  # sums and counts taken on the sample
+            tables[self._key(layer)] = counts, moments, numel, sizes[:, layer.index, CHANNELS]
+        return self._assemble(tables, columns)
 
-    def _with_every_layer(self, recording: Recording) -> Recording:
-        "`recording` with every shown layer and its current edges: the parts of a container first seen later are empty."
-        columns = len(recording)
-        host, sizes = {}, np.zeros((columns, len(self._all), len(SIZES)), np.int64)
+    def _assemble(self, tables: dict, columns: dict) -> Recording:
+        """The activations' Recording of the shown layers, with the gradients' as its `.grads`: `tables` maps
+        (kind, name) to (counts, moments, numel, channels); `columns`, the columns' fit, epoch, phase ..."""
+        shown = self._shown()
+        kinds = {}
         for kind, layers in self.layers.items():
-            part = recording.kind(kind)
-            for layer in layers:
-                if layer.name in part.counts:
-                    counts = part.counts[layer.name]
-                    if layer.host_binning is not None and layer.host_binning != layer.binning:  # an auto range grew
-                        counts = regrid(counts, layer.host_binning, layer.binning)
-                    host[layer.index] = counts, part.moments[layer.name]
-                    sizes[:, layer.index, NUMEL] = sizes[:, layer.index, SAMPLED] = part.numel[layer.name]
-                    sizes[:, layer.index, CHANNELS] = part.channels[layer.name]
-                else:
-                    host[layer.index] = self._empty(columns)
-        index = list(zip(recording.fit.tolist(), recording.epoch.tolist(), recording.phase.tolist(),
-                         recording.iteration.tolist()))
-        padded = self._recording(host, sizes, index)  # numel == sampled: already scaled, no second scaling
-        for part in (padded, padded.grads):
-            if part is not None:
-                part.batches = recording.batches
-        return padded
+            shown_layers = [layers[slot] for slot in shown]
+            table = {layer.name: tables[kind, layer.name] for layer in shown_layers}
+            kinds[kind] = Recording(
+                counts={name: arrays[0] for name, arrays in table.items()},
+                moments={name: arrays[1] for name, arrays in table.items()} if self.settings.stats else None,
+                numel={name: arrays[2] for name, arrays in table.items()},
+                channels={name: arrays[3] for name, arrays in table.items()},
+                edges={layer.name: layer.edges() for layer in shown_layers},
+                shapes={layer.name: self.shapes.get(layer.name, ()) for layer in shown_layers},
+                linthresh={layer.name: layer.linthresh for layer in shown_layers}, **columns,
+                near_zero_threshold=self.settings.near_zero, skipped=dict(self.skipped),
+                types={layer.name: self._types[layer.module_slot] for layer in shown_layers},
+                auto={layer.name: layer.auto for layer in shown_layers})
+        kinds["activation"].grads = kinds.get("grad")
+        return kinds["activation"]
 
     @property
     def recording(self) -> Recording:
-        "Everything recorded so far, on the host (copies what is still on the device)."
+        "Everything recorded so far, on the host (copies what is still on the device): a copy of its own to keep."
+        return self._read(copy=True)
+
+    def view(self) -> Recording:
+        """Everything recorded so far, as views of the host's columns: for a reader done with it before the
+        next batch (a picture, a file); the next move may merge those columns in place."""
+        return self._read(copy=False)
+
+    def _read(self, copy: bool) -> Recording:
         if not is_distributed():  # distributed: whole epochs only, summed at their ends on every rank
             self.flush()
         self._finish_move()
-        if not self._moved:
-            return self._recording({layer.index: self._empty(0) for layer in self._all},
-                                   np.zeros((0, len(self._all), len(SIZES)), np.int64), [])
-        self._join()
-        host = self._moved[0]
-        for part in (host, host.grads):
-            if part is not None:  # the shown layers' only: a container's own shape is no layer's
-                part.shapes.update({name: shape for name, shape in self.shapes.items() if name in part.counts})
-                part.skipped.update(self.skipped)
-        return host
+        keys = [self._key(layer) for layer in self._all]
+        return self._assemble(self.host.read(keys, copy=copy), self.host.columns(copy=copy))
+
+    def new_parts(self) -> list[Recording]:
+        """The Recordings of the moves to the host since the last call, as they came (each column once, never
+        merged with an earlier one): for writers that send each batch once. The first call turns this on and
+        returns everything so far, as one."""
+        if self._unsent is None:
+            everything = self.view()
+            self._unsent = []  # kept from the next move on
+            return [everything] if len(everything) else []
+        if not is_distributed():
+            self.flush()
+        self._finish_move()
+        parts, self._unsent = self._unsent, []
+        return parts
 
     def reset(self) -> None:
         "Forget everything recorded (the hooks stay as they are)."
@@ -492,7 +492,8 @@ class HistogramRecorder:
         for layer in self._all:  # columns not yet flushed: their device rows are reused from row 0
             layer.clear(slice(0, len(self.columns)))
         self.columns.reset()
-        self._moved, self._columns_on_host, self._moving = [], 0, None
+        self.host.reset()
+        self._moving, self._unsent = None, None if self._unsent is None else []
 
     @property
     def device_nbytes(self) -> int:
@@ -501,13 +502,24 @@ class HistogramRecorder:
 
     @property
     def host_nbytes(self) -> int:
-        "Bytes of the recording moved to the host so far."
-        return sum(part.nbytes for part in self._moved)
+        """Bytes the recording holds on the host: its columns (every column ever held: their pages stay
+        resident), a move in flight and the moves kept for writers."""
+        moving = 0 if self._moving is None else sum(
+            array.nbytes for counts, moments, _ in self._moving.copies.values() for array in (counts, moments))
+        return self.host.nbytes + moving + sum(part.nbytes for part in self._unsent or ())
 
     @property
     def nbytes(self) -> int:
         "Bytes held: the device rows and the host recording."
         return self.device_nbytes + self.host_nbytes
+
+
+class _Move(NamedTuple):
+    "A move to the host: per layer index (counts, moments, binning), the rows' sizes and index, CUDA events."
+    copies: dict
+    sizes: np.ndarray
+    index: list
+    events: list
 
 
 def _as_numpy(array) -> np.ndarray:

@@ -47,31 +47,42 @@ def training_steps(recording: Recording) -> np.ndarray:
 class LiveBoard:
     """TensorBoard during training (`ActivationHistogram(tensorboard=log_dir)`): at each `write`, the columns
     the host received since the last one as histograms (step = training iteration), and at each epoch end
-    the colour-dim grid as an image. Only host copies: nothing here reads the device."""
-    def __init__(self, log_dir):
-        self.writer, self.written = _summary_writer()(str(log_dir)), 0
+    the colour-dim grid as an image. Only host copies: nothing here reads the device.
 
-    def write(self, recording: Recording, grid: bool = False) -> None:
-        "The new columns of `recording` (and, with `grid`, its grid image at the last training step)."
-        if len(recording) < self.written:  # neighbours merged past max_columns: go on from what is there
-            self.written = len(recording)
-        steps = training_steps(recording)
-        for kind in ("activation", "grad"):
-            if kind == "grad" and recording.grads is None:
-                continue
-            source = recording.kind(kind)
-            for name in source.layer_names:
-                for column in range(self.written, len(source)):
-                    if not source.numel[name][column]:  # nothing in it (a gradient in validation)
-                        continue
-                    _write_column(self.writer, f"{kind}/{name}/{source.phase[column]}", source, name, column,
-                                  step=int(steps[column]))
-        self.written = len(recording)
-        if grid and len(recording) and (recording.phase == "train").any():
+    Each tag's steps only go up: TensorBoard drops every event of a tag at or after a step that comes again
+    (its reservoir takes that for a restarted run), so a validation pass that would land on an earlier
+    step (one outside a fit, or an epoch with more validation than training batches) is moved just past it."""
+    def __init__(self, log_dir):
+        self.writer = _summary_writer()(str(log_dir))
+        self.trained = 0  # training batches written so far, over every fit: where the next ones' steps start
+        self.last = {}    # tag -> the last step written to it
+
+    def write(self, parts: list, grid: Recording = None) -> None:
+        "Each part's columns (as `HistogramRecorder.new_parts` gives them), and `grid`'s image at the last step."
+        for part in parts:
+            steps = training_steps(part) + self.trained
+            for kind in ("activation", "grad"):
+                if kind == "grad" and part.grads is None:
+                    continue
+                source = part.kind(kind)
+                for name in source.layer_names:
+                    for column in range(len(source)):
+                        if not source.numel[name][column]:  # nothing in it (a gradient in validation)
+                            continue
+                        tag = f"{kind}/{name}/{source.phase[column]}"
+                        _write_column(self.writer, tag, source, name, column, step=self._step(tag, int(steps[column])))
+            self.trained += int(part.batches[part.phase == "train"].sum())
+        if grid is not None and len(grid) and (grid.phase == "train").any():
             from .plot import grid_image
-            self.writer.add_image("colordim/grid", grid_image(recording),
-                                  global_step=int(steps[recording.phase == "train"].max()), dataformats="HWC")
+            self.writer.add_image("colordim/grid", grid_image(grid),
+                                  global_step=self._step("colordim/grid", self.trained - 1), dataformats="HWC")
         self.writer.flush()  # the writer stays open for the next fit's batches
+
+    def _step(self, tag: str, step: int) -> int:
+        "`step`, or one past the tag's last step where it would not be later than that."
+        step = max(step, self.last.get(tag, -1) + 1)
+        self.last[tag] = step
+        return step
 
 
 def _write_column(writer, tag: str, source: Recording, name: str, column: int, step: int = None) -> None:

@@ -90,3 +90,19 @@ def test_the_callback_writes_histograms_during_training_next_to_fastais_tensorbo
     learn.fit(1)  # a second fit goes on from the first: nothing written twice
     again = read_histograms(tmp_path / "tb")["activation/3/train"]
     assert [event.step for event in again] == list(range(18))
+
+
+def test_each_tags_steps_only_go_up_so_tensorboard_never_drops_a_written_histogram(tmp_path):
+    """TensorBoard drops every event of a tag at or after a step that comes again. A validation outside the fit
+    (record_inference) would land on the steps of the last epoch's validation: it is moved just past them."""
+    from colordim import ActivationHistogram
+    from conftest import make_learner
+    learn = make_learner(cbs=ActivationHistogram(layers=["3"], tensorboard=tmp_path / "tb", move_every=1,
+                                                 record_inference=True))
+    learn.fit(1)
+    learn.validate()
+    recording = learn.activation_histogram.recording
+    valid = read_histograms(tmp_path / "tb")["activation/3/valid"]
+    assert [event.step for event in valid] == [6, 7, 8, 9, 10, 11]  # 6 training batches, then 3 + 3 validation
+    assert [list(event.histogram_value.bucket) for event in valid] == \
+        recording.counts["3"][recording.phase == "valid"].tolist()   # each written once, none lost
