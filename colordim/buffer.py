@@ -91,7 +91,10 @@ class LayerBuffer:
 
     def start_to_host(self, used: int):
         """(counts, moments, event): the first `used` rows on the host. On CUDA, pinned tensors that fill
-        without the host waiting, done when `event` is; elsewhere numpy copies, done now (event None)."""
+        without the host waiting, done when `event` is; on the CPU, numpy views of the rows themselves (no
+        copy: read them before the rows are cleared or written); elsewhere numpy copies (event None)."""
+        if self.host is not None:
+            return self.host[0][:used], self.host[1][:used], None
         if self.device.type != "cuda":
             return *self.to_host(used), None
         counts = torch.empty((used, self.counts.shape[1]), dtype=self.counts.dtype, pin_memory=True)

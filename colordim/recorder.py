@@ -312,14 +312,22 @@ class HistogramRecorder:
                 self.shapes[self._all[index].name] = shape
             if training:
                 self._trained_shapes.add(self._all[index].name)
-        copies, events = {}, []
+        copies, events, open_row = {}, [], self.columns.row
         for layer in self._all:
             counts, moments, event = self._to_host(layer, used)
             copies[layer.index] = counts, moments, layer.binning
             events += [event] if event is not None else []
+        if events:  # CUDA copies in flight, waited for later: rows on the CPU among them are copied now
+            copies = {index: (np.array(counts), np.array(moments), binning) if isinstance(counts, np.ndarray)
+                      else (counts, moments, binning) for index, (counts, moments, binning) in copies.items()}
         self._moving = _Move(copies, sizes, self.columns.moved_to_host(), events)
-        if not events:  # nothing on CUDA: the copies are done
+        if not events:  # nothing on CUDA: the rows are read into the host's columns now, before they are cleared
             self._finish_move()
+        for layer in self._all:
+            if layer.buffer is not None:  # the device runs this after the copies: the rows are reused
+                layer.buffer.clear(slice(0, used))
+                if open_row is not None:
+                    layer.buffer.move(open_row, 0)
 
     def _finish_move(self) -> None:
         "The last move's rows as host arrays (waiting for its CUDA copies, if any), added to the host's columns."
@@ -345,8 +353,8 @@ class HistogramRecorder:
                 self.host.regrid(self._key(layer), lambda counts: regrid(counts, old, new))
             layer.host_binning = layer.binning
         self.host.append(part)
-        if self._unsent is not None:
-            self._unsent.append(part)
+        if self._unsent is not None:  # a copy: the part's arrays may be views of rows reused next
+            self._unsent.append(part.select())
 
     def _key(self, layer: LayerRecorder) -> tuple:
         "(kind, name): how the host's columns name a layer."
@@ -388,16 +396,11 @@ class HistogramRecorder:
                 layer.rebin(agreed)
 
     def _to_host(self, layer: LayerRecorder, used: int):
-        """Layer's first `used` rows on the host (numpy, or pinned tensors being filled, and their CUDA
-        event), cleared on the device; an open row moves to row 0. The device runs these in order."""
+        """Layer's first `used` rows on the host: views of a CPU buffer (read before `flush` clears them), pinned
+        tensors being filled and their CUDA event, or numpy copies."""
         if layer.buffer is None:  # this layer never ran
             return *self._empty(used), None
-        buffer = layer.grown()  # as long as the others: a layer may have missed the last columns
-        counts, moments, event = buffer.start_to_host(used)
-        buffer.clear(slice(0, used))
-        if self.columns.row is not None:
-            buffer.move(self.columns.row, 0)
-        return counts, moments, event
+        return layer.grown().start_to_host(used)  # as long as the others: a layer may have missed the last columns
 
     def _empty(self, columns: int) -> tuple[np.ndarray, np.ndarray]:
         "Host counts and moments of `columns` columns where a layer did not run: no values, NaN moments."
@@ -523,8 +526,8 @@ class _Move(NamedTuple):
 
 
 def _as_numpy(array) -> np.ndarray:
-    "A host copy as numpy: a pinned tensor's values copied out (the pinned block goes back to torch's cache)."
-    return array.numpy().copy() if isinstance(array, torch.Tensor) else array
+    "A host copy as numpy (a pinned tensor's: a view, which keeps its block from torch's cache until dropped)."
+    return array.numpy() if isinstance(array, torch.Tensor) else array
 
 
 def _real_values(nested: torch.Tensor) -> torch.Tensor:
