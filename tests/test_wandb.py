@@ -152,9 +152,42 @@ def test_beside_a_logger_of_every_step_each_write_joins_its_rows_and_their_steps
     assert [row["_step"] for row in losses] == list(range(18))       # the user's steps, undisturbed
     ours = [row for row in rows if any(key.startswith("colordim/") for key in row)]
     assert_every_batch_logged_once(ours, learn.activation_histogram.recording)
-    assert sum("colordim/grid" in row for row in ours) == 3
-    # our rows joined the user's next ones: none of ours is a W&B step of its own, but the last epoch's end
-    assert sum("train_loss" not in row for row in ours) == 1
+    # Writes come at every 4th batch (train or valid) and at each epoch's end; each joins the row the user logs
+    # next (training batch k is W&B step k), or, in validation, where nobody logs, is added to our row still
+    # waiting there (6 and 12: the epoch's end joins the move at its 2nd validation batch). The last one, after
+    # the user's last step, is committed by wandb.finish().
+    assert [(row["_step"], row["colordim/step"]) for row in ours] == [
+        (3, 4), (6, 6), (8, 9), (12, 12), (13, 14), (17, 18), (18, 18)]
+    assert [row["colordim/step"] for row in ours if "colordim/grid" in row] == [6, 12, 18]
+
+
+def test_a_logger_with_explicit_steps_loses_none_of_its_logs(tmp_path, monkeypatch):
+    "As fastai's WandbCallback: step=N at each training batch, and its epoch's metrics at that same step again."
+    from fastai.callback.core import Callback
+
+    class StepLogger(Callback):
+        order, step = 60, 0
+
+        def after_batch(self):
+            if self.training:
+                self.step += 1
+                wandb.log({"train_loss": float(self.loss.detach())}, step=self.step)
+
+        def after_epoch(self):
+            wandb.log({"valid_loss": float(self.recorder.log[2])}, step=self.step)  # W&B drops it if step fell behind
+    run = offline_run(tmp_path, monkeypatch)
+    try:
+        learn = make_learner(cbs=[ActivationHistogram(layers=["0", "3"], wandb=True, move_every=4), StepLogger()])
+        learn.fit(3)
+        run_dir = run.dir.rsplit("/files", 1)[0]
+    finally:
+        wandb.finish()
+    rows = history(run_dir)
+    assert [row["_step"] for row in rows if "train_loss" in row] == list(range(1, 19))
+    assert [row["_step"] for row in rows if "valid_loss" in row] == [6, 12, 18]  # each epoch's, none dropped
+    ours = [row for row in rows if any(key.startswith("colordim/") for key in row)]
+    assert_every_batch_logged_once(ours, learn.activation_histogram.recording)
+    assert [row["colordim/step"] for row in ours if "colordim/grid" in row] == [6, 12, 18]
 
 
 def test_without_a_run_the_fit_stops_at_once_with_what_to_do():
@@ -162,3 +195,38 @@ def test_without_a_run_the_fit_stops_at_once_with_what_to_do():
     learn = make_learner(cbs=ActivationHistogram(wandb=True))
     with pytest.raises(ValueError, match=r"no W&B run is active; call wandb.init\(...\) before fit"):
         learn.fit(1)
+
+
+def test_a_write_whose_bins_changed_under_a_waiting_row_commits_it_rather_than_replace_it(monkeypatch):
+    "An auto range widened between two writes in a run where the user logs: the rows cannot be summed."
+    from colordim.recording import Recording
+    from colordim.wandb_log import WandbLog
+
+    class Run:
+        step, rows, pending = 5, [], {}  # the user has logged 5 steps
+
+        def define_metric(self, *args, **kwargs): pass
+
+        def log(self, row, commit=None):  # as W&B: an uncommitted row's keys are replaced by later ones
+            self.pending.update(row)
+            if commit:
+                self.rows.append((self.step, self.pending))
+                self.pending, self.step = {}, self.step + 1
+    run = Run()
+    monkeypatch.setattr(wandb, "run", run)
+    monkeypatch.setattr(wandb, "Histogram", lambda np_histogram: np_histogram)
+
+    def part(high):
+        return Recording(counts={"x": np.array([[0, 3, 1, 0]])}, numel={"x": np.array([4])},
+                         edges={"x": np.array([0.0, high / 2, high])}, shapes={"x": (4,)}, fit=np.array([0]),
+                         epoch=np.array([0]), phase=np.array(["valid"]), iteration=np.array([0]))
+    key = "colordim/activation/x/valid"
+    writer = WandbLog()
+    writer.write([part(1.0)])
+    run.log({"loss": 1.0}, commit=True)  # the user logs: our row joined theirs, at step 5
+    writer.write([part(1.0)])
+    writer.write([part(1.0)])  # same bins: added into our row waiting at step 6
+    assert [step for step, _ in run.rows] == [5] and run.pending[key][0].tolist() == [6, 2]
+    writer.write([part(2.0)])  # other bins: our waiting row is committed first
+    assert [step for step, _ in run.rows] == [5, 6] and run.rows[1][1][key][0].tolist() == [6, 2]
+    assert run.pending[key][1].tolist() == [0.0, 1.0, 2.0] and run.pending[key][0].tolist() == [3, 1]
