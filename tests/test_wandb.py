@@ -97,8 +97,18 @@ def offline_run(tmp_path, monkeypatch):
     return wandb.init(project="colordim-tests", dir=str(tmp_path), mode="offline")
 
 
-def colordim_rows(run_dir):
-    return [row for row in history(run_dir) if any(key.startswith("colordim/") for key in row)]
+def fit_logged(tmp_path, monkeypatch, epochs, *callbacks):
+    "A fit of `epochs` into an offline run, moving every 4 batches: the run's rows, ours among them, and the recording."
+    run = offline_run(tmp_path, monkeypatch)
+    try:
+        learn = make_learner(cbs=[ActivationHistogram(layers=["0", "3"], wandb=True, move_every=4), *callbacks])
+        learn.fit(epochs)
+        run_dir = run.dir.rsplit("/files", 1)[0]
+    finally:
+        wandb.finish()
+    rows = history(run_dir)
+    ours = [row for row in rows if any(key.startswith("colordim/") for key in row)]
+    return rows, ours, learn.activation_histogram.recording, run_dir
 
 
 def assert_every_batch_logged_once(rows, recording, name="3"):
@@ -112,15 +122,7 @@ def assert_every_batch_logged_once(rows, recording, name="3"):
 @pytest.mark.parametrize("epochs", [2, 3])
 def test_with_nothing_else_logging_every_write_keeps_a_row_of_its_own(tmp_path, monkeypatch, epochs):
     "move_every=4: 6 training and 3 validation batches an epoch make moves at 4, 6+3, 13, 15+3, ... and each is a row."
-    run = offline_run(tmp_path, monkeypatch)
-    try:
-        learn = make_learner(cbs=ActivationHistogram(layers=["0", "3"], wandb=True, move_every=4))
-        learn.fit(epochs)
-        run_dir = run.dir.rsplit("/files", 1)[0]
-    finally:
-        wandb.finish()
-    recording = learn.activation_histogram.recording
-    rows = colordim_rows(run_dir)
+    _, rows, recording, run_dir = fit_logged(tmp_path, monkeypatch, epochs)
     grids = [row for row in rows if "colordim/grid" in row]
     assert len(grids) == epochs                                     # one grid per epoch: none replaced
     assert [row["colordim/step"] for row in grids] == [6 * (epoch + 1) for epoch in range(epochs)]
@@ -140,18 +142,9 @@ def test_beside_a_logger_of_every_step_each_write_joins_its_rows_and_their_steps
         def after_batch(self):
             if self.training:
                 wandb.log({"train_loss": float(self.loss.detach())})
-    run = offline_run(tmp_path, monkeypatch)
-    try:
-        learn = make_learner(cbs=[ActivationHistogram(layers=["0", "3"], wandb=True, move_every=4), LossLogger()])
-        learn.fit(3)
-        run_dir = run.dir.rsplit("/files", 1)[0]
-    finally:
-        wandb.finish()
-    rows = history(run_dir)
-    losses = [row for row in rows if "train_loss" in row]
-    assert [row["_step"] for row in losses] == list(range(18))       # the user's steps, undisturbed
-    ours = [row for row in rows if any(key.startswith("colordim/") for key in row)]
-    assert_every_batch_logged_once(ours, learn.activation_histogram.recording)
+    rows, ours, recording, _ = fit_logged(tmp_path, monkeypatch, 3, LossLogger())
+    assert [row["_step"] for row in rows if "train_loss" in row] == list(range(18))  # the user's steps, undisturbed
+    assert_every_batch_logged_once(ours, recording)
     # Writes come at every 4th batch (train or valid) and at each epoch's end; each joins the row the user logs
     # next (training batch k is W&B step k), or, in validation, where nobody logs, is added to our row still
     # waiting there (6 and 12: the epoch's end joins the move at its 2nd validation batch). The last one, after
@@ -175,18 +168,10 @@ def test_a_logger_with_explicit_steps_loses_none_of_its_logs(tmp_path, monkeypat
 
         def after_epoch(self):
             wandb.log({"valid_loss": float(self.recorder.log[2])}, step=self.step)  # W&B drops it if step fell behind
-    run = offline_run(tmp_path, monkeypatch)
-    try:
-        learn = make_learner(cbs=[ActivationHistogram(layers=["0", "3"], wandb=True, move_every=4), StepLogger()])
-        learn.fit(3)
-        run_dir = run.dir.rsplit("/files", 1)[0]
-    finally:
-        wandb.finish()
-    rows = history(run_dir)
+    rows, ours, recording, _ = fit_logged(tmp_path, monkeypatch, 3, StepLogger())
     assert [row["_step"] for row in rows if "train_loss" in row] == list(range(1, 19))
     assert [row["_step"] for row in rows if "valid_loss" in row] == [6, 12, 18]  # each epoch's, none dropped
-    ours = [row for row in rows if any(key.startswith("colordim/") for key in row)]
-    assert_every_batch_logged_once(ours, learn.activation_histogram.recording)
+    assert_every_batch_logged_once(ours, recording)
     assert [row["colordim/step"] for row in ours if "colordim/grid" in row] == [6, 12, 18]
 
 
