@@ -16,6 +16,7 @@ from .diagnose import diagnose
 from .layout import check_bins, check_near_zero, check_range, check_sample, check_scale
 from .recorder import HistogramRecorder
 from .recording import Recording
+from .units import check_units, resolve_units
 
 __all__ = ["ActivationHistogram"]
 
@@ -28,7 +29,7 @@ class ActivationHistogram(Callback):
     "Record a histogram of each chosen layer's output for every batch, on the model's device."
     order = -5  # after TrainEvalCallback (-10) has set `training`, before most others
     move_every, device_bytes, host_bytes = MOVE_EVERY, DEVICE_BYTES, HOST_BYTES  # callbacks pickled before them
-    show, _live, tensorboard, _board, wandb, _wandb = False, None, None, None, False, None
+    show, _live, tensorboard, _board, wandb, _wandb, units = False, None, None, None, False, None, None
 
     def __init__(self,
         layers=None,      # index, dotted name, glob, module class or module (or a list); None: leaves with params
@@ -54,11 +55,12 @@ class ActivationHistogram(Callback):
         show=False,  # in a notebook: redraw the grid in one output after each epoch (an int N: every N batches too)
         tensorboard=None,  # a log folder: histograms at each move to the host, the grid at each epoch end
         wandb: bool = False,  # the same into the active Weights & Biases run (wandb.init first)
+        units=None,  # where each layer's units are, for dead units: guessed, "channels", "features" or {layer: ...}
     ):
         check_bins(bins), check_range(range), check_scale(scale, linthresh)  # fail now, not at the first batch
         check_range(grad_range), check_scale(grad_scale, linthresh)
         check_near_zero(near_zero), check_sample(sample), Columns(max_columns, move_every, device_bytes, host_bytes)
-        _check_show(show)
+        _check_show(show), check_units(units)
         store_attr()
         self.engine, self._fit, self._trained, self._active, self._hooked_for = None, -1, False, False, None
         self._checked = False  # the first forward pass of this fit has been checked
@@ -81,7 +83,8 @@ class ActivationHistogram(Callback):
                                             sample=self.sample, max_columns=self.max_columns, grads=self.grads,
                                             move_every=self.move_every, device_bytes=self.device_bytes,
                                             host_bytes=self.host_bytes,
-                                            grad_range=self.grad_range, grad_scale=self.grad_scale)
+                                            grad_range=self.grad_range, grad_scale=self.grad_scale,
+                                            units=resolve_units(self.learn.model, modules, self.units))
             self._saved = 0
         self.engine.attach(root=self.learn.model)  # a module called twice in one forward: two layers
         engines = _ENGINES.setdefault(self.learn, [])

@@ -370,6 +370,7 @@ def _figures(recording: Recording, name: str, columns: _Columns) -> dict:
         relu_like=bool(len(minimum) and np.nanmin(minimum, initial=np.inf) >= 0),
         first_nan=_first(recording, nan), first_inf=_first(recording, inf),
         range=recording.range(name), auto=recording.auto.get(name, False),
+        units=recording.units.get(name, "channels"),  # what a dead unit is one of: channels or features
     )
 
 
@@ -399,7 +400,7 @@ def _findings(recording: Recording, name: str, row: dict, limits: dict) -> list:
                                  "lower the learning rate, clip gradients, or look for it in the inputs and the loss"))
     if row["relu_like"] and row["dead"] > limits["dead"]:
         found.append(Finding(name, "dead", row["dead"], limits["dead"],
-                             f"{row['dead']:.0%} of {'channels' if len(row['shape']) > 2 else 'units'} output "
+                             f"{row['dead']:.0%} of {row['units']} output "
                              f"nothing over {tail} (healthy: below "
                              f"{limits['dead']:.0%})", "lower the learning rate or add normalisation"))
     elif row["near_zero"] > limits["near_zero"]:

@@ -18,6 +18,7 @@ from .layout import Binning
 from .plans import OUTSIDE, SharedArrays, make_plan, units_last
 from .ranges import fitting, remap
 from .torch_kernels import Scratch, finite_extremes
+from .units import CHANNELS, FEATURES
 
 __all__ = ["LayerRecorder", "Settings"]
 
@@ -34,8 +35,10 @@ class Settings:
 
 class LayerRecorder:
     "One recorded layer: name, binning, buffer and plans; `add(output)` records one output in the open column."
-    def __init__(self, name: str, index: int, settings: Settings, range, linthresh, module_slot: int = 0):
+    def __init__(self, name: str, index: int, settings: Settings, range, linthresh, module_slot: int = 0,
+                 units: str = CHANNELS):
         self.name, self.index, self.settings = name, index, settings  # index: its place in the host's sizes
+        self.units = units     # where its units are: CHANNELS (dim 1) or FEATURES (the last dim), `colordim.units`
         self.module_slot = module_slot  # which of the recorder's modules this is, or is a part of (display order)
         self.linthresh, self.auto = linthresh, range == "auto"
         self.binning = None if self.auto else Binning(settings.bins, *range, linthresh)  # "auto": at the first output
@@ -83,7 +86,8 @@ class LayerRecorder:
                 self.plans.clear()
             settings, seed = self.settings, 1009 * self.index + self._made  # a sample of its own per plan
             plan = make_plan(output, settings.sample, seed, settings.bins, self.binning.limits, self.linthresh,
-                             settings.near_zero, settings.stats, settings.scratch, settings.shared, grow=self.auto)
+                             settings.near_zero, settings.stats, settings.scratch, settings.shared, grow=self.auto,
+                             features=self.units == FEATURES)
             plan.used, self._made = (self.index, plan), self._made + 1  # what a column keeps of each output
             self.plans[key] = plan
         self.last = self.plans[key]

@@ -9,6 +9,7 @@ from .layers import find_layers
 from .hooks import hook_forward, hook_forward_pre
 from .recorder import HistogramRecorder
 from .recording import Recording
+from .units import resolve_units
 
 __all__ = ["record", "LoopRecorder"]
 
@@ -67,10 +68,12 @@ class LoopRecorder:
 
 
 @contextmanager
-def record(model: nn.Module, layers=None, grads=False, **options):
-    "Record activation (and, grads=True, gradient) histograms of `layers` of `model` in the block."
-    options["grads"] = grads
-    recorder = LoopRecorder(model, HistogramRecorder(find_layers(model, layers), **options))
+def record(model: nn.Module, layers=None, grads=False, units=None, **options):
+    """Record activation (and, grads=True, gradient) histograms of `layers` of `model` in the block. `units`:
+    where each layer's units are, for dead units (`colordim.units`): guessed, or "channels" / "features"."""
+    modules = find_layers(model, layers)
+    options.update(grads=grads, units=resolve_units(model, modules, units))
+    recorder = LoopRecorder(model, HistogramRecorder(modules, **options))
     completed = False
     try:
         yield recorder.attach()

@@ -103,7 +103,7 @@ def dead_chart(recording: Recording, layers=None, phase="train", axes=None, figs
         else:  # the same colour in both panels
             dead_ax.plot(shown.dead_rate[name], label=shown.label(name), linewidth=1, color=line.get_color())
     zero_ax.set_ylabel("share of values\nat 0")
-    dead_ax.set_ylabel("share of channels\nthat never fire")
+    dead_ax.set_ylabel("share of units\nthat never fire")  # channels or features: `recording.units`
     if signed:
         dead_ax.text(0.99, 0.97, "not drawn (they output negative values, so none is dead): " + ", ".join(signed),
                      transform=dead_ax.transAxes, ha="right", va="top", fontsize=7, wrap=True)

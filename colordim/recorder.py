@@ -24,6 +24,7 @@ from .layer import LayerRecorder, Settings
 from .layout import (CHANNELS, MAX, MOMENTS, NEAR_ZERO, NEG_MIN, NUMEL, SAMPLED, SIZES, SUM, check_bins,
                      check_near_zero, check_range, check_sample, check_scale)
 from .ranges import fitting, grid_binning, regrid
+from .units import resolve_units
 from .recording import Recording
 
 __all__ = ["HistogramRecorder", "CALLS"]
@@ -51,11 +52,15 @@ class HistogramRecorder:
         grads: bool = False,  # also histogram each output's gradient, in backward: `recording.grads`
         grad_range="auto",    # the gradients' range: "auto" (from the first backward) or (low, high)
         grad_scale: str = "linear",  # or "symlog"
+        units=None,           # where each layer's units are (dead units): {name: "channels" | "features"}, one of
+                              # those for all, or None: guessed from the modules (`colordim.units`)
     ):
         if not modules:
             raise ValueError("modules: nothing to record; pass at least one {name: module}")
         self.modules = dict(modules)
         self._types = [type(module).__name__ for module in self.modules.values()]  # per module slot
+        units = resolve_units(None, self.modules, units)  # record() and the callback resolve it with the model
+        self._units = [units[name] for name in self.modules]  # per module slot
         # one ledger for every layer and kind: they share columns
         self.columns = Columns(max_columns, move_every, device_bytes, host_bytes)
         self.settings = Settings(self.columns, check_bins(bins), bool(stats), check_near_zero(near_zero),
@@ -119,7 +124,8 @@ class HistogramRecorder:
     def _add_slot(self, name: str, module_slot: int) -> int:
         "A new slot: one LayerRecorder per kind (`module_slot`: the module it is, or is a part of)."
         for kind, (value_range, linthresh) in self._kinds.items():
-            self._all.append(LayerRecorder(name, len(self._all), self.settings, value_range, linthresh, module_slot))
+            self._all.append(LayerRecorder(name, len(self._all), self.settings, value_range, linthresh, module_slot,
+                                           self._units[module_slot]))
             self.layers[kind].append(self._all[-1])
             self._kind_of.append(kind)
         self.columns.budget(len(self._all), self.bins)  # more layers: fewer rows within the same bytes
@@ -454,7 +460,8 @@ class HistogramRecorder:
                 linthresh={layer.name: layer.linthresh for layer in shown_layers}, **columns,
                 near_zero_threshold=self.settings.near_zero, skipped=dict(self.skipped),
                 types={layer.name: self._types[layer.module_slot] for layer in shown_layers},
-                auto={layer.name: layer.auto for layer in shown_layers})
+                auto={layer.name: layer.auto for layer in shown_layers},
+                units={layer.name: layer.units for layer in shown_layers})
         kinds["activation"].grads = kinds.get("grad")
         return kinds["activation"]
 

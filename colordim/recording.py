@@ -37,7 +37,7 @@ class Recording:
     phase: np.ndarray     # (columns,) 'train' or 'valid'
     iteration: np.ndarray  # (columns,) batch index within the epoch and phase
     moments: dict = None  # name -> (columns, 6) float64, as MOMENTS; None: statistics were off (all NaN)
-    channels: dict = None  # name -> (columns,) int64: units the dead-unit rate is over
+    channels: dict = None  # name -> (columns,) int64: units the dead-unit rate is over (see `units`)
     near_zero_threshold: float = 0.05  # |x| <= this counted as near zero
     skipped: dict = field(default_factory=dict)  # name -> why nothing was recorded
     batches: np.ndarray = None  # (columns,) batches merged into each column (1 until `max_columns` merges)
@@ -45,6 +45,7 @@ class Recording:
     grads: "Recording" = None  # the same layers' output gradients, same columns (grads=True), else None
     types: dict = None    # name -> the recorded module's class name ("Conv2d"; a container's part: its module's)
     auto: dict = None     # name -> whether its range was "auto" (widened with the run: `colordim.ranges`)
+    units: dict = None    # name -> "channels" (its units are dim 1) or "features" (the last dim): `colordim.units`
 
     def __post_init__(self):
         columns = len(self.phase)
@@ -58,6 +59,7 @@ class Recording:
             self.channels = {name: np.zeros(columns, dtype=np.int64) for name in self.counts}
         self.types = {name: (self.types or {}).get(name, "") for name in self.counts}
         self.auto = {name: bool((self.auto or {}).get(name, False)) for name in self.counts}
+        self.units = {name: (self.units or {}).get(name) or "channels" for name in self.counts}  # older runs: dim 1
         for name in ("counts", "numel", "edges", "shapes", "moments", "channels"):
             setattr(self, name, LayerDict(getattr(self, name)))
 
@@ -129,7 +131,8 @@ class Recording:
 
     @property
     def dead_rate(self) -> LayerDict:
-        "Per layer and column, the share of units (dim 1) whose output is <= 0 for the whole batch."
+        """Per layer and column, the share of units whose output is <= 0 for the whole batch: channels (dim 1)
+        or features (the last dim), as `units` says."""
         return self._per_column(lambda name, m, n: m[3] / self.channels[name])
 
     @property
@@ -215,7 +218,8 @@ class Recording:
             linthresh={name: self.linthresh[name] for name in names},
             grads=None if self.grads is None else self.grads.select(layers, fit, epoch, phase),
             skipped={name: why for name, why in self.skipped.items() if name in names},
-            types={name: self.types[name] for name in names}, auto={name: self.auto[name] for name in names})
+            types={name: self.types[name] for name in names}, auto={name: self.auto[name] for name in names},
+            units={name: self.units[name] for name in names})
 
     def select_layer(self, layer) -> "Recording":
         "Only `layer` (index or name)."
@@ -255,7 +259,8 @@ class Recording:
                      for key in ("counts", "numel", "moments", "channels", "edges") for name in self.layer_names)
         return columns and tables and self.shapes == other.shapes and self.linthresh == other.linthresh \
             and self.near_zero_threshold == other.near_zero_threshold and self.skipped == other.skipped \
-            and self.types == other.types and self.auto == other.auto and self.grads == other.grads
+            and self.types == other.types and self.auto == other.auto and self.units == other.units \
+            and self.grads == other.grads
 
     @classmethod
     def concat(cls, parts: list["Recording"]) -> "Recording":
@@ -271,7 +276,7 @@ class Recording:
             near_zero_threshold=first.near_zero_threshold, batches=join("batches"), linthresh=dict(first.linthresh),
             grads=cls.concat([part.grads for part in parts]) if all(part.grads is not None for part in parts) else None,
             skipped={k: v for part in parts for k, v in part.skipped.items()}, types=dict(parts[-1].types),
-            auto=dict(parts[-1].auto))
+            auto=dict(parts[-1].auto), units=dict(parts[-1].units))
 
     def coarsen(self, width: int) -> "Recording":
         "Merge the columns of each `width` consecutive batches of one fit, epoch and phase into one column."
@@ -293,7 +298,7 @@ class Recording:
             channels={name: add(channels) for name, channels in self.channels.items()},
             near_zero_threshold=self.near_zero_threshold, linthresh=dict(self.linthresh), skipped=dict(self.skipped),
             grads=None if self.grads is None else self.grads.coarsen(width), types=dict(self.types),
-            auto=dict(self.auto))
+            auto=dict(self.auto), units=dict(self.units))
 
 
 class Histograms(LayerDict):

@@ -61,7 +61,7 @@ def _arrays(recording: Recording, prefix: str) -> tuple[dict, dict]:
               "layers": [{"name": name, "shape": list(recording.shapes[name]),
                           "range": list(recording.range(name)), "linthresh": recording.linthresh[name],
                           "skipped": recording.skipped.get(name), "type": recording.types.get(name, ""),
-                          "auto": recording.auto.get(name, False)}
+                          "auto": recording.auto.get(name, False), "units": recording.units.get(name, "channels")}
                          for name in recording.layer_names]}
     return arrays, header
 
@@ -121,7 +121,8 @@ def _read(data, header: dict, prefix: str) -> Recording:
         linthresh={layer["name"]: layer["linthresh"] for layer in layers},
         skipped={layer["name"]: layer["skipped"] for layer in layers if layer["skipped"]},
         types={layer["name"]: layer.get("type", "") for layer in layers},  # runs saved before types: ""
-        auto={layer["name"]: layer.get("auto", False) for layer in layers})
+        auto={layer["name"]: layer.get("auto", False) for layer in layers},
+        units={layer["name"]: layer.get("units", "channels") for layer in layers})  # runs saved before: dim 1
 
 
 def _save_method(self: Recording, path) -> Path:

@@ -115,3 +115,41 @@ def test_ranks_with_different_auto_ranges_agree_on_the_widest_before_summing(tmp
         both = torch.cat([auto_values(rank, column) for rank in (0, 1)]).numpy().astype(np.float64)
         assert first.hist["x"][column].tolist() == np.histogram(both, bins=edges)[0].tolist()
     assert first.underflow["x"].sum() == first.overflow["x"].sum() == 0
+
+
+def sequence_batch(rank=None):
+    "A (4, 6, 8) batch of sequences; rank r gets rows 2r, 2r+1. Features 0-2 never fire, 3 fires on rank 1's rows only."
+    values = torch.randn(4, 6, 8, generator=torch.Generator().manual_seed(3)).abs() + 0.1
+    values[:, :, :3] = -1.0
+    values[:2, :, 3] = -1.0
+    return values if rank is None else values[2 * rank:2 * rank + 2]
+
+
+def features_worker(rank, world, store, folder):
+    from colordim.recorder import HistogramRecorder
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        layer = nn.ReLU()
+        with HistogramRecorder({"act": layer}, bins=8, range=(-2, 2), units="features") as engine:
+            engine.begin_column()
+            layer(sequence_batch(rank))
+            engine.end_column()
+            engine.flush()
+            engine.recording.save(f"{folder}/features_rank{rank}.npz")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_merge_dead_features_exactly(tmp_path):
+    "A feature is dead when it is <= 0 on every rank's rows: feature 3 fires on rank 1 only, so it is alive."
+    from colordim import Recording
+    from colordim.recorder import HistogramRecorder
+    mp.spawn(features_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    merged = Recording.load(tmp_path / "features_rank0.npz")
+    layer = nn.ReLU()
+    with HistogramRecorder({"act": layer}, bins=8, range=(-2, 2), units="features") as single:
+        single.begin_column()
+        layer(sequence_batch())
+        single.end_column()
+    assert merged.channels["act"].tolist() == [8] and merged.dead_rate["act"].tolist() == [3 / 8]
+    assert single.recording.dead_rate["act"].tolist() == [3 / 8] and merged.units == {"act": "features"}

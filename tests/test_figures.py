@@ -121,7 +121,7 @@ def test_dead_chart_draws_zero_share_and_dead_rate(recording, tmp_path):
     assert list(dead) == ["zero"]
     notes = [text.get_text() for text in dead_ax.texts]
     assert notes == ["not drawn (they output negative values, so none is dead): unit Scale, big Scale"]
-    assert dead_ax.get_ylabel() == "share of channels\nthat never fire" and zero_ax.get_ylabel() == "share of values\nat 0"
+    assert dead_ax.get_ylabel() == "share of units\nthat never fire" and zero_ax.get_ylabel() == "share of values\nat 0"
     assert len(vertical_lines(dead_ax)) == 1 and dead_ax.get_ylim() == (-0.02, 1.02)
     assert not_blank(png(figure, tmp_path / "dead.png"))
 
