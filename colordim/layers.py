@@ -31,9 +31,15 @@ def hookable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def default_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    "The leaf modules that have parameters: what fastai's `ActivationStats` hooks."
-    return [(name, module) for name, module in hookable_modules(model)
-            if next(module.children(), None) is None and next(module.parameters(), None) is not None]
+    """The leaf modules that have parameters: what fastai's `ActivationStats` hooks; a model that is itself
+    such a leaf (`record(nn.Conv2d(3, 8, 3))`): the model, by its root name."""
+    if _leaf_with_parameters(model):
+        return [(root_name(model), model)]
+    return [(name, module) for name, module in hookable_modules(model) if _leaf_with_parameters(module)]
+
+
+def _leaf_with_parameters(module: nn.Module) -> bool:
+    return next(module.children(), None) is None and next(module.parameters(), None) is not None
 
 
 def find_layers(model: nn.Module, layers=None) -> dict[str, nn.Module]:
@@ -45,7 +51,8 @@ def find_layers(model: nn.Module, layers=None) -> dict[str, nn.Module]:
         found = default_layers(model)
         if not found:
             raise ValueError(f"layers: {type(model).__name__} has no leaf module with parameters to "
-                             f"record by default; pass `layers=` (names: {_available(model)})")
+                             f"record by default; pass `layers=` (names: {_available(model)}; "
+                             f"{root_name(model)!r}: the model's own output)")
         return dict(found)
     specs = list(layers) if isinstance(layers, (list, tuple, set)) else [layers]
     if not specs:

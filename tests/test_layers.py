@@ -1,4 +1,5 @@
 """Layer specs: every kind, the default, and errors that name the problem."""
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -95,6 +96,25 @@ def test_error_lists_at_most_twenty_names():
 def test_model_without_parameterised_leaves_needs_layers():
     with pytest.raises(ValueError, match="no leaf module with parameters"):
         find_layers(nn.Sequential(nn.ReLU(), nn.Flatten()))
+    with pytest.raises(ValueError, match=r"pass `layers=` \(names: none \(the model has no submodules\); 'model': "
+                                         r"the model's own output\)"):
+        find_layers(nn.ReLU())
+
+
+def test_a_bare_layer_with_parameters_records_itself():
+    "record(nn.Conv2d(3, 8, 3)): the first thing many try in a notebook."
+    import colordim
+    conv = nn.Conv2d(3, 8, 3)
+    assert list(find_layers(conv)) == ["model"] and find_layers(conv)["model"] is conv
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad(), colordim.record(conv, range=(-5, 5)) as rec:
+        conv(x)
+        conv(x)
+    recording = rec.recording
+    assert recording.layer_names == ["model"] and recording.shapes["model"] == (2, 8, 4, 4)
+    assert recording.numel["model"].tolist() == [256, 256] and recording.types["model"] == "Conv2d"
+    expected = np.histogram(conv(x).detach().numpy(), bins=recording.edges["model"])[0]
+    assert recording.hist["model"].tolist() == [expected.tolist()] * 2
 
 
 def test_the_model_itself_can_be_hooked():
