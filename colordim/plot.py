@@ -6,8 +6,10 @@ import math
 import numpy as np
 import matplotlib.pyplot as plt
 from matplotlib.colors import LogNorm, Normalize, SymLogNorm
+from matplotlib.font_manager import FontProperties
+from matplotlib.ticker import FuncFormatter, Locator
 
-from .recording import PHASES, Recording, symlog
+from .recording import PHASES, Recording, symlog, symlog_inverse
 
 __all__ = ["color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats", "compare", "png_bytes",
            "grid_image"]
@@ -270,12 +272,39 @@ def _y_transform(shown: Recording, name):
 
 
 def _symlog_ticks(ax, low, high, linthresh):
-    "Ticks at 0 and the powers of ten inside the range, labelled in activation units."
-    powers = [10.0 ** k for k in range(-6, 13) if 10.0 ** k >= linthresh / 10]
-    values = sorted({0.0, *[v for p in powers for v in (-p, p) if low <= v <= high]})
-    step = max(1, math.ceil(len(values) / 11))
-    values = [v for i, v in enumerate(values) if v == 0 or i % step == 0]
-    ax.set_yticks(symlog(np.array(values), linthresh), [f"{v:g}" for v in values])
+    "Ticks at 0 and the powers of ten inside the range, labelled in activation units, never on top of each other."
+    ticks = SymlogTicks(linthresh)
+    ax.yaxis.set_major_locator(ticks)
+    ax.yaxis.set_major_formatter(FuncFormatter(ticks.label))
+
+
+class SymlogTicks(Locator):
+    """Ticks of an axis in symlog'd units: 0 and the powers of ten inside the view, kept outward from 0 only
+    where a tick is a label's height from the last one kept (the axes' height is read at each draw, so a
+    small panel gets fewer ticks: on the GPT demo's grid "-1", "0" and "1" printed on top of each other)."""
+    def __init__(self, linthresh: float):
+        self.linthresh = linthresh
+
+    def __call__(self):
+        low, high = sorted(self.axis.get_view_interval())
+        inside = [value for power in range(-6, 13) for value in (10.0 ** power, -10.0 ** power)
+                  if 10.0 ** power >= self.linthresh / 10]
+        values = sorted({0.0, *inside}, key=lambda value: (abs(value), value))  # 0 first, then outward
+        positions = [float(symlog(value, self.linthresh)) for value in values]
+        positions = [position for position in positions if low <= position <= high]
+        axes = self.axis.axes
+        size = FontProperties(size=plt.rcParams["ytick.labelsize"]).get_size_in_points() * axes.figure.dpi / 72
+        gap = 1.25 * size * (high - low) / max(axes.bbox.height, 1)  # a label's height, in axis units
+        kept = []
+        for position in positions:
+            if all(abs(position - other) >= gap for other in kept):
+                kept.append(position)
+        return sorted(kept)
+
+    def label(self, position, _=None) -> str:
+        "The activation value at `position`, as 0 or a power of ten."
+        value = symlog_inverse(position, self.linthresh)
+        return "0" if abs(value) < self.linthresh / 100 else f"{np.sign(value) * 10.0 ** round(math.log10(abs(value))):g}"
 
 
 def _edge_bands(ax, shown: Recording, name, extent, low, high):

@@ -133,7 +133,7 @@ def test_symlog_plot_labels_real_activation_values(tmp_path):
     ax = color_dim(recording, "x", overlay="mean", fname=tmp_path / "symlog.png")
     assert ax.get_ylim() == pytest.approx((-symlog(1000, 1), symlog(1000, 1)))
     labels = [tick.get_text() for tick in ax.get_yticklabels()]
-    assert {"0", "1", "10", "100", "1000", "-1000"} <= set(labels)
+    assert {"0", "10", "100", "1000", "-1000"} <= set(labels)  # "1": too close to "0" at this size
     positions = dict(zip(labels, ax.get_yticks()))
     assert positions["100"] == pytest.approx(np.log1p(100))
     plt.close("all")
