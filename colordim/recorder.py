@@ -59,7 +59,8 @@ class HistogramRecorder:
             raise ValueError("modules: nothing to record; pass at least one {name: module}")
         self.modules = dict(modules)
         self._types = [type(module).__name__ for module in self.modules.values()]  # per module slot
-        units = resolve_units(None, self.modules, units)  # record() and the callback resolve it with the model
+        if not (isinstance(units, dict) and units.keys() >= self.modules.keys()):  # record() and the callback
+            units = resolve_units(None, self.modules, units)                       # resolve it with the model
         self._units = [units[name] for name in self.modules]  # per module slot
         # one ledger for every layer and kind: they share columns
         self.columns = Columns(max_columns, move_every, device_bytes, host_bytes)
