@@ -24,7 +24,7 @@ from .layer import LayerRecorder, Settings
 from .layout import (CHANNELS, MAX, MOMENTS, NEAR_ZERO, NEG_MIN, NUMEL, SAMPLED, SIZES, SUM, check_bins,
                      check_near_zero, check_range, check_sample, check_scale)
 from .ranges import fitting, grid_binning, regrid
-from .units import resolve_units
+from .units import check_units, resolve_units
 from .recording import Recording
 
 __all__ = ["HistogramRecorder", "CALLS"]
@@ -59,8 +59,8 @@ class HistogramRecorder:
             raise ValueError("modules: nothing to record; pass at least one {name: module}")
         self.modules = dict(modules)
         self._types = [type(module).__name__ for module in self.modules.values()]  # per module slot
-        if not (isinstance(units, dict) and units.keys() >= self.modules.keys()):  # record() and the callback
-            units = resolve_units(None, self.modules, units)                       # resolve it with the model
+        complete = isinstance(units, dict) and units.keys() >= self.modules.keys()  # as record() and the callback
+        units = check_units(units) if complete else resolve_units(None, self.modules, units)  # resolve it
         self._units = [units[name] for name in self.modules]  # per module slot
         # one ledger for every layer and kind: they share columns
         self.columns = Columns(max_columns, move_every, device_bytes, host_bytes)
