@@ -15,7 +15,7 @@ import torch
 from .buffer import LayerBuffer
 from .columns import Columns
 from .layout import Binning
-from .plans import OUTSIDE, SharedArrays, make_plan, units_last
+from .plans import OUTSIDE, SharedArrays, layout, make_plan
 from .ranges import fitting, remap
 from .torch_kernels import Scratch, finite_extremes
 from .units import CHANNELS, FEATURES
@@ -80,7 +80,7 @@ class LayerRecorder:
             return None
         if self.binning is None:
             self._set_auto_range(output)
-        key = (output.shape, output.device, units_last(output))
+        key = (output.shape, output.device, layout(output, self.units == FEATURES))
         if key not in self.plans:
             if len(self.plans) >= PLANS:
                 self.plans.clear()

@@ -16,7 +16,7 @@ from . import fused
 from .torch_kernels import add_moments, channel_count, finite_extremes, histogram_counts, symlog_
 
 __all__ = ["make_plan", "draw_sample", "FusedPlan", "SharedArrays", "TorchPlan", "UnitsLast", "OUTSIDE",
-           "units_last", "as_units_last", "as_features"]
+           "units_last", "as_units_last", "features_first", "layout"]
 
 USE_FUSED = True  # tests set it False to run the torch path (the GPU's) on the CPU
 LINE = fused.LINE  # float32 values in a 64-byte cache line
@@ -226,28 +226,33 @@ def units_last(output: torch.Tensor) -> bool:
     return output.dim() >= 3 and not output.is_contiguous() and output.movedim(1, -1).is_contiguous()
 
 
+def layout(output: torch.Tensor, features: bool) -> bool:
+    "What a plan's kind depends on besides shape and device: whether the output is read units last."
+    return units_last(features_first(output) if features and output.dim() >= 3 else output)
+
+
 def as_units_last(output: torch.Tensor) -> torch.Tensor:
     "A units-last output as the (positions, units) matrix it is in memory: a view, no copy."
     return output.movedim(1, -1).reshape(-1, output.shape[1])
 
 
-def as_features(output: torch.Tensor) -> torch.Tensor:
-    "A (batch, ..., features) output as its (positions, features) matrix: a view when it is contiguous."
-    return output.reshape(-1, output.shape[-1])
+def features_first(output: torch.Tensor) -> torch.Tensor:
+    """A (batch, ..., features) output as the (batch, features, ...) view whose units are dim 1: stored
+    units last, as a channels-last output, which the plans read in place."""
+    return output.movedim(-1, 1)
 
 
 class UnitsLast:
-    """The plan for outputs whose units are stored last: another plan's, for their (positions, units) view.
-    Two kinds: outputs of channels stored channels-last (`as_units_last`), and outputs whose units are their
-    features, the last dim (`as_features`). The histogram, moments and dead units are the same as in logical
-    order; a sample's positions are drawn in memory order (a different sample of the same output)."""
+    """The plan for outputs stored units last: another plan's, for their (positions, units) view. The
+    histogram, moments and dead units are the same as in logical order; a sample's positions are drawn
+    in memory order (a different sample of the same output)."""
     def __init__(self, plan, shape, view=as_units_last):
         self.plan, self.shape, self.device, self.view = plan, torch.Size(shape), plan.device, view
         self.sizes, self.grow = plan.sizes, plan.grow
 
     def fits(self, output) -> bool:
         return isinstance(output, torch.Tensor) and output.shape == self.shape \
-            and (self.view is as_features or units_last(output)) and self.plan.fits(self.view(output))
+            and (self.view is features_first or units_last(output)) and self.plan.fits(self.view(output))
 
     def rebin(self, limits) -> None:
         self.plan.rebin(limits)
@@ -268,9 +273,9 @@ def make_plan(values: torch.Tensor, sample: int, seed: int, bins: int, limits, l
     """The plan for outputs like `values`: `sample` positions drawn from `seed` when it has more values;
     `grow`: the range is an auto one, which the plan reports values outside of (OUTSIDE); `features`: the
     units are the last dim (`colordim.units`), else dim 1."""
-    if features and values.dim() >= 3:  # (batch, ..., features): the plan of its (positions, features) matrix
-        return UnitsLast(make_plan(as_features(values), sample, seed, bins, limits, linthresh, near_zero, stats,
-                                   scratch, shared, grow), values.shape, as_features)
+    if features and values.dim() >= 3:  # (batch, ..., features): the plan of its units-first view, stored units last
+        return UnitsLast(make_plan(features_first(values), sample, seed, bins, limits, linthresh, near_zero, stats,
+                                   scratch, shared, grow), values.shape, features_first)
     if units_last(values):
         if sample is None and USE_FUSED and values.is_cpu and values.dtype is torch.float32 and fused.available():
             return FusedPlan(tuple(values.shape), None, bins, limits, linthresh, near_zero, stats, shared, grow,
