@@ -5,7 +5,8 @@ or an embedding's (batch, tokens, features) output has them last. An elementwise
 dropout) has the units of what feeds it. Guessed from the model's structure, in `named_modules()` order
 (the order modules are defined in, which is almost always the order they run in):
 
-- a module of a known kind says it itself (`CHANNELS_FIRST`, `FEATURES_LAST`);
+- a module of a known kind says it itself (`CHANNELS_FIRST`, `FEATURES_LAST`; torchvision's `Permute`, by
+  where it moves dim 1 or the last dim: ConvNeXt's and Swin's blocks switch layouts with it);
 - a container (a block, an MLP) has the units of the last known module inside it, which makes its output;
 - any other module (a ReLU, GELU, dropout, a custom leaf) has those of the nearest known module before it;
 - with nothing known: dim 1, channels.
@@ -42,9 +43,12 @@ _FEATURES_SUFFIXES = ("LayerNorm", "RMSNorm", "Embedding", "Embeddings")
 
 def own_units(module: nn.Module):
     "CHANNELS or FEATURES for a module of a known kind, else None."
-    if isinstance(module, CHANNELS_FIRST):
-        return CHANNELS
     name = type(module).__name__
+    if isinstance(module, CHANNELS_FIRST) or name.endswith(("2d", "3d")):  # torchvision's and timm's LayerNorm2d too
+        return CHANNELS
+    dims = getattr(module, "dims", None)
+    if name == "Permute" and isinstance(dims, (list, tuple)) and len(dims) >= 3:  # torchvision's (ConvNeXt, Swin)
+        return CHANNELS if dims[1] == len(dims) - 1 else FEATURES if dims[-1] == 1 else None
     if isinstance(module, FEATURES_LAST) or name in _FEATURES_NAMES or name.endswith(_FEATURES_SUFFIXES):
         return FEATURES
     return None

@@ -94,6 +94,13 @@ def test_the_guess_on_real_models():
     assert set(guess_units(encoder, {name: names[name] for name in ("layers.0.activation", "layers.0.dropout",
                                                                      "layers.1", "layers.0.linear1")}).values()) \
         == {FEATURES}
+    from torchvision.models import convnext_tiny
+    model = convnext_tiny()
+    names = dict(model.named_modules())
+    assert guess_units(model, {name: names[name] for name in ("features.1.0", "features.1.0.block.4",
+                                                              "features.1.0.block.2", "features.0")}) == {
+        "features.1.0": CHANNELS, "features.1.0.block.4": FEATURES,   # a block, its GELU between Linears
+        "features.1.0.block.2": FEATURES, "features.0": CHANNELS}     # its LayerNorm, in (N, H, W, C); the stem
     # a user's own block: the units of its last known layer
     block = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), nn.Tanh())
     names = dict(block.named_modules())
