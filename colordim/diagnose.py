@@ -114,7 +114,8 @@ class Report:
         return {CELLS[finding.check] for finding in self.findings_for(row["layer"]) if finding.check in CELLS}
 
     def _cells(self, row) -> list[str]:
-        return [_format(key, row[key]) for key, _ in self.COLUMNS]
+        "A row's cells as text; a layer that outputs negative values has no dead units to show (none is dead)."
+        return [_format(key, row[key] if key != "dead" or row["relu_like"] else None) for key, _ in self.COLUMNS]
 
     def __str__(self) -> str:
         header = [title for _, title in self.COLUMNS]

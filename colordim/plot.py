@@ -294,7 +294,7 @@ class SymlogTicks(Locator):
         positions = [position for position in positions if low <= position <= high]
         axes = self.axis.axes
         size = FontProperties(size=plt.rcParams["ytick.labelsize"]).get_size_in_points() * axes.figure.dpi / 72
-        gap = 1.25 * size * (high - low) / max(axes.bbox.height, 1)  # a label's height, in axis units
+        gap = 1.5 * size * (high - low) / max(axes.bbox.height, 1)  # a label's height and a little, in axis units
         kept = []
         for position in positions:
             if all(abs(position - other) >= gap for other in kept):

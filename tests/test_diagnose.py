@@ -64,6 +64,7 @@ def test_dead_units_only_count_for_layers_that_never_go_negative():
     signed = [torch.cat([torch.randn(16, 4), -torch.rand(16, 4) - 0.1], 1) for _ in range(10)]
     report = diagnose(recorded([signed]))
     assert report.rows[0]["dead"] == 0.5 and not report.rows[0]["relu_like"] and report.findings == []
+    assert str(report).splitlines()[4].split()[3] == "-"   # the table shows no dead share for it, as the chart
 
 
 def test_values_beyond_the_range_are_counted_and_found():
