@@ -12,13 +12,14 @@ import math
 import numpy as np
 import torch
 
-from . import fused
+from . import fused, gpu_kernel
 from .torch_kernels import add_moments, channel_count, finite_extremes, histogram_counts, symlog_
 
-__all__ = ["make_plan", "draw_sample", "FusedPlan", "SharedArrays", "TorchPlan", "UnitsLast", "OUTSIDE",
+__all__ = ["make_plan", "draw_sample", "FusedPlan", "SharedArrays", "TorchPlan", "TritonPlan", "UnitsLast", "OUTSIDE",
            "units_last", "as_units_last", "features_first", "layout"]
 
 USE_FUSED = True  # tests set it False to run the torch path (the GPU's) on the CPU
+USE_TRITON = True  # and this False to run the torch path on (fake) CUDA tensors
 LINE = fused.LINE  # float32 values in a 64-byte cache line
 LINES_UP_TO = 64  # outputs of at most 64 x sample values are sampled in whole lines
 OUTSIDE = object()  # what a plan of a growing (auto) range returns when finite values fell outside it: it added
@@ -36,6 +37,12 @@ def draw_sample(shape, size: int, seed: int):
     (on the demo CNN 4096 values in lines do as well as ~2,700 independent ones), but for the time an
     output of that size allows, much more. Bigger outputs, where independent values are cheap next to
     the layer itself, get `size` independent positions."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    with unset_fake_temporarily():  # host constants, from the shape and seed alone: real even under fake tensors
+        return _draw_sample(shape, size, seed)
+
+
+def _draw_sample(shape, size: int, seed: int):
     numel, generator, lines = math.prod(shape), torch.Generator().manual_seed(seed), None
     if numel <= LINES_UP_TO * size and size >= LINE:
         lines = torch.randperm(-(-numel // LINE), generator=generator)[:size // LINE].sort().values
@@ -220,6 +227,51 @@ class FusedPlan:
         self._generation = self.shared.generation
 
 
+class TritonPlan:
+    """One op per CUDA output (`colordim.gpu_kernel`): histogram and moments in one read of each value, of the
+    whole output (stored in logical order or units last, read in place) or of its sampled positions."""
+    def __init__(self, shape, device, sample, bins, limits, linthresh, near_zero, stats, stored_last=False):
+        self.shape, self.device = torch.Size(shape), torch.device(device)  # the outputs this plan is for
+        self.stored_last, self.units = stored_last, channel_count(shape)
+        numel = math.prod(shape)
+        inner = math.prod(shape[2:]) if len(shape) >= 2 else max(numel, 1)
+        counted = numel if sample is None else sample[0].numel()
+        self.sizes = np.array([numel, self.units, counted], dtype=np.int64)
+        self.sample = (None, None, None) if sample is None else (
+            sample[0].to(self.device), sample[1].to(self.device),
+            torch.as_tensor(np.setdiff1d(np.arange(self.units), sample[1].numpy()), device=self.device))
+        self.scratch = gpu_kernel.scratch_for(counted, self.units, self.device)
+        self.limits, self.options = list(limits), [float(linthresh or 0.0), float(near_zero), float(stats)]
+        self.layout = [inner, self.units, int(stored_last)]
+        self.grow = False  # an auto range widens at the flush, from the extremes: no sync here
+
+    def fits(self, output) -> bool:
+        "Whether `output` is a floating-point tensor of this shape and device, stored as this plan reads it."
+        return isinstance(output, torch.Tensor) and output.is_floating_point() and output.shape == self.shape \
+            and output.device == self.device and (units_last(output) if self.stored_last
+                                                  else output.is_contiguous() or not units_last(output))
+
+    def rebin(self, limits) -> None:
+        "Bin over `limits` from now on (an auto range grew)."
+        self.limits = list(limits)
+
+    def __call__(self, values: torch.Tensor, rows, row: int, grow: bool = True):
+        "Add an output to row `row` of `rows`; each unit's maximum (valid until the next call)."
+        values = values.detach()
+        if self.stored_last:  # (batch, ..., units): a contiguous view
+            values = values.movedim(1, -1)
+        elif not values.is_contiguous():  # other strides: a copy in logical order
+            values = values.contiguous()
+        gpu_kernel.summarise(values.reshape(-1), rows.counts[row], rows.moments[row], self.scratch, *self.sample,
+                             self.limits, self.options, self.layout)
+        return self.scratch[2]
+
+
+def _triton_for(values: torch.Tensor) -> bool:
+    "Whether a plan for `values` runs the Triton kernel: CUDA, Triton there, and it passed its check on the device."
+    return USE_TRITON and values.is_cuda and gpu_kernel.available() and gpu_kernel.verified(values.device)
+
+
 def units_last(output: torch.Tensor) -> bool:
     """Whether `output` (N, C, ...) is stored with its units (dim 1) last: channels_last, as inductor's and
     cuDNN's convolutions give. Read in logical order, it would be copied first."""
@@ -280,6 +332,9 @@ def make_plan(values: torch.Tensor, sample: int, seed: int, bins: int, limits, l
         if sample is None and USE_FUSED and values.is_cpu and values.dtype is torch.float32 and fused.available():
             return FusedPlan(tuple(values.shape), None, bins, limits, linthresh, near_zero, stats, shared, grow,
                              stored_last=True)  # the kernel reads it in place
+        if sample is None and _triton_for(values):
+            return TritonPlan(tuple(values.shape), values.device, None, bins, limits, linthresh, near_zero, stats,
+                              stored_last=True)
         # the torch path, and samples: its (positions, units) view
         return UnitsLast(make_plan(as_units_last(values), sample, seed, bins, limits, linthresh, near_zero, stats,
                                    scratch, shared, grow), values.shape)
@@ -287,4 +342,6 @@ def make_plan(values: torch.Tensor, sample: int, seed: int, bins: int, limits, l
     positions = draw_sample(shape, sample, seed) if sample is not None and values.numel() > sample else None
     if USE_FUSED and values.device.type == "cpu" and fused.available():
         return FusedPlan(shape, positions, bins, limits, linthresh, near_zero, stats, shared, grow)
+    if _triton_for(values):
+        return TritonPlan(shape, values.device, positions, bins, limits, linthresh, near_zero, stats)
     return TorchPlan(shape, values.device, positions, bins, limits, linthresh, near_zero, stats, scratch, grow)

@@ -67,8 +67,15 @@ def test_a_fastai_fit_with_the_callback_syncs_no_more_than_without():
     assert ops_with > ops_without                # while our hooks did run
 
 
+@pytest.fixture
+def cuda_torch_path(monkeypatch):
+    "CUDA outputs take the torch path (the fallback without Triton), not the Triton kernel."
+    from colordim import plans
+    monkeypatch.setattr(plans, "USE_TRITON", False)
+
+
 @pytest.mark.parametrize("deterministic", [False, True])
-def test_fake_cuda_forward_passes_never_wait_for_the_gpu(deterministic):
+def test_fake_cuda_forward_passes_never_wait_for_the_gpu(deterministic, cuda_torch_path):
     "Under FakeTensorMode any op that reads a CUDA value back raises; a copy to the host is counted."
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(deterministic)
@@ -111,3 +118,44 @@ def test_gradient_batches_run_no_sync_op_either(torch_path):
     assert syncs(watch.ops) == [] and watch.to_host == []
     engine.detach()
     assert engine.recording.grads.numel["0"].tolist() == [4096 * 16] * 3
+
+
+VIEWS = {"aten.detach.default", "aten.view.default", "aten.select.int", "aten._unsafe_view.default", "aten.alias.default",
+         "aten.t.default", "aten.transpose.int", "aten.permute.default", "aten.slice.Tensor", "aten.unsqueeze.default",
+         "aten.squeeze.dim", "aten.expand.default", "aten.movedim.int", "aten.reshape.default"}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "features", "sampled"])
+def test_with_triton_a_hooked_cuda_output_is_one_op_and_no_wait(layout):
+    "The Triton kernel is one op per output (`colordim::summarise`), counted over fake CUDA tensors; no sync."
+    pytest.importorskip("triton")
+    from colordim import plans
+    assert plans.USE_TRITON
+    computing = []
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, device="cuda"), nn.ReLU(), nn.Flatten(1, 2),
+                              nn.Linear(6, 5, device="cuda"), nn.GELU())
+        x = torch.randn(16, 3, 8, 8, device="cuda")
+        if layout == "channels_last":  # the convolution's output is stored channels last too
+            x = x.to(memory_format=torch.channels_last)
+        options = dict(units="features") if layout == "features" else dict(sample=64) if layout == "sampled" else {}
+        for hooked in (False, True):
+            engine = HistogramRecorder(find_layers(model, [0, 1, 3, 4]), bins=20, range=(-3, 3), **options)
+            if hooked:
+                engine.attach()
+            engine.reserve(4)
+            for iteration in range(3):  # the first makes the buffers and plans; then only the batches are watched
+                if iteration == 1:
+                    watch = WatchOps().__enter__()
+                engine.begin_column("train", iteration=iteration)
+                model(x)
+                engine.end_column()
+            watch.__exit__(None, None, None)
+            computing.append([op for op in watch.ops if op not in VIEWS and not op.startswith("prim.")])  # metadata
+            assert syncs(watch.ops) == [] and watch.to_host == []
+            for hook in engine._hooks:
+                hook.remove()
+    plain, recorded = computing
+    ours = len(recorded) - len(plain)
+    assert recorded.count("colordim.summarise.default") == 2 * 4
+    assert ours == 2 * 4, recorded       # one op that computes per hooked output (the bound: 3; before: 29)
