@@ -132,7 +132,9 @@ def summarise(values: torch.Tensor, counts: torch.Tensor, moments: torch.Tensor,
     partials, unit_max, per_unit = scratch
     bins, (low, high), (linthresh, near, stats), (inner, units, units_last) = counts.numel() - 2, limits, options, layout
     count = index.numel() if index is not None else values.numel()
-    blocks = max(1, -(-count // BLOCK))
+    if not count:  # an empty output adds nothing (the recorder skips them; a direct call may not)
+        return
+    blocks = -(-count // BLOCK)
     dummy = counts  # a pointer the kernel never reads when the sample is off
     _summarise[(blocks,)](values, index if index is not None else dummy, unit_of if unit_of is not None else dummy,
                           counts, partials, unit_max, count, inner, units, low, high, bins / (high - low),
