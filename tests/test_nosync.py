@@ -159,3 +159,13 @@ def test_with_triton_a_hooked_cuda_output_is_one_op_and_no_wait(layout):
     ours = len(recorded) - len(plain)
     assert recorded.count("colordim.summarise.default") == 2 * 4
     assert ours == 2 * 4, recorded       # one op that computes per hooked output (the bound: 3; before: 29)
+
+
+def test_without_triton_cuda_outputs_take_the_torch_path(monkeypatch):
+    "Triton is optional: without it a CUDA output's plan is the torch path's, and nothing else changes."
+    from colordim import gpu_kernel, plans
+    monkeypatch.setattr(gpu_kernel, "triton", None)
+    assert not gpu_kernel.available()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        plan = plans.make_plan(torch.randn(4, 8, 5, device="cuda"), None, 0, 10, (-1.0, 1.0), None, 0.05, True, None)
+    assert isinstance(plan, plans.TorchPlan)
