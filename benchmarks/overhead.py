@@ -1,9 +1,10 @@
 """What recording costs: time per batch with no callback, fastai's ActivationStats(with_hist=True),
-colordim exact and colordim sampled, on the same model, data and hooked modules; then the demo CNN
-compiled with `fullgraph=True`, with and without colordim. Run: `make bench`.
+colordim exact and colordim sampled, and the floor (a forward hook that reads each output once), on the
+same model, data and hooked modules; then the demo CNN compiled with `fullgraph=True`, with and without
+colordim. Run: `make bench`.
 
 A shared machine's speed drifts by 10-20% over seconds, more than the overheads measured. So the
-variants take turns batch by batch in the same fit: each turn is four training batches, one per
+variants take turns batch by batch in the same fit: each turn is five training batches, one per
 variant, in a new random order, and gives each variant's time as a ratio to "none" measured within
 the same ~30 ms. Every recorder is on the learner all along; a switch callback lets one record each
 batch, and only its hooks are on the modules then (the others' are taken off and put back as they
@@ -67,7 +68,25 @@ def hooked(model):
     return [module for module in model.modules() if isinstance(module, (nn.Conv2d, nn.ReLU))]
 
 
-VARIANTS = ("a none", "b fastai", "c exact", "d sampled")
+VARIANTS = ("a none", "b fastai", "c exact", "d sampled", "e floor")
+TAPPED = ("c exact", "d sampled", "e floor")  # recorders whose torch hooks take turns (fastai's: its own way)
+
+
+def floor_recorder(modules):
+    """The floor colordim is measured against: a forward hook on the same modules that reads each output once
+    (`output.detach().sum()`), as a callback whose hooks take turns like colordim's."""
+    from types import SimpleNamespace
+    from fastai.callback.core import Callback
+
+    def read_once(module, inputs, output) -> None:  # returns None: a hook's result would replace the output
+        output.detach().sum()
+
+    class Floor(Callback):
+        def before_fit(self):
+            if getattr(self, "engine", None) is None:
+                handles = [module.register_forward_hook(read_once) for module in modules]
+                self.engine = SimpleNamespace(_hooks=[SimpleNamespace(handle=handle) for handle in handles])
+    return Floor()
 
 
 def recorders(model, sample):
@@ -76,7 +95,8 @@ def recorders(model, sample):
     from colordim import ActivationHistogram
     return {"b fastai": ActivationStats(modules=hooked(model), with_hist=True),
             "c exact": ActivationHistogram(layers=hooked(model)),
-            "d sampled": ActivationHistogram(layers=hooked(model), sample=sample)}
+            "d sampled": ActivationHistogram(layers=hooked(model), sample=sample),
+            "e floor": floor_recorder(hooked(model))}
 
 
 class Taps:
@@ -132,9 +152,9 @@ def switch(chosen, device, seed=0):
                 fastai._register() if not self.fastai_hooked else fastai._remove()
                 self.fastai_hooked = not self.fastai_hooked
             if self.taps is None:  # every recorder has hooked its modules by now
-                self.taps = Taps({key: chosen[key] for key in ("c exact", "d sampled")})
-            # colordim's: this batch's only; a module with no hook skips torch's hook path
-            self.taps.use(self.current if self.current in ("c exact", "d sampled") else None)
+                self.taps = Taps({key: chosen[key] for key in TAPPED})
+            # colordim's and the floor's: this batch's only; a module with no hook skips torch's hook path
+            self.taps.use(self.current if self.current in TAPPED else None)
             self.started = time.perf_counter()  # the hook switching above is nobody's time
 
         def before_validate(self):
@@ -170,8 +190,8 @@ def one_round(make_model_and_dls, device, sample):
 
 def recording_bytes(make_model_and_dls, device, sample):
     "Bytes each recorder keeps after one epoch on its own: colordim's Recording, fastai's stats."
-    sizes = {"a none": 0}
-    for key in VARIANTS[1:]:
+    sizes = {"a none": 0, "e floor": 0}
+    for key in VARIANTS[1:-1]:
         model, dls = make_model_and_dls()
         recorder = recorders(model, sample)[key]
         learner(model.to(device), dls, [recorder]).fit(1, 1e-3)
@@ -194,6 +214,10 @@ def run(name, make_model_and_dls, device, repeats, sample):
     fastai, exact = ratio["b fastai"] - 1, ratio["c exact"] - 1
     print(f"  colordim exact overhead / fastai overhead = {exact / fastai:.2f} (target <= 0.35)")
     print(f"  colordim sampled overhead = {100 * (ratio['d sampled'] - 1):.1f}% (target <= 6% on the demo CNN)")
+    floor = ratio["e floor"] - 1  # a hook reading each output once: what one read of each value costs
+    print(f"  against the floor (a hook reading each output once, overhead {100 * floor:.1f}%): exact "
+          f"{exact / floor:.2f} times (target <= 2.5), sampled {(ratio['d sampled'] - 1) / floor:.2f} times "
+          f"(target <= 1.5)")
     modules = len(hooked(make_model_and_dls()[0]))
     per_module = {key: 1e6 * (ratio[key] - 1) * median["a none"] / modules for key in VARIANTS[1:]}
     print(f"  per hooked module and batch ({modules} modules): "
