@@ -16,6 +16,7 @@ On CUDA each batch ends with torch.cuda.synchronize() (so that a batch is timed 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import statistics
 import time
@@ -275,12 +276,64 @@ def run_compiled(device, repeats):
     return median, ratio
 
 
+def cuda_ops_per_output() -> dict:
+    """Operators that compute per hooked CUDA output, on fake CUDA tensors (no GPU needed): {path: count}.
+    A dispatch mode counts every op of 2 recorded batches of a small CNN, minus those of 2 unrecorded
+    ones; views and metadata queries do not compute."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from colordim import gpu_kernel, plans
+    from colordim.layers import find_layers
+    from colordim.recorder import HistogramRecorder
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = str(func)
+            views = ("aten.detach", "aten.view", "aten.select", "aten._unsafe_view", "aten.alias", "aten.t.",
+                     "aten.transpose", "aten.permute", "aten.slice", "aten.unsqueeze", "aten.squeeze",
+                     "aten.expand", "aten.reshape", "prim.")
+            self.ops += not name.startswith(views)
+            return func(*args, **(kwargs or {}))
+    counts = {}
+    for path, triton in (("Triton kernel", True), ("torch path", False)):
+        if triton and not gpu_kernel.available():
+            continue
+        plans.USE_TRITON, ops = triton, []
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            model = nn.Sequential(nn.Conv2d(3, 8, 3, device="cuda"), nn.ReLU(), nn.Conv2d(8, 8, 3, device="cuda"),
+                                  nn.ReLU())
+            x = torch.randn(64, 3, 32, 32, device="cuda")
+            for hooked in (False, True):
+                engine = HistogramRecorder(find_layers(model, [0, 1, 2, 3]), bins=100, range=(-3, 3))
+                if hooked:
+                    engine.attach()
+                engine.reserve(4)
+                for batch in range(3):  # the first makes buffers and plans: not counted
+                    counter = Count()
+                    with counter if batch else contextlib.nullcontext():
+                        engine.begin_column(iteration=batch)
+                        model(x)
+                        engine.end_column()
+                    if batch:
+                        ops.append(counter.ops)
+                for hook in engine._hooks:
+                    hook.remove()
+        plain, recorded = sum(ops[:2]), sum(ops[2:])
+        counts[path] = (recorded - plain) / (2 * 4)
+    plans.USE_TRITON = True
+    return counts
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10, help="rounds (epochs) after a warm-up one")
     parser.add_argument("--sample", type=int, default=4096, help="sample=N for the sampled variant")
     parser.add_argument("--resnet-batch-size", type=int, default=None, help="default 64 on CPU, 256 on CUDA")
-    parser.add_argument("--only", choices=["demo", "resnet", "compiled"], default=None)
+    parser.add_argument("--only", choices=["demo", "resnet", "compiled", "ops"], default=None)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
@@ -292,6 +345,10 @@ def main(argv=None):
         run(f"resnet18, 64x64, bs {bs}", lambda: resnet_workload(device, bs), device, args.repeats, args.sample)
     if args.only in (None, "compiled"):
         run_compiled(device, min(args.repeats, 4))
+    if args.only in (None, "ops"):
+        counted = cuda_ops_per_output()
+        print("\noperators that compute per hooked CUDA output (fake CUDA tensors; target <= 3): "
+              + ", ".join(f"{path} {count:g}" for path, count in counted.items()))
 
 
 if __name__ == "__main__":
