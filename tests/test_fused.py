@@ -8,9 +8,15 @@ from torch import nn
 
 import colordim.plans
 from colordim import fused
+from colordim.buffer import LayerBuffer
 from colordim.recorder import HistogramRecorder
 
-pytestmark = pytest.mark.skipif(not fused.available(), reason="numba is not installed")
+pytestmark = pytest.mark.skipif(fused.njit is None, reason="numba is not installed")
+
+
+def test_the_kernel_compiles_and_runs_where_numba_is_installed():
+    "A kernel that stops compiling would send every CPU output down the torch path: fail here, not skip."
+    assert fused.available()
 
 
 def outputs():
@@ -25,13 +31,26 @@ def outputs():
     wide = torch.randn(40, 48, generator=generator).relu()  # more units than a line holds
     wide[:, 20:23] = 0
     small_maps = torch.randn(16, 24, 2, 2, generator=generator)  # four units in every line
+    zeros = torch.zeros(4, 3, 20)  # unit 0: only -0.0 (dead); unit 1: -0.0 and 0.0 (dead); unit 2: 0.0 and 1.0
+    zeros[:, 0], zeros[:, 1, ::2], zeros[:, 2, 5] = -0.0, -0.0, 1.0
     return {
         "normal": normal, "relu": normal.relu(), "edges": edges, "nan and inf": holes,
         "(batch, features)": dead, "0-d": torch.tensor(2.5), "1-d": torch.randn(100, generator=generator),
         "transposed": normal.transpose(1, 3), "channels last": normal.contiguous(memory_format=torch.channels_last),
         "bfloat16": normal.bfloat16(), "constant": torch.full((4, 3, 5), 5.0), "huge": normal * 1e6,
         "all nan": torch.full((3, 2), math.nan), "(batch, 48 features)": wide, "2x2 maps": small_maps,
+        "signed zeros": zeros, **{f"nan, {name}": with_nan(value) for name, value in
+                                  [("channels last", normal.contiguous(memory_format=torch.channels_last)),
+                                   ("(batch, features)", dead), ("2x2 maps", small_maps)]},
     }
+
+
+def with_nan(output: torch.Tensor) -> torch.Tensor:
+    "A copy of `output` in the same memory layout, with NaN of both signs at two places and an inf."
+    output = output.clone()
+    flat = output.view(-1) if output.is_contiguous() else output.permute(0, 2, 3, 1).view(-1)  # memory order
+    flat[3], flat[-5], flat[7] = math.nan, -math.nan, math.inf
+    return output
 
 
 class Emit(nn.Module):
@@ -80,6 +99,28 @@ def test_the_kernel_follows_every_option_like_torch(options, monkeypatch):
         else:
             assert (fast.counts["out"] == slow.counts["out"]).all()
             assert np.isnan(fast.mean["out"]).all() and np.isnan(slow.mean["out"]).all()
+
+
+@pytest.mark.parametrize("name", ["normal", "relu", "(batch, features)", "2x2 maps", "channels last", "signed zeros",
+                                  "nan, channels last", "nan, (batch, features)", "nan, 2x2 maps", "nan and inf"])
+def test_each_units_maximum_equals_torchs(name):
+    """Each unit's maximum (what distributed runs merge dead units from) and the minimum, from every extremes
+    path of the kernel (ordered integers for long units and units last, floats for short units; with and
+    without NaN), equal torch's amax and amin exactly: NaN where a unit holds one, -0.0 and 0.0 alike."""
+    output = outputs()[name]
+    plan = colordim.plans.make_plan(output, None, 0, 40, (-5.0, 5.0), None, 0.05, True, None)
+    assert isinstance(plan, colordim.plans.FusedPlan)
+    rows = LayerBuffer(1, 40, "cpu")
+    unit_max = plan(output, rows, 0).copy()
+    logical = output.movedim(1, -1).reshape(-1, output.shape[1])
+    nan_unit = logical.isnan().any(0)
+    want = torch.where(nan_unit, math.nan, logical.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf).amax(0))
+    np.testing.assert_array_equal(unit_max, want.numpy())
+    minimum = -rows.moments[0, 4].item()
+    assert (math.isnan(minimum) if output.isnan().any() else minimum == output.min().item())
+    if name == "signed zeros":
+        assert rows.moments[0, 3].item() == 2  # dead units: those whose maximum is <= 0, -0.0 included
+        assert unit_max.tolist() == [0.0, 0.0, 1.0]
 
 
 def test_known_answers_from_the_kernel(monkeypatch):
