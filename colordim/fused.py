@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 __all__ = ["available", "summarise", "summarise_sample", "summarise_lines", "params", "scratch_sizes", "run_exact",
-           "run_sample", "run_lines"]
+           "run_sample", "run_lines", "run_exact_part", "merge_parts", "PARALLEL_FROM"]
 
 try:
     from numba import njit
@@ -80,7 +80,13 @@ def _smoke_test() -> bool:
         lines.flags.writeable = False
         run_lines(values, counts, moments, 0, params((-1.0, 1.0), 0.0, 0.05, True, inner=2, count=1), floats, ints,
                   lines)
-        return counts[0].tolist() == [0, 3, 2, 0]  # -1.0 three times (exact, sample, line), 0.5 twice
+        parts, part_moments = np.zeros((2, 4), np.int64), np.zeros((2, 6))
+        maxima, part_ints = np.zeros((2, 1), np.float32), np.zeros(LANES * 5 + 1, np.int64)
+        split = params((-1.0, 1.0), 0.0, 0.05, True, batch=2)
+        for part in range(2):  # a split call: two rows of one value, one per part
+            run_exact_part(values[part:part + 1], parts, part_moments, part, split, maxima[part], part_ints)
+        merge_parts(counts, moments, 0, parts, part_moments, maxima, 2, True)
+        return counts[0].tolist() == [0, 4, 3, 0]  # -1.0 four times (exact, sample, line, parts), 0.5 three
     except Exception as error:  # noqa: BLE001 - whatever numba raises, recording goes on with torch
         import warnings
         warnings.warn(f"colordim: the compiled CPU kernel is unavailable ({type(error).__name__}: {error}); "
@@ -633,3 +639,56 @@ def run_lines(flat, counts, moments, row, params, floats, ints, index):
                            index[3 * count:], np.int64(params[INNER]), units, params[LOW], params[HIGH], bins,
                            params[LINTHRESH], params[NEAR], params[STATS] != 0, counts, moments, row, unit_max,
                            gathered, keys, lanes, params[GROW] != 0)
+
+
+# --- a big output in parts, one per thread (`colordim.cpu_threads`) ----------------------------------
+PARALLEL_FROM = 2 ** 18  # values from which an output is split: below, handing a part over costs what it saves
+
+
+@_jit
+def run_exact_part(flat, counts, moments, part, params, floats, ints):
+    """`run_exact` of whole rows of an output (`flat`: a slice of them) into `counts[part]` and `moments[part]`,
+    which it resets first; `floats[:units]`: the part's unit maxima. Releases the GIL: each part has its own
+    scratch, and `merge_parts` adds them up. 1: outside a growing range (its counts stay zero)."""
+    inner, units = np.int64(params[INNER]), np.int64(params[UNITS])
+    width = inner * units
+    if width < 1 or flat.shape[0] < width or flat.shape[0] % width:
+        raise ValueError("colordim kernel: a part of an output of the wrong size")
+    bins, units, unit_max, lanes, keys, _ = _unpack(flat, counts, moments, part, params, floats, ints, width, 0)
+    counts[part, :] = 0
+    moments[part, :4] = 0.0
+    moments[part, 4:] = -np.inf
+    return summarise(flat, flat.shape[0] // width, units, params[LOW], params[HIGH], bins, params[LINTHRESH],
+                     params[NEAR], params[STATS] != 0, counts, moments, part, unit_max, keys, lanes,
+                     params[GROW] != 0, params[LAST] != 0)
+
+
+@_jit_call
+def merge_parts(counts, moments, row, part_counts, part_moments, part_maxima, parts, stats):
+    """Add `parts` parts (`run_exact_part`) into `counts[row]` and `moments[row]`: counts, sums and near-zero
+    add, extremes take the larger, dead units come from each unit's maximum over all parts, which ends in
+    `part_maxima[0]`."""
+    if not 1 <= parts <= part_counts.shape[0] or part_counts.shape[1] != counts.shape[1] \
+            or part_moments.shape[0] < parts or part_maxima.shape[0] < parts or moments.shape[1] != 6 \
+            or part_moments.shape[1] != 6 or not 0 <= row < counts.shape[0] or moments.shape[0] != counts.shape[0]:
+        raise ValueError("colordim kernel: parts of the wrong size")
+    maxima = part_maxima[0]
+    for part in range(1, parts):
+        for unit in range(maxima.shape[0]):
+            maxima[unit] = _nan_max(part_maxima[part, unit], maxima[unit])
+        for k in range(counts.shape[1]):
+            part_counts[0, k] += part_counts[part, k]
+    for k in range(counts.shape[1]):
+        counts[row, k] += part_counts[0, k]
+    if not stats:
+        return
+    dead = 0
+    for unit in range(maxima.shape[0]):
+        dead += maxima[unit] <= 0
+    for part in range(parts):
+        moments[row, 0] += part_moments[part, 0]
+        moments[row, 1] += part_moments[part, 1]
+        moments[row, 2] += part_moments[part, 2]
+        moments[row, 4] = _nan_max(part_moments[part, 4], moments[row, 4])
+        moments[row, 5] = _nan_max(part_moments[part, 5], moments[row, 5])
+    moments[row, 3] += dead

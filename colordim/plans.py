@@ -12,10 +12,10 @@ import math
 import numpy as np
 import torch
 
-from . import fused, gpu_kernel
+from . import cpu_threads, fused, gpu_kernel
 from .torch_kernels import add_moments, channel_count, finite_extremes, histogram_counts, symlog_
 
-__all__ = ["make_plan", "draw_sample", "FusedPlan", "SharedArrays", "TorchPlan", "TritonPlan", "UnitsLast", "OUTSIDE",
+__all__ = ["make_plan", "draw_sample", "FusedPlan", "Split", "SharedArrays", "TorchPlan", "TritonPlan", "UnitsLast", "OUTSIDE",
            "units_last", "as_units_last", "features_first", "layout"]
 
 USE_FUSED = True  # tests set it False to run the torch path (the GPU's) on the CPU
@@ -130,9 +130,12 @@ class FusedPlan:
         batch, inner = (shape[0] if len(shape) >= 2 else 1), self._inner(shape)  # a 0-d or 1-d output: one unit
         counted = self.numel if sample is None else sample[0].numel()
         self.sizes = np.array([self.numel, self.units, counted], dtype=np.int64)
+        self.split = None  # a big whole output: rows in parts, one per thread (`colordim.cpu_threads`)
         if sample is None:
             self._run, self._index, count, unsampled = fused.run_exact, (), 0, 0
             self._scratch = fused.scratch_sizes(bins, self.units, self.numel // batch)
+            if batch >= 2 and self.numel >= fused.PARALLEL_FROM and cpu_threads.threads() >= 2:
+                self.split = Split(batch, self.numel // batch, bins, self.units, self._scratch[1])
         elif sample[2] is not None and self.numel < 2 ** 31:
             index, count, unsampled = self._lines(shape, sample)
             self._run, self._index = fused.run_lines, (index,)
@@ -210,6 +213,9 @@ class FusedPlan:
         if self._generation != self.shared.generation:  # the shared scratch grew since the last call
             self._take_scratch()
         counts, moments = rows.host
+        parts = min(self.split.most, cpu_threads.threads()) if self.split is not None else 1
+        if parts >= 2:
+            return self._in_parts(values.numpy().reshape(-1), counts, moments, row, parts, grow)
         if not grow:  # the last try: what is still outside goes to the edge bins
             params, self.params[fused.GROW] = self.params[fused.GROW], 0.0
             self._run(values.numpy().reshape(-1), counts, moments, row, *self._arguments)
@@ -218,6 +224,21 @@ class FusedPlan:
             return OUTSIDE
         return self.unit_max  # numpy: `LayerBuffer.keep_unit_max` takes it as it is
 
+    def _in_parts(self, flat: np.ndarray, counts, moments, row: int, parts: int, grow: bool):
+        "`__call__` of a big output in `parts` parts at once, then added up into `row`."
+        split, params = self.split, self.params
+        if not grow:
+            params = params.copy()
+            params[fused.GROW] = 0.0
+        tasks = [(fused.run_exact_part, (flat[start:stop], split.counts, split.moments, part, params,
+                                         split.maxima[part], split.ints[part]))
+                 for part, (start, stop) in enumerate(split.bounds(parts))]
+        if any(cpu_threads.run(tasks)):  # a growing range some part's values fell outside: nothing added
+            return OUTSIDE
+        fused.merge_parts(counts, moments, row, split.counts, split.moments, split.maxima, parts,
+                          params[fused.STATS] != 0)
+        return split.maxima[0]
+
     def _take_scratch(self):
         "The views of the shared scratch this plan's calls write into, as the arrays are now."
         floats, ints = self._scratch
@@ -225,6 +246,26 @@ class FusedPlan:
         self.unit_max = floats[:self.units]
         self._arguments = (self.params, floats, ints, *self._index)
         self._generation = self.shared.generation
+
+
+class Split:
+    """The scratch of a whole output summarised in parts (`FusedPlan`): each part's counts, moments, unit
+    maxima and keys, for at most `most` parts (the threads torch had when the plan was made)."""
+    def __init__(self, batch: int, width: int, bins: int, units: int, ints: int):
+        self.batch, self.width = batch, width
+        self.most = min(batch, cpu_threads.threads())
+        self.counts = np.zeros((self.most, bins + 2), np.int64)
+        self.moments = np.zeros((self.most, 6))
+        self.maxima = np.zeros((self.most, units), np.float32)
+        self.ints = [np.zeros(ints, np.int64) for _ in range(self.most)]
+        self._bounds = {}
+
+    def bounds(self, parts: int) -> list[tuple[int, int]]:
+        "Where each of `parts` parts begins and ends in the flat output: whole rows, as even as they go."
+        if parts not in self._bounds:
+            rows = np.linspace(0, self.batch, parts + 1).round().astype(int)
+            self._bounds[parts] = [(int(a) * self.width, int(b) * self.width) for a, b in zip(rows[:-1], rows[1:])]
+        return self._bounds[parts]
 
 
 class TritonPlan:

@@ -244,3 +244,115 @@ def test_a_slow_first_compile_says_so_on_stderr_and_a_quick_one_says_nothing(cap
     assert told.count("colordim: compiling the CPU kernel (once after installing; cached on disk after that)") == 1
     assert "colordim: CPU kernel ready in 0 s" in told
     assert fused._telling_if_slow(lambda: 7, after=5.0) == 7 and capsys.readouterr().err == ""
+
+
+@pytest.fixture
+def split_everything(monkeypatch):
+    "Every whole output of two rows or more is summarised in parts on two threads."
+    from colordim import cpu_threads
+    monkeypatch.setattr(fused, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(cpu_threads, "PASSIVE", True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", list(outputs()))
+def test_an_output_in_parts_on_two_threads_counts_and_summarises_like_torch(name, monkeypatch, split_everything):
+    from colordim import cpu_threads
+    output, calls, run = outputs()[name], [], cpu_threads.run
+    monkeypatch.setattr(cpu_threads, "run", lambda tasks: calls.append(len(tasks)) or run(tasks))
+    options = dict(bins=40, range=(-5, 5))
+    assert_same(recorded("fused", monkeypatch, output, **options), recorded("torch", monkeypatch, output, **options))
+    whole_rows = output.dim() >= 2 and output.shape[0] >= 2  # bfloat16 too: the kernel reads its float32 copy
+    assert calls == ([2] * 4 if whole_rows else []), calls  # two calls a column, two columns; each in two parts
+
+
+def test_parts_follow_every_option_and_a_growing_range(monkeypatch, split_everything):
+    for options in [dict(scale="symlog", linthresh=0.5, range=(-1e6, 1e6)), dict(stats=False), dict(near_zero=1.0),
+                    dict(range="auto")]:
+        for name in ("normal", "nan and inf", "(batch, 48 features)", "channels last"):
+            output = outputs()[name]
+            fast, slow = recorded("fused", monkeypatch, output, **options), recorded("torch", monkeypatch, output, **options)
+            assert (fast.counts["out"] == slow.counts["out"]).all(), (options, name)
+            assert (fast.edges["out"] == slow.edges["out"]).all()
+            if options.get("stats", True):
+                assert_same(fast, slow)
+
+
+def test_a_big_output_is_split_only_when_torch_has_threads_for_it(monkeypatch):
+    """Split from PARALLEL_FROM values and two rows, into as many parts as torch has threads (here at most 2),
+    where torch's threads sleep between ops."""
+    from colordim import cpu_threads
+    monkeypatch.setattr(cpu_threads, "PASSIVE", True)
+    big = torch.randn(4, 8, 96, 96)  # 294,912 values
+    assert big.numel() >= fused.PARALLEL_FROM
+    plan = colordim.plans.make_plan(big, None, 0, 40, (-5.0, 5.0), None, 0.05, True, None)
+    assert plan.split is not None and plan.split.most == min(4, torch.get_num_threads())
+    assert plan.split.bounds(2) == [(0, 2 * 8 * 96 * 96), (2 * 8 * 96 * 96, 4 * 8 * 96 * 96)]
+    assert colordim.plans.make_plan(big[:1], None, 0, 40, (-5.0, 5.0), None, 0.05, True, None).split is None
+    assert colordim.plans.make_plan(big[:, :, :10], None, 0, 40, (-5.0, 5.0), None, 0.05, True, None).split is None
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # a user who gave torch one thread: one part, on the caller's thread
+        one = LayerBuffer(1, 40, "cpu")
+        plan(big, one, 0)
+        torch.set_num_threads(2)
+        two = LayerBuffer(1, 40, "cpu")
+        plan(big, two, 0)
+    finally:
+        torch.set_num_threads(threads)
+    assert (one.counts == two.counts).all()
+    assert one.counts.sum().item() == big.numel()
+    np.testing.assert_array_equal(one.moments[0, 2:].numpy(), two.moments[0, 2:].numpy())
+    np.testing.assert_allclose(one.moments[0, :2].numpy(), two.moments[0, :2].numpy(), rtol=1e-12)
+
+
+def test_an_error_in_a_helper_thread_is_raised_in_the_caller_after_every_part_ends():
+    from colordim import cpu_threads
+    ended = []
+
+    def part(name, fail):
+        ended.append(name)
+        if fail:
+            raise ValueError(f"part {name} failed")
+        return name
+    assert cpu_threads.run([(part, ("a", False)), (part, ("b", False))]) == ["a", "b"]
+    with pytest.raises(ValueError, match="part b failed"):
+        cpu_threads.run([(part, ("c", False)), (part, ("b", True))])
+    assert sorted(ended) == ["a", "b", "b", "c"]
+    assert cpu_threads.run([(part, ("d", False))]) == ["d"]  # and the pool still works
+
+
+def test_a_forked_child_splits_with_helpers_of_its_own():
+    "A child forked while helpers exist has none of their threads: it must not wait on them forever."
+    import multiprocessing
+    from colordim import cpu_threads
+    cpu_threads.run([(abs, (-1,)), (abs, (-2,))])  # helpers exist in this process now
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        assert pool.apply_async(_split_in_child).get(timeout=60) == [1, 2]
+
+
+def _split_in_child():
+    from colordim import cpu_threads
+    return cpu_threads.run([(abs, (-1,)), (abs, (-2,))])
+
+
+@pytest.mark.parametrize("environment, passive", [({}, False), ({"OMP_WAIT_POLICY": "PASSIVE"}, True),
+                                                  ({"OMP_WAIT_POLICY": "active"}, False), ({"GOMP_SPINCOUNT": "0"}, True),
+                                                  ({"KMP_BLOCKTIME": "0"}, True), ({"KMP_BLOCKTIME": "200"}, False)])
+def test_outputs_split_only_where_torchs_openmp_threads_sleep_between_ops(environment, passive, monkeypatch):
+    "Spinning OpenMP threads hold the cores while a hook runs: a split call would wait for its parts."
+    from colordim import cpu_threads
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.backends.openmp, "is_available", lambda: True)
+    assert cpu_threads.passive() is passive
+    assert cpu_threads.threads() == (torch.get_num_threads() if passive else 1)
+    big = torch.randn(4, 8, 96, 96)
+    plan = colordim.plans.make_plan(big, None, 0, 40, (-5.0, 5.0), None, 0.05, True, None)
+    assert (plan.split is not None) is (passive and torch.get_num_threads() >= 2)
