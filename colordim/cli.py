@@ -90,8 +90,8 @@ def main(argv=None) -> int:
         elif args.command == "report":
             _report_run(args)
         elif args.command == "tensorboard":
-            from .recording import Recording
-            from .tensorboard import to_tensorboard
+            from .data.recording import Recording
+            from .integrations.tensorboard import to_tensorboard
             tags = to_tensorboard(Recording.load(args.run), args.log_dir)
             print(f"wrote {len(tags)} histogram series to {args.log_dir}")
     except (ValueError, FileNotFoundError, TypeError, IndexError, ImportError) as error:
@@ -109,12 +109,12 @@ def _demo(args) -> None:
             raise ValueError(f"--steps must be at least 20, got {args.steps}")
         if not args.spike > 0:
             raise ValueError(f"--spike must be above 0, got {args.spike}")
-        from .demo_gpt import run_gpt_demo
+        from .demos.gpt import run_gpt_demo
         run_gpt_demo(args.out, steps=args.steps, lr=args.lr or 3e-3, spike=args.spike)
         return
     if args.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
-    from .demo import run_demo
+    from .demos.cnn import run_demo
     run_demo(args.out, epochs=args.epochs, lr=args.lr or 6e-2)
 
 
@@ -126,8 +126,8 @@ def _layer(recording, spec: str):
 def _report_run(args) -> None:
     import matplotlib
     matplotlib.use("Agg")
-    from .diagnose import diagnose
-    from .recording import Recording
+    from .health.diagnose import diagnose
+    from .data.recording import Recording
     recording = Recording.load(args.run)
     print(diagnose(recording))
     path = recording.to_html(args.out, title=f"colordim report: {Path(args.run).name}")
@@ -138,8 +138,8 @@ def _plot_run(args) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from . import plot
-    from .recording import Recording
+    from .views import plot
+    from .data.recording import Recording
     recording = Recording.load(args.run)
     names = [recording.layer_name(_layer(recording, spec)) for spec in args.layers or recording.layer_names]
     out = Path(args.out)
@@ -163,8 +163,8 @@ def _plot_run(args) -> None:
 def _compare_runs(args) -> None:
     import matplotlib
     matplotlib.use("Agg")
-    from . import plot
-    from .recording import Recording
+    from .views import plot
+    from .data.recording import Recording
     if len(args.runs) < 2:
         raise ValueError(f"compare needs two or more saved runs to draw side by side, got one: {args.runs[0]}; "
                          "for one run, use `colordim plot`")

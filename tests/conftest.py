@@ -56,13 +56,13 @@ def learner_factory():
 @pytest.fixture(params=["fused", "torch"])
 def cpu_path(request, monkeypatch):
     "Run a test on both CPU paths: the compiled one-pass kernel and the torch ops (the GPU's path)."
-    import colordim.plans
-    monkeypatch.setattr(colordim.plans, "USE_FUSED", request.param == "fused")
+    import colordim.engine.plans
+    monkeypatch.setattr(colordim.engine.plans, "USE_FUSED", request.param == "fused")
     return request.param
 
 
 @pytest.fixture
 def torch_path(monkeypatch):
     "The torch-ops path on the CPU (what runs on a GPU), instead of the compiled kernel."
-    import colordim.plans
-    monkeypatch.setattr(colordim.plans, "USE_FUSED", False)
+    import colordim.engine.plans
+    monkeypatch.setattr(colordim.engine.plans, "USE_FUSED", False)

@@ -1,4 +1,4 @@
-"""Compiled models record inside the graph (`colordim.in_graph`): no graph break, no recompile per batch,
+"""Compiled models record inside the graph (`colordim.engine.in_graph`): no graph break, no recompile per batch,
 the counts an eager model gives. Inductor compiles with the system's gcc, so these run on the CPU."""
 import warnings
 
@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import colordim
-from colordim.demo import BLOCKS, seed_cnn
-from colordim.in_graph import _layout, rebuild
+from colordim.demos.cnn import BLOCKS, seed_cnn
+from colordim.engine.in_graph import _layout, rebuild
 
 BATCHES = 20
 
@@ -229,7 +229,7 @@ def test_checkpointed_blocks_in_a_compiled_model_count_each_value_and_gradient_o
 @pytest.mark.parametrize("sample", [None, 50])
 def test_outputs_stored_channels_last_are_read_in_place_with_the_counts_of_logical_order(cpu_path, sample):
     "Inductor's convolutions (and models in channels_last) give (N, C, H, W) outputs stored (N, H, W, C)."
-    from colordim.plans import UnitsLast
+    from colordim.engine.plans import UnitsLast
     model = nn.Sequential(nn.Tanh(), nn.ReLU())
     generator = torch.Generator().manual_seed(0)
     images = [torch.randn(8, 6, 5, 5, generator=generator) * 3 for _ in range(3)]

@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 
 from colordim.cli import main
-from colordim.demo import mnist_dls, seed_cnn
+from colordim.demos.cnn import mnist_dls, seed_cnn
 
 
 def test_seed_cnn_reduces_28_to_1():

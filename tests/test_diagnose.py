@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from colordim import Recording, diagnose
-from colordim.recorder import HistogramRecorder
+from colordim.engine.recorder import HistogramRecorder
 
 
 def recorded(epochs, **options):
@@ -154,7 +154,7 @@ def test_stats_off_leaves_the_stat_figures_blank_and_finds_the_rest():
 
 def test_the_demo_runs_collapsed_and_healthy():
     "The seed CNN on MNIST digits, one epoch: collapsed without batch norm at lr 0.3, healthy with it."
-    from colordim.demo import train
+    from colordim.demos.cnn import train
     collapsed = train(False, epochs=1, lr=0.3).activation_report()
     relu_blocks = ["0", "1", "2", "3"]           # block 4 is the logits (no ReLU)
     assert all(collapsed.findings_for(block) for block in relu_blocks)

@@ -74,7 +74,7 @@ def test_rank_0_holds_the_histograms_of_the_whole_batches_and_alone_writes(tmp_p
 
 
 def test_not_distributed_means_no_collective(monkeypatch):
-    import colordim.distributed as distributed
+    import colordim.engine.distributed as distributed
     calls = []
     monkeypatch.setattr(dist, "all_reduce", lambda *args, **kwargs: calls.append(args))
     learn = learner(None, None)
@@ -89,7 +89,7 @@ def auto_values(rank, column):
 
 
 def auto_worker(rank, world, store, folder):
-    from colordim.recorder import HistogramRecorder
+    from colordim.engine.recorder import HistogramRecorder
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         layer = nn.Identity()
@@ -126,7 +126,7 @@ def sequence_batch(rank=None):
 
 
 def features_worker(rank, world, store, folder):
-    from colordim.recorder import HistogramRecorder
+    from colordim.engine.recorder import HistogramRecorder
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         layer = nn.ReLU()
@@ -143,7 +143,7 @@ def features_worker(rank, world, store, folder):
 def test_ranks_merge_dead_features_exactly(tmp_path):
     "A feature is dead when it is <= 0 on every rank's rows: feature 3 fires on rank 1 only, so it is alive."
     from colordim import Recording
-    from colordim.recorder import HistogramRecorder
+    from colordim.engine.recorder import HistogramRecorder
     mp.spawn(features_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
     merged = Recording.load(tmp_path / "features_rank0.npz")
     layer = nn.ReLU()

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from colordim import ActivationHistogram
-from colordim.plot import color_dim, color_dim_epochs, color_dims, dead_chart, plot_layer_stats
-from colordim.recorder import HistogramRecorder
+from colordim.views.plot import color_dim, color_dim_epochs, color_dims, dead_chart, plot_layer_stats
+from colordim.engine.recorder import HistogramRecorder
 from conftest import make_learner
 
 

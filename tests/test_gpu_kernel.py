@@ -15,9 +15,10 @@ pytest.importorskip("triton")
 CHECKS = r'''
 import json, math, os
 import numpy as np, torch
-from colordim import gpu_kernel, plans
-from colordim.buffer import LayerBuffer
-from colordim.plans import TorchPlan, TritonPlan, draw_sample, units_last
+from colordim.engine import gpu_kernel
+from colordim.engine import plans
+from colordim.engine.buffer import LayerBuffer
+from colordim.engine.plans import TorchPlan, TritonPlan, draw_sample, units_last
 
 def row(plan, values, bins):
     buffer = LayerBuffer(1, bins, "cpu")

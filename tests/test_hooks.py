@@ -1,4 +1,4 @@
-"""colordim.hooks: torch forward hooks on every device, that copies of a model never carry along and
+"""colordim.engine.hooks: torch forward hooks on every device, that copies of a model never carry along and
 that torch.compile traces as one op that runs them eagerly (more in test_compiled.py)."""
 import copy
 import io
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import colordim
-from colordim.hooks import Hook, Inert, hook_forward, ours
+from colordim.engine.hooks import Hook, Inert, hook_forward, ours
 from conftest import taps, tiny_cnn
 
 

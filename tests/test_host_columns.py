@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import colordim
-from colordim.host_columns import HostColumns
-from colordim.recording import Recording
+from colordim.engine.host_columns import HostColumns
+from colordim.data.recording import Recording
 
 BINS = 4
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from colordim.layers import find_layers
+from colordim.engine.find_layers import find_layers
 
 
 def resnet_like():

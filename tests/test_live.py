@@ -5,7 +5,7 @@ import matplotlib.image as mpimg
 import pytest
 
 from colordim import ActivationHistogram
-from colordim.live import LiveGrid, notebook_display
+from colordim.views.live import LiveGrid, notebook_display
 from conftest import make_learner
 
 
@@ -32,7 +32,7 @@ def decoded(image):
 @pytest.fixture
 def fake_notebook(monkeypatch):
     fake = FakeDisplay()
-    monkeypatch.setattr("colordim.live.notebook_display", lambda: fake)
+    monkeypatch.setattr("colordim.views.live.notebook_display", lambda: fake)
     return fake
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from colordim.maps import activation_maps, show_activation_maps, show_heatmap
+from colordim.probes.maps import activation_maps, show_activation_maps, show_heatmap
 from conftest import make_learner, tiny_cnn
 
 
@@ -67,7 +67,7 @@ def test_bad_input_says_what_would_work():
 
 
 def test_learner_patches():
-    import colordim.callback  # noqa: F401  (the Learner patches come with the fastai side)
+    import colordim.integrations.fastai  # noqa: F401  (the Learner patches come with the fastai side)
     learn = make_learner()
     x = torch.randn(1, 8, 8)
     assert learn.activation_maps(x, "0.0").shape == (4, 8, 8)

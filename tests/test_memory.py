@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import colordim
-from colordim.recorder import HistogramRecorder
+from colordim.engine.recorder import HistogramRecorder
 
 
 def test_100000_batches_stay_within_max_columns_and_conserve_totals():
@@ -90,7 +90,7 @@ def test_a_300_module_model_over_many_steps_stays_within_both_budgets_and_loses_
 
 def test_on_cuda_a_move_to_the_host_is_waited_for_only_at_the_next_move_or_a_read(monkeypatch):
     "No CUDA here: the copies' event is a stand-in that counts its waits; the device rows are the CPU's."
-    from colordim.buffer import LayerBuffer
+    from colordim.engine.buffer import LayerBuffer
     waits = []
 
     class Event:

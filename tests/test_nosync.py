@@ -5,8 +5,8 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from colordim.layers import find_layers
-from colordim.recorder import HistogramRecorder
+from colordim.engine.find_layers import find_layers
+from colordim.engine.recorder import HistogramRecorder
 from conftest import make_learner
 
 SYNC_OPS = {"aten._local_scalar_dense.default", "aten.item.default", "aten.nonzero.default"}
@@ -70,7 +70,7 @@ def test_a_fastai_fit_with_the_callback_syncs_no_more_than_without():
 @pytest.fixture
 def cuda_torch_path(monkeypatch):
     "CUDA outputs take the torch path (the fallback without Triton), not the Triton kernel."
-    from colordim import plans
+    from colordim.engine import plans
     monkeypatch.setattr(plans, "USE_TRITON", False)
 
 
@@ -129,7 +129,7 @@ VIEWS = {"aten.detach.default", "aten.view.default", "aten.select.int", "aten._u
 def test_with_triton_a_hooked_cuda_output_is_one_op_and_no_wait(layout):
     "The Triton kernel is one op per output (`colordim::summarise`), counted over fake CUDA tensors; no sync."
     pytest.importorskip("triton")
-    from colordim import plans
+    from colordim.engine import plans
     assert plans.USE_TRITON
     computing = []
     with FakeTensorMode(allow_non_fake_inputs=True):
@@ -163,7 +163,8 @@ def test_with_triton_a_hooked_cuda_output_is_one_op_and_no_wait(layout):
 
 def test_without_triton_cuda_outputs_take_the_torch_path(monkeypatch):
     "Triton is optional: without it a CUDA output's plan is the torch path's, and nothing else changes."
-    from colordim import gpu_kernel, plans
+    from colordim.engine import gpu_kernel
+    from colordim.engine import plans
     monkeypatch.setattr(gpu_kernel, "triton", None)
     assert not gpu_kernel.available()
     with FakeTensorMode(allow_non_fake_inputs=True):

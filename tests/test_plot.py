@@ -6,8 +6,8 @@ import pytest
 from matplotlib.colors import SymLogNorm, Normalize
 
 from colordim import ActivationHistogram
-from colordim.plot import color_dim
-from colordim.recording import Recording
+from colordim.views.plot import color_dim
+from colordim.data.recording import Recording
 from conftest import make_learner
 
 

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from colordim import ActivationHistogram
-from colordim.plot import color_dim
-from colordim.recorder import HistogramRecorder
-from colordim.recording import bin_edges, readable_bound, symlog
+from colordim.views.plot import color_dim
+from colordim.engine.recorder import HistogramRecorder
+from colordim.data.recording import bin_edges, readable_bound, symlog
 from conftest import make_learner
 
 
@@ -82,7 +82,7 @@ def test_a_growing_range_counts_exactly_what_binning_at_the_final_range_counts(c
 
 def test_the_demo_cnn_over_a_whole_fit_has_nothing_outside_its_auto_ranges():
     "The case of the issue: digits, a CNN whose activations grow tenfold as it trains."
-    from colordim.demo import BLOCKS, train
+    from colordim.demos.cnn import BLOCKS, train
     learn = train(batch_norm=False, epochs=1, grads=True, range="auto")
     recording = learn.activation_histogram.recording
     for kind in (recording, recording.grads):
@@ -151,14 +151,14 @@ def test_bad_scale_and_range():
 @pytest.fixture
 def like_a_gpu(monkeypatch):
     "The torch path as it runs on a GPU: no look at the values per batch, so auto ranges widen at flushes only."
-    import colordim.plans
-    monkeypatch.setattr(colordim.plans, "USE_FUSED", False)
-    made = colordim.plans.TorchPlan.__init__
+    import colordim.engine.plans
+    monkeypatch.setattr(colordim.engine.plans, "USE_FUSED", False)
+    made = colordim.engine.plans.TorchPlan.__init__
 
     def without_checks(self, *args, **kwargs):
         made(self, *args, **kwargs)
         self.grow = False
-    monkeypatch.setattr(colordim.plans.TorchPlan, "__init__", without_checks)
+    monkeypatch.setattr(colordim.engine.plans.TorchPlan, "__init__", without_checks)
 
 
 def test_off_the_cpu_an_auto_range_widens_at_early_flushes_only(like_a_gpu):
@@ -184,7 +184,7 @@ def test_off_the_cpu_an_auto_range_widens_at_early_flushes_only(like_a_gpu):
 
 
 def test_off_the_cpu_the_demo_cnn_keeps_under_1_percent_outside_its_auto_ranges(like_a_gpu):
-    from colordim.demo import BLOCKS, train
+    from colordim.demos.cnn import BLOCKS, train
     learn = train(batch_norm=False, epochs=1, grads=True, range="auto")
     recording = learn.activation_histogram.recording
     for kind in (recording, recording.grads):

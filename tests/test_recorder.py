@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-import colordim.torch_kernels as summaries_module
-from colordim.layers import find_layers
-from colordim.recorder import HistogramRecorder
-from colordim.torch_kernels import histogram_counts, _add_counts_by_histc, _counts_by_index
+import colordim.engine.torch_kernels as summaries_module
+from colordim.engine.find_layers import find_layers
+from colordim.engine.recorder import HistogramRecorder
+from colordim.engine.torch_kernels import histogram_counts, _add_counts_by_histc, _counts_by_index
 from conftest import taps
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from colordim.recorder import HistogramRecorder
+from colordim.engine.recorder import HistogramRecorder
 
 
 def record(values_per_batch, **options):
@@ -67,7 +67,7 @@ def test_bad_sample(value):
 
 
 def test_outputs_up_to_64_times_the_sample_are_sampled_in_whole_cache_lines():
-    from colordim.plans import LINE, draw_sample
+    from colordim.engine.plans import LINE, draw_sample
     positions, unit_of, lines = draw_sample((64, 8, 14, 14), 4096, seed=3)   # 100,352 values <= 64 x 4096
     runs = positions.reshape(-1, LINE)
     assert len(positions) == 4096 and LINE == 16

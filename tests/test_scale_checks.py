@@ -1,4 +1,4 @@
-"""The findings large-model research measures (`colordim.scale_checks`): each on a small recording with a
+"""The findings large-model research measures (`colordim.health.scale_checks`): each on a small recording with a
 known answer, then on the GPT demo's stable and spiking runs."""
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from colordim import diagnose
-from colordim.recorder import HistogramRecorder
-from colordim.scale_checks import median_size, stacks
+from colordim.engine.recorder import HistogramRecorder
+from colordim.health.scale_checks import median_size, stacks
 
 SCALE_CHECKS = {"massive", "outliers", "growth", "blowup", "origin"}
 
@@ -92,7 +92,7 @@ def test_a_blow_up_names_the_first_batch_and_the_first_layer_then():
 @pytest.fixture(scope="module")
 def gpt_runs():
     "The GPT demo's two runs, shortened: 150 steps each, the spike from step 60 to 75."
-    from colordim.demo_gpt import train_gpt
+    from colordim.demos.gpt import train_gpt
     return {label: train_gpt(spike=spike, steps=150) for label, spike in (("stable", None), ("spiking", 0.3))}
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from colordim.layers import find_layers
-from colordim.recorder import HistogramRecorder
+from colordim.engine.find_layers import find_layers
+from colordim.engine.recorder import HistogramRecorder
 
 
 def record(model, layers, batches, **options):
@@ -111,8 +111,8 @@ def test_bad_near_zero(value):
 @pytest.mark.parametrize("path", ["fused", "torch"])
 def test_statistics_hold_for_huge_values_and_for_a_large_mean_with_a_small_spread(path, monkeypatch):
     "float64 sums: an untrained resnet50's ~1e35 activations, and mean 1e4 with std 1e-2 (float32 would lose both)."
-    import colordim.plans
-    monkeypatch.setattr(colordim.plans, "USE_FUSED", path == "fused")
+    import colordim.engine.plans
+    monkeypatch.setattr(colordim.engine.plans, "USE_FUSED", path == "fused")
     generator = torch.Generator().manual_seed(0)
     huge = torch.randn(16, 8, 6, 6, generator=generator) * 1e35
     narrow = 1e4 + 1e-2 * torch.randn(64, 32, 8, generator=generator)
@@ -128,7 +128,7 @@ def test_statistics_hold_for_huge_values_and_for_a_large_mean_with_a_small_sprea
 
 def test_moments_in_the_outputs_own_dtype_never_change_the_output():
     "On MPS the moments are float32, the output's dtype: the squares must be taken on a copy."
-    from colordim.torch_kernels import add_moments
+    from colordim.engine.torch_kernels import add_moments
     output = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
     before = output.clone()
     out = torch.tensor([0.0, 0.0, 0.0, 0.0, -float("inf"), -float("inf")])  # float32, as on MPS

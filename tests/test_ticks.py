@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import colordim
-from colordim import plot
+from colordim.views import plot
 
 
 def symlog_run(layers=4, steps=12):

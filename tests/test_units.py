@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import colordim
-from colordim.units import CHANNELS, FEATURES, guess_units, resolve_units
+from colordim.engine.units import CHANNELS, FEATURES, guess_units, resolve_units
 
 
 def mlp_with_dead_features(dead=(2, 7, 11)):

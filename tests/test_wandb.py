@@ -184,8 +184,8 @@ def test_without_a_run_the_fit_stops_at_once_with_what_to_do():
 
 def test_a_write_whose_bins_changed_under_a_waiting_row_commits_it_rather_than_replace_it(monkeypatch):
     "An auto range widened between two writes in a run where the user logs: the rows cannot be summed."
-    from colordim.recording import Recording
-    from colordim.wandb_log import WandbLog
+    from colordim.data.recording import Recording
+    from colordim.integrations.wandb_log import WandbLog
 
     class Run:
         step, rows, pending = 5, [], {}  # the user has logged 5 steps

@@ -1,0 +1,329 @@
+"""The fastai side: the `ActivationHistogram` callback and the `Learner.color_dim` patch."""
+from __future__ import annotations
+
+import weakref
+from functools import wraps
+
+from fastai.learner import Learner
+from fastai.callback.core import Callback
+from fastcore.basics import patch, store_attr
+
+from ..views import plot
+from ..engine.distributed import is_main_process
+from ..engine.ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Columns
+from ..engine.find_layers import find_layers
+from ..health.diagnose import diagnose
+from ..data.layout import check_bins, check_near_zero, check_range, check_sample, check_scale
+from ..engine.recorder import HistogramRecorder
+from ..data.recording import Recording
+from ..engine.units import check_units, resolve_units
+
+__all__ = ["ActivationHistogram"]
+
+# The engines each learner recorded with, so `learn.color_dim` also finds a callback passed to
+# `fit(cbs=...)`. Weak keys: forgetting a learner forgets its entry; nothing is stored on the learner.
+_ENGINES = weakref.WeakKeyDictionary()
+
+
+class ActivationHistogram(Callback):
+    "Record a histogram of each chosen layer's output for every batch, on the model's device."
+    order = -5  # after TrainEvalCallback (-10) has set `training`, before most others
+    move_every, device_bytes, host_bytes = MOVE_EVERY, DEVICE_BYTES, HOST_BYTES  # callbacks pickled before them
+    show, _live, tensorboard, _board, wandb, _wandb, units = False, None, None, None, False, None, None
+
+    def __init__(self,
+        layers=None,      # index, dotted name, glob, module class or module (or a list); None: leaves with params
+        bins: int = 100,  # rows of the picture
+        range=(-10, 10),  # values outside are counted in an underflow and an overflow row; or "auto"
+        scale: str = "linear",  # or "symlog": bins uniform in sign(x) log1p(|x| / linthresh)
+        linthresh: float = 1.0,  # where symlog turns from linear to logarithmic
+        valid: bool = True,  # record validation batches too, as the 'valid' phase
+        stats: bool = True,  # also mean, std, near-zero share, min, max and dead-unit rate per batch
+        near_zero: float = 0.05,  # |x| <= near_zero counts as near zero (fastai counts x <= 0.05)
+        sample: int = None,  # histogram at most this many values of each output per batch, scaled up
+        max_columns: int = 10_000,  # per layer; past it neighbouring batches merge, so memory stays bounded
+        move_every: int = MOVE_EVERY,  # finished batches move to the host at least this often (and at epoch ends)
+        device_bytes: int = DEVICE_BYTES,  # the recording's rows on the device stay within this
+        host_bytes: int = HOST_BYTES,  # and on the host: past it, neighbouring batches merge
+        save_to=None,  # a path: the recording is saved there (atomically) at every epoch end and fit end
+        grads: bool = False,  # also histogram each layer's output gradient: `recording.grads`, kind="grad"
+        grad_range="auto",  # the gradients' range: from the first backward, or (low, high)
+        grad_scale: str = "linear",  # or "symlog"
+        record_inference: bool = False,  # also record get_preds/validate outside a fit, as 'valid' columns
+        export_recording: bool = False,  # let learn.export() carry the recording (host arrays, no hooks)
+        report: bool = False,  # print the health report (`colordim.diagnose`) after each fit
+        show=False,  # in a notebook: redraw the grid in one output after each epoch (an int N: every N batches too)
+        tensorboard=None,  # a log folder: histograms at each move to the host, the grid at each epoch end
+        wandb: bool = False,  # the same into the active Weights & Biases run (wandb.init first)
+        units=None,  # where each layer's units are, for dead units: guessed, "channels", "features" or {layer: ...}
+    ):
+        check_bins(bins), check_range(range), check_scale(scale, linthresh)  # fail now, not at the first batch
+        check_range(grad_range), check_scale(grad_scale, linthresh)
+        check_near_zero(near_zero), check_sample(sample), Columns(max_columns, move_every, device_bytes, host_bytes)
+        _check_show(show), check_units(units)
+        store_attr()
+        self.engine, self._fit, self._trained, self._active, self._hooked_for = None, -1, False, False, None
+        self._checked = False  # the first forward pass of this fit has been checked
+        self._saved = 0  # the engine's `ended` count at the last write to `save_to`
+
+    # --- fastai events -----------------------------------------------------------------------------
+    def before_fit(self):
+        "Hook the chosen layers (found now, so a bad spec fails before the first batch)."
+        self._trained, self._checked = False, False
+        self._active = not hasattr(self.learn, "lr_finder")  # lr_find's sweep is not training
+        if not self._active:
+            return
+        if self.wandb:  # no run to log into: say so now, not at the first epoch's end
+            from .wandb_log import _wandb
+            _wandb()
+        modules = find_layers(self.learn.model, self.layers)
+        if self.engine is None or list(modules.values()) != list(self.engine.modules.values()):
+            self.engine = HistogramRecorder(modules, bins=self.bins, range=self.range, scale=self.scale,
+                                            linthresh=self.linthresh, stats=self.stats, near_zero=self.near_zero,
+                                            sample=self.sample, max_columns=self.max_columns, grads=self.grads,
+                                            move_every=self.move_every, device_bytes=self.device_bytes,
+                                            host_bytes=self.host_bytes,
+                                            grad_range=self.grad_range, grad_scale=self.grad_scale,
+                                            units=resolve_units(self.learn.model, modules, self.units))
+            self._saved = 0
+        self.engine.attach(root=self.learn.model)  # a module called twice in one forward: two layers
+        engines = _ENGINES.setdefault(self.learn, [])
+        if self.engine not in engines:
+            engines.append(self.engine)
+        self._hooked_for = id(self.learn)  # the learner whose fit must take our hooks off
+        _unhook_on_crash.add(self)
+
+    def before_epoch(self):
+        "Room for the whole epoch at once, so the device buffer never grows per batch."
+        if self._active:
+            self.engine.reserve(_length(self.dls.train) + (_length(self.dls.valid) if self.valid else 0))
+
+    def before_batch(self):
+        "Open a column for this batch (host bookkeeping only, nothing touches the device)."
+        if not self._active:
+            return
+        learn = self.learn  # read from the learner itself: a callback's own lookup goes through fastcore's
+        if learn.training:  # GetAttr, several times slower, and this runs every batch
+            if not self._trained:  # the first training batch of this fit starts a new fit index
+                self._trained, self._fit = True, self._fit + 1
+        elif not (self.valid and self._trained or self.record_inference):  # get_preds/validate outside a fit
+            return
+        self.engine.begin_column("train" if learn.training else "valid", epoch=getattr(learn, "epoch", 0),
+                                 fit=max(self._fit, 0), iteration=learn.iter)
+
+    def after_pred(self):
+        "After the first forward pass of a fit, before any step: a layer that gives no tensor is an error."
+        if self._active and not self._checked:
+            self._checked = True
+            for name, reason in self.engine.without_tensors().items():
+                if reason.startswith("output is a"):
+                    raise TypeError(f"layers: {name!r} cannot be recorded: its {reason} (nor a tuple, list or "
+                                    "dict of tensors); choose other layers, e.g. the modules inside it")
+
+    def after_batch(self):
+        if self._active:
+            self.engine.end_column()  # counts it in `engine.ended`: no callback attribute set per batch
+                                      # (fastai's Callback.__setattr__ looks the name up on the learner)
+            if self.show and self.show is not True and self.engine.ended % self.show == 0 and self.learn.training:
+                self._draw()  # every N batches: a move to the host, as `move_every` makes
+            if (self.tensorboard is not None or self.wandb) and self.engine.ended % self.move_every == 0:
+                self._board_write()  # the rows were due to move to the host now anyway
+
+    def after_cancel_batch(self):
+        "A cancelled batch is not a complete batch: drop its column."
+        if self._active: self.engine.abandon_column()
+
+    def after_epoch(self):
+        "The epoch's columns go to the host: one transfer per layer per epoch (and to `save_to`)."
+        if self._active:
+            self.engine.flush()
+            self._save()
+            if self.show:
+                self._draw()
+            if self.tensorboard is not None or self.wandb:
+                self._board_write(grid=True)
+
+    def _board_write(self, grid: bool = False):
+        "What the host received since the last write, to TensorBoard and W&B (rank 0 only)."
+        if not is_main_process():
+            return
+        if self.tensorboard is not None and self._board is None:
+            from .tensorboard import LiveBoard
+            self._board = LiveBoard(self.tensorboard)
+        if self.wandb and self._wandb is None:
+            from .wandb_log import WandbLog
+            self._wandb = WandbLog()
+        parts = self.engine.new_parts()  # each batch once, as it came: later merges on the host change nothing sent
+        for writer in (self._board, self._wandb):
+            if writer is not None:
+                writer.write(parts, grid=self.engine.view() if grid else None)
+
+    def _draw(self):
+        "The grid, redrawn in the notebook's one output (nothing outside a notebook)."
+        if self._live is None:
+            from ..views.live import LiveGrid
+            self._live = LiveGrid()
+        if self._live.shown and is_main_process():
+            self._live.update(self.engine.view())
+
+    def after_fit(self):
+        "Sum the last columns across ranks (when distributed), remove the hooks; the recording stays."
+        if self._active:
+            self.engine.flush()
+            if self.report and self._trained and is_main_process():
+                print(diagnose(self.engine.view()))
+        self._unhook()
+
+    def _unhook(self):
+        # the TensorBoard and W&B writers stay: the next fit's batches follow this one's (each write flushes)
+        if self._wandb is not None:
+            self._wandb.commit()  # the last row shows now, not when something else logs
+        if self.engine is not None:
+            self.engine.detach()
+            if self._active:
+                self._save()  # what a crashed or finished fit recorded, on disk too
+        self._active = False
+        _unhook_on_crash.discard(self)
+
+    def _save(self):
+        "Write to `save_to` what is new since the last write (after_fit follows the last after_epoch)."
+        if self.save_to is not None and self.engine.ended != self._saved and is_main_process():  # rank 0 writes
+            self.engine.view().save(self.save_to)
+        self._saved = self.engine.ended
+
+    # --- results -----------------------------------------------------------------------------------
+    @property
+    def recording(self) -> Recording:
+        "Everything recorded so far, as a host-side `Recording`."
+        if self.engine is None and getattr(self, "_exported", None) is not None:
+            return self._exported  # carried by learn.export(export_recording=True)
+        if self.engine is None:
+            raise ValueError("ActivationHistogram has recorded nothing yet: fit the learner first, "
+                             "e.g. `learn.fit(1)`")
+        return self.engine.recording
+
+    def __getstate__(self):
+        "Pickle (e.g. `learn.export()`) the settings, not the hooks or recorded buffers."
+        state = dict(self.__dict__)
+        exported = self.recording if self.export_recording and self.engine is not None else None
+        state.update(engine=None, _active=False, _hooked_for=None, _exported=exported, _live=None, _board=None, _wandb=None)
+        return state
+
+
+def _check_show(show):
+    "`show` as given: False, True (each epoch) or a number of batches >= 1."
+    if not (isinstance(show, bool) or isinstance(show, int) and show >= 1):
+        raise ValueError(f"show: {show!r} is not valid; use True (after each epoch), False, or a number of "
+                         "batches >= 1 (also every that many batches)")
+    return show
+
+
+def _length(loader) -> int:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable loader: the buffer grows geometrically instead
+        return 0
+
+
+# --- unhooking after a crash ---------------------------------------------------------------------
+# fastai skips `after_fit` when a fit dies of anything but CancelFitException (Ctrl-C included), which
+# would leave our hooks on the model. `Learner.fit` is wrapped once so they always come off.
+_unhook_on_crash = weakref.WeakSet()
+
+
+def _fit_then_unhook(fit):
+    @wraps(fit)
+    def fit_then_unhook(self, *args, **kwargs):
+        try:
+            return fit(self, *args, **kwargs)
+        finally:
+            for callback in list(_unhook_on_crash):  # still hooked: after_fit did not run
+                if callback._hooked_for == id(self):
+                    callback._unhook()
+    fit_then_unhook._colordim = True
+    return fit_then_unhook
+
+
+if not getattr(Learner.fit, "_colordim", False):
+    Learner.fit = _fit_then_unhook(Learner.fit)
+
+
+# --- Learner patches -----------------------------------------------------------------------------
+def learner_recording(learn: Learner, layer=None) -> Recording:
+    "The recording of `learn`'s ActivationHistogram (the one that holds `layer`, or the first of a list)."
+    engines = [cb.engine for cb in learn.cbs if isinstance(cb, ActivationHistogram) and cb.engine]
+    engines += [engine for engine in _ENGINES.get(learn, []) if engine not in engines]
+    if not engines:
+        raise ValueError("no ActivationHistogram has recorded on this learner; add one, e.g. "
+                         "`Learner(..., cbs=ActivationHistogram())` or `learn.fit(1, cbs=ActivationHistogram())`, "
+                         "and fit first")
+    if isinstance(layer, (list, tuple)):  # a list of layers: the callback that holds the first
+        layer = layer[0] if layer else None
+    if isinstance(layer, str):
+        engines = [engine for engine in engines if layer in engine.names] or engines
+    return engines[0].recording
+
+
+@patch
+def color_dim(self: Learner, layer=0, epoch=None, phase="train", log=True, overlay=None, ax=None, figsize=None,
+              **kwargs):
+    "Draw the colorful-dimension image of `layer` (index among the hooked layers, or name)."
+    return plot.color_dim(learner_recording(self, layer), layer, epoch=epoch, phase=phase, log=log,
+                          overlay=overlay, ax=ax, figsize=figsize, **kwargs)
+
+
+@patch
+def color_dims(self: Learner, layers=None, cols=3, **kwargs):
+    "A grid of colour-dim images, one per hooked layer (or `layers`), on one colour scale."
+    return plot.color_dims(learner_recording(self, layers), layers, cols=cols, **kwargs)
+
+
+@patch
+def color_dim_epochs(self: Learner, layer=0, **kwargs):
+    "One colour-dim panel per epoch of `layer`."
+    return plot.color_dim_epochs(learner_recording(self, layer), layer, **kwargs)
+
+
+@patch
+def dead_chart(self: Learner, layers=None, **kwargs):
+    "Per batch, the share of values at zero and the dead-unit rate of each hooked layer (or `layers`)."
+    return plot.dead_chart(learner_recording(self, layers), layers, **kwargs)
+
+
+@patch
+def plot_layer_stats(self: Learner, layer=0, **kwargs):
+    "Mean, std, share near zero and dead-unit rate of `layer` per batch."
+    return plot.plot_layer_stats(learner_recording(self, layer), layer, **kwargs)
+
+
+@patch
+def activation_report(self: Learner, **thresholds):
+    """The health report of what the ActivationHistogram recorded: a table per layer and findings in
+    plain words (prints as text, shows as HTML in a notebook); thresholds as in `colordim.diagnose`."""
+    return diagnose(learner_recording(self), **thresholds)
+
+
+@patch
+def activation_maps(self: Learner, x, layer=0):
+    "The output of `layer` (index, name, pattern, type or module of the model) for the one input `x`."
+    from ..probes.maps import activation_maps
+    return activation_maps(self.model, x, layer)
+
+
+@patch
+def show_heatmap(self: Learner, x, layer=0, **kwargs):
+    "The channel-mean map of `layer` for input `x`, resized, over the input image."
+    from ..probes.maps import show_heatmap
+    return show_heatmap(self.model, x, layer, **kwargs)
+
+
+@patch
+def activation_summary(self: Learner, x=None):
+    """Every module of the model with what `layers=` takes to pick it (index, name), its type, output shape,
+    parameters and whether it is hooked by default; `x`: an input batch (default: one training batch)."""
+    from ..probes.summary import summary
+    if x is None:
+        batch = self.dls.one_batch()
+        inputs = getattr(self.dls, "n_inp", 1 if len(batch) == 1 else len(batch) - 1)  # as fastai's Learner splits
+        x = tuple(batch[:inputs])
+    return summary(self.model, x)

@@ -1,0 +1,82 @@
+"""`colordim.record`: the same recorder around a plain PyTorch training loop, without fastai."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from torch import nn
+
+from ..engine.find_layers import find_layers
+from ..engine.hooks import hook_forward, hook_forward_pre
+from ..engine.recorder import HistogramRecorder
+from ..data.recording import Recording
+from ..engine.units import resolve_units
+
+__all__ = ["record", "LoopRecorder"]
+
+
+class LoopRecorder:
+    "Turns each forward pass of a model into a column: 'train' in `model.train()` mode, 'valid' in eval."
+    def __init__(self, model: nn.Module, engine: HistogramRecorder):
+        self.model, self.engine = model, engine
+        self.current_epoch, self._iterations, self._handles = 0, {"train": 0, "valid": 0}, []
+        self._finished = False  # the open column's forward pass has returned: its backward may follow
+
+    def attach(self) -> "LoopRecorder":
+        "Hook the layers, then the model itself (its forward hook runs last, after every layer's)."
+        self.detach()
+        self.engine.attach()
+        # `colordim.engine.hooks`: a copy of the model made in the block carries neither along
+        self._handles = [hook_forward_pre(self.model, self._begin), hook_forward(self.model, self._end)]
+        return self
+
+    def detach(self, reduce: bool = False) -> None:
+        "Remove every hook; an unfinished forward pass is dropped, every finished one kept."
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._close()
+        if reduce:  # the block ended normally: every rank is here, the last epoch is summed across them
+            self.engine.flush()
+        self.engine.detach()
+
+    def epoch(self) -> None:
+        "Mark an epoch boundary: the next forward passes belong to the next epoch (optional)."
+        self._close()
+        self.engine.flush()  # the finished epoch goes to the host: one transfer per layer
+        self.current_epoch += 1
+        self._iterations = {"train": 0, "valid": 0}
+
+    @property
+    def recording(self) -> Recording:
+        "Everything recorded so far, as a host-side Recording that every plot function takes."
+        return self.engine.recording
+
+    def _close(self) -> None:
+        "Keep the last column if its forward pass finished (its backward, if any, has run by now)."
+        if self._finished:
+            self.engine.end_column()
+        self._finished = False
+
+    def _begin(self, module, inputs):
+        self._close()  # the previous pass and its gradients are complete; an unfinished one is dropped
+        phase = "train" if self.model.training else "valid"
+        self.engine.begin_column(phase, epoch=self.current_epoch, iteration=self._iterations[phase])
+
+    def _end(self, module, inputs, output):
+        self._iterations["train" if self.model.training else "valid"] += 1
+        self._finished = True  # the column stays open for the gradients of this pass
+
+
+@contextmanager
+def record(model: nn.Module, layers=None, grads=False, units=None, **options):
+    """Record activation (and, grads=True, gradient) histograms of `layers` of `model` in the block. `units`:
+    where each layer's units are, for dead units (`colordim.engine.units`): guessed, or "channels" / "features"."""
+    modules = find_layers(model, layers)
+    options.update(grads=grads, units=resolve_units(model, modules, units))
+    recorder = LoopRecorder(model, HistogramRecorder(modules, **options))
+    completed = False
+    try:
+        yield recorder.attach()
+        completed = True
+    finally:
+        recorder.detach(reduce=completed)  # on errors and Ctrl-C too (then with this rank's rows only)

@@ -1,0 +1,100 @@
+"""A Recording written as TensorBoard histogram summaries, for users who live in TensorBoard."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.recording import Recording
+
+__all__ = ["to_tensorboard", "LiveBoard", "training_steps"]
+
+
+def _summary_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise ImportError("colordim.to_tensorboard needs TensorBoard: pip install 'colordim[tensorboard]' "
+                          f"(or pip install tensorboard); {error}") from None
+    return SummaryWriter
+
+
+def to_tensorboard(recording: Recording, log_dir, kinds=("activation", "grad")) -> list[str]:
+    "Write every layer's per-batch histograms to `log_dir` (tags kind/layer/phase, step = column); the tags."
+    SummaryWriter = _summary_writer()
+    tags = []
+    with SummaryWriter(str(log_dir)) as writer:
+        for kind in kinds:
+            if kind == "grad" and recording.grads is None:
+                continue
+            source = recording.kind(kind)
+            for name in source.layer_names:
+                for phase in sorted(set(source.phase.tolist())):
+                    tags.append(f"{kind}/{name}/{phase}")
+                    for column in np.flatnonzero(source.phase == phase):
+                        _write_column(writer, tags[-1], source, name, int(column))
+    return tags
+
+
+def training_steps(recording: Recording) -> np.ndarray:
+    """Per column, the training iteration it belongs to, counted over the whole recording (as fastai's
+    `train_iter`): a training column's own, a validation column's that of the training before it plus its
+    own index in the epoch."""
+    train = recording.phase == "train"
+    done = np.cumsum(np.where(train, recording.batches, 0))  # training batches up to and with each column
+    before = done - np.where(train, recording.batches, 0)
+    return np.where(train, done - 1, before + recording.iteration).astype(np.int64)
+
+
+class LiveBoard:
+    """TensorBoard during training (`ActivationHistogram(tensorboard=log_dir)`): at each `write`, the columns
+    the host received since the last one as histograms (step = training iteration), and at each epoch end
+    the colour-dim grid as an image. Only host copies: nothing here reads the device.
+
+    Each tag's steps only go up: TensorBoard drops every event of a tag at or after a step that comes again
+    (its reservoir takes that for a restarted run), so a validation pass that would land on an earlier
+    step (one outside a fit, or an epoch with more validation than training batches) is moved just past it."""
+    def __init__(self, log_dir):
+        self.writer = _summary_writer()(str(log_dir))
+        self.trained = 0  # training batches written so far, over every fit: where the next ones' steps start
+        self.last = {}    # tag -> the last step written to it
+
+    def write(self, parts: list, grid: Recording = None) -> None:
+        "Each part's columns (as `HistogramRecorder.new_parts` gives them), and `grid`'s image at the last step."
+        for part in parts:
+            steps = training_steps(part) + self.trained
+            for kind in ("activation", "grad"):
+                if kind == "grad" and part.grads is None:
+                    continue
+                source = part.kind(kind)
+                for name in source.layer_names:
+                    for column in range(len(source)):
+                        if not source.numel[name][column]:  # nothing in it (a gradient in validation)
+                            continue
+                        tag = f"{kind}/{name}/{source.phase[column]}"
+                        _write_column(self.writer, tag, source, name, column, step=self._step(tag, int(steps[column])))
+            self.trained += int(part.batches[part.phase == "train"].sum())
+        if grid is not None and len(grid) and (grid.phase == "train").any():
+            from ..views.plot import grid_image
+            self.writer.add_image("colordim/grid", grid_image(grid),
+                                  global_step=self._step("colordim/grid", self.trained - 1), dataformats="HWC")
+        self.writer.flush()  # the writer stays open for the next fit's batches
+
+    def _step(self, tag: str, step: int) -> int:
+        "`step`, or one past the tag's last step where it would not be later than that."
+        step = max(step, self.last.get(tag, -1) + 1)
+        self.last[tag] = step
+        return step
+
+
+def _write_column(writer, tag: str, source: Recording, name: str, column: int, step: int = None) -> None:
+    "One histogram: the underflow, the bins and the overflow, as TensorBoard's right-edged buckets."
+    edges, counts = source.edges[name], source.counts[name][column].astype(np.float64)
+    low, high = float(edges[0]), float(edges[-1])
+    smallest, largest = source.min[name][column], source.max[name][column]
+    smallest = low - (edges[1] - edges[0]) if not np.isfinite(smallest) or smallest >= low else smallest
+    largest = high + (edges[1] - edges[0]) if not np.isfinite(largest) or largest <= high else largest
+    moments = np.nan_to_num(source.moments[name][column])
+    writer.add_histogram_raw(
+        tag, min=float(min(smallest, low)), max=float(max(largest, high)), num=int(counts.sum()),
+        sum=float(moments[0]), sum_squares=float(moments[1]),
+        bucket_limits=[low, *edges[1:].tolist(), float(largest)],  # right edges: below low, the bins, above high
+        bucket_counts=counts.tolist(), global_step=column if step is None else step)

@@ -1,0 +1,125 @@
+"""One self-contained HTML page of a run: metadata, the health report, and every figure as an embedded PNG.
+
+The page needs no server and no network: styles are inline, images are `data:` URLs, nothing
+points outside the file. It is what `colordim report RUN.npz -o report.html` and
+`Recording.to_html(path)` write.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+from pathlib import Path
+
+from ..health.diagnose import diagnose, layer_anchor
+from ..data.recording import Recording
+from ..data.saved import write_atomically
+
+__all__ = ["report_html", "write_html"]
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1100px; color: #222; }
+.verdict { font-size: 1.3em; font-weight: bold; padding: 0.5em 0.8em; border-radius: 4px; }
+.verdict.healthy { background: #e8f5e9; color: #1b5e20; }
+.verdict.unhealthy { background: #fbe9e7; color: #bf360c; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }
+th { white-space: normal; vertical-align: bottom; }
+th:first-child, td:first-child, td:nth-child(2) { text-align: left; }
+tr.finding td { background: #fff3e0; }
+td.over { background: #ffab91 !important; font-weight: bold; }
+img { width: 100%; height: auto; display: block; margin: 0.5em 0 1.5em; }
+code { background: #f4f4f4; padding: 0 0.2em; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
+dt { font-weight: bold; }
+"""
+
+
+def _png(figure, alt: str) -> str:
+    "A matplotlib figure as an <img> with its PNG inside, and the figure closed."
+    from .plot import png_bytes
+    data = base64.b64encode(png_bytes(figure)).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _metadata(recording: Recording) -> str:
+    from .. import __version__
+    fits = sorted(set(recording.fit.tolist()))
+    epochs = sorted(set(zip(recording.fit.tolist(), recording.epoch.tolist())))
+    names = recording.layer_names
+    ranges = sorted({tuple(float(end) for end in recording.range(name)) for name in names})
+    bins = sorted({counts.shape[1] - 2 for counts in recording.counts.values()})
+    items = {
+        "layers": ", ".join(names) or "none",
+        "bins": ", ".join(map(str, bins)),
+        "range": ", ".join(f"{low:g} to {high:g}" for low, high in ranges),
+        "columns": f"{len(recording)} ({int((recording.phase == 'train').sum())} training, "
+                   f"{int((recording.phase == 'valid').sum())} validation batches"
+                   + (f", up to {int(recording.batches.max())} batches per column)" if len(recording)
+                      and recording.batches.max() > 1 else ")"),
+        "fits, epochs": f"{len(fits)} fit{'s' if len(fits) != 1 else ''}, {len(epochs)} epoch{'s' if len(epochs) != 1 else ''}",
+        "gradients": "recorded" if recording.grads is not None else "not recorded",
+        "colordim": __version__,
+        "written": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    }
+    rows = "".join(f"<dt>{html.escape(key)}</dt><dd>{html.escape(value)}</dd>" for key, value in items.items())
+    return f"<dl>{rows}</dl>"
+
+
+def _verdict(report) -> str:
+    "The answer first: one line, green or orange."
+    state = "healthy" if report.healthy else "unhealthy"
+    return f'<p class="verdict {state}" id="verdict">{html.escape(report.verdict)}</p>'
+
+
+def _findings_table(report) -> str:
+    """The health table, one row per layer linking to its section, a layer with findings shaded and each
+    figure over its threshold marked, then the findings."""
+    tail, table = report.thresholds["tail"], report.table_html('id="findings"', shade=True, links=True)
+    return (f'<h2>Health</h2><div class="scroll">{table}</div>'
+            f"<p>Dead units and near zero: the last {tail:.0%} of training batches; below and above "
+            f"range: all training batches; jitter: the std of the batch-to-batch change of log(std) over the "
+            f"last epoch.</p><h3>Findings</h3>"
+            f"{report.findings_html('none: every figure is within its threshold', links=True)}")
+
+
+def report_html(recording: Recording, title: str = "colordim report", **thresholds) -> str:
+    "The page as a string: metadata, health table and findings, layer grid, dead chart, each layer's figures."
+    from . import plot
+    if not isinstance(recording, Recording):
+        raise TypeError(f"recording: expected a colordim Recording, got {type(recording).__name__}")
+    report = diagnose(recording, **thresholds)
+    parts = [f"<h1>{html.escape(title)}</h1>", _verdict(report), _metadata(recording), _findings_table(report)]
+    phase = "train" if (recording.phase == "train").any() else "valid"
+    if len(recording) and recording.layer_names:
+        figure, _ = plot.color_dims(recording, phase=phase)
+        parts += ["<h2>All layers</h2>", _png(figure, "colour-dim images of every layer")]
+        if phase == "train" and (recording.phase == "valid").any():
+            figure, _ = plot.color_dims(recording, phase="valid")
+            parts += ["<h2>All layers, validation batches</h2>",
+                      _png(figure, "colour-dim images of every layer, validation batches")]
+        figure, _ = plot.dead_chart(recording, phase=phase)
+        parts += ["<h2>Share at zero and dead units</h2>", _png(figure, "share at zero and dead-unit rate per batch")]
+        if recording.grads is not None and len(recording.grads) and recording.grads.layer_names:
+            grads_phase = "train" if (recording.grads.phase == "train").any() else "valid"
+            figure, _ = plot.color_dims(recording, phase=grads_phase, kind="grad")
+            parts += ["<h2>Gradients</h2>", _png(figure, "colour-dim images of every layer's output gradient")]
+        for name in recording.layer_names:
+            parts.append(f'<h2 id="{layer_anchor(name)}">Layer <code>{html.escape(name)}</code></h2>')
+            axes = plot.color_dim(recording, name, phase=phase, overlay="mean")
+            parts.append(_png(axes.figure, f"colour-dim image of layer {name}, with its mean"))
+            figure, _ = plot.color_dim_epochs(recording, name, phase=phase)
+            parts.append(_png(figure, f"layer {name}, one panel per epoch"))
+    else:
+        parts.append("<p>Nothing was recorded: no figures.</p>")
+    body = "\n".join(parts)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def write_html(recording: Recording, path, title: str = "colordim report", **thresholds) -> Path:
+    "Write the page to `path` (atomically: an interrupted write leaves any old file); returns the path."
+    page = report_html(recording, title=title, **thresholds).encode("utf-8")
+    return write_atomically(path, lambda file: file.write(page))
