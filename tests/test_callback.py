@@ -236,3 +236,46 @@ def test_an_error_in_an_event_names_the_callback_and_event():
     with pytest.raises(Exception, match="ActivationHistogram.*before_fit") as error:
         learn.fit(1)
     assert "no_such_layer" in str(error.value)
+
+
+def test_no_fastai_class_is_patched_for_the_whole_process():
+    "Only the learners that carry an ActivationHistogram get a `fit` that unhooks after a crash, as their own."
+    from fastai.learner import Learner
+    import colordim.integrations.fastai as integration
+    assert "fit" in Learner.__dict__ and not isinstance(Learner.__dict__["fit"], integration._FitThatUnhooks)
+    assert Learner.fit.__module__ == "fastai.learner"
+    plain = make_learner()
+    assert "fit" not in plain.__dict__                     # a learner without the callback: untouched
+    callback = ActivationHistogram(layers=[0])
+    carrier = make_learner(cbs=callback)
+    assert isinstance(carrier.__dict__["fit"], integration._FitThatUnhooks)
+    carrier.remove_cb(callback)
+    assert "fit" not in carrier.__dict__                   # its own fit back once none is left
+    assert callback.learn is None
+
+
+def test_a_callback_passed_to_fit_comes_off_after_a_crash():
+    "fit(cbs=...) removes its callbacks in a `finally`: the callback unhooks there, the batches it kept stay."
+    model = tiny_cnn()
+    before = hook_counts(model)
+    learn = make_learner(model=model)
+    callback = ActivationHistogram(valid=False)
+    with pytest.raises(RuntimeError, match="bad batch"):
+        learn.fit(1, cbs=[callback, FailAt(RuntimeError("bad batch"), at=2)])
+    assert hook_counts(model) == before
+    assert callback.recording.iteration.tolist() == [0, 1]
+    assert "fit" not in learn.__dict__ and callback.learn is None
+
+
+def test_a_subclassed_learners_own_fit_runs_under_the_guard():
+    from fastai.learner import Learner
+    calls = []
+
+    class Counting(Learner):
+        def fit(self, *args, **kwargs):
+            calls.append(args)
+            return super().fit(*args, **kwargs)
+    base = make_learner()
+    learn = Counting(base.dls, tiny_cnn(), loss_func=base.loss_func, cbs=ActivationHistogram(valid=False))
+    learn.fit(1)
+    assert calls == [(1,)] and len(learn.activation_histogram.recording) == TRAIN_BATCHES

@@ -8,7 +8,7 @@ from torch import nn
 from colordim import ActivationHistogram
 from colordim.views.plot import color_dim
 from colordim.engine.recorder import HistogramRecorder
-from colordim.data.recording import bin_edges, readable_bound, symlog
+from colordim.data.recording import bin_edges, symlog
 from conftest import make_learner
 
 
@@ -20,12 +20,6 @@ def record(batches, **options):
             layer(values)
             engine.end_column()
     return engine.recording
-
-
-@pytest.mark.parametrize("value,expected", [(0.7, 1.0), (1.0, 1.0), (1.01, 2.0), (2.2, 2.5), (3, 5.0),
-                                            (7.3, 10.0), (12, 20.0), (0.031, 0.05), (240, 250.0)])
-def test_readable_bound(value, expected):
-    assert readable_bound(value) == pytest.approx(expected)
 
 
 def test_auto_range_fits_the_first_batch_then_widens_by_powers_of_two_and_merges_exactly(cpu_path):

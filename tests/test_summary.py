@@ -72,6 +72,8 @@ def test_a_module_that_does_not_run_says_so():
 
 
 def test_the_learner_summary_takes_a_training_batch():
+    "The `learn.` methods come with the fastai integration, as a user gets it: `from colordim import ActivationHistogram`."
+    from colordim import ActivationHistogram  # noqa: F401  (loads colordim.integrations.fastai and its @patch)
     learn = make_learner()
     rows = rows_by_name(learn.activation_summary())
     assert rows["0.0"]["output shape"] == "(8, 4, 8, 8)" and rows["0.0"]["default"]

@@ -1,4 +1,4 @@
-"""The recorded buffer's layout by name, a layer's binning, and the recorder's options checked up front.
+"""The recorded buffer's layout by name and a layer's binning (the options are checked in `options.py`).
 
 Every layer's buffer holds, per column (batch): `bins + 2` counts (underflow, the bins, overflow; NaN
 is in none, so `numel - counts.sum()` is the NaN count) and the MOMENTS row below. The host counts,
@@ -6,15 +6,12 @@ per column and layer, the SIZES. Nothing here imports torch: the host side reads
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = ["MOMENTS", "SUMS", "EXTREMES", "SUM", "SUM_SQ", "NEAR_ZERO", "DEAD", "NEG_MIN", "MAX", "SIZES", "NUMEL",
-           "CHANNELS", "SAMPLED", "Binning", "bin_edges", "symlog", "symlog_inverse", "readable_bound",
-           "check_bins", "check_range", "check_near_zero", "check_scale", "check_sample", "check_max_columns",
-           "check_count", "check_bytes"]
+           "CHANNELS", "SAMPLED", "Binning", "bin_edges", "symlog", "symlog_inverse"]
 
 # One moments row: four sums that add up (across calls, chunks, ranks and merged columns), then the
 # extremes, which merge with a maximum (the minimum is kept negated for that).
@@ -47,14 +44,6 @@ def bin_edges(low: float, high: float, bins: int, linthresh=None) -> np.ndarray:
     return edges
 
 
-def readable_bound(value: float) -> float:
-    "The smallest of 1, 2, 2.5, 5 times a power of ten that is >= `value` (> 0)."
-    exponent = np.floor(np.log10(value))
-    for mantissa in (1, 2, 2.5, 5, 10):
-        if mantissa * 10 ** exponent >= value * (1 - 1e-12):
-            return float(mantissa * 10 ** exponent)
-
-
 @dataclass(frozen=True)
 class Binning:
     "How one layer's values are binned: `bins` bins over [low, high], uniform or uniform in symlog."
@@ -83,73 +72,3 @@ class Binning:
         edges = np.arange(self.bins + 1) * ((high - low) / self.bins) + low
         edges[-1] = high
         return edges if self.linthresh is None else symlog_inverse(edges, self.linthresh)
-
-
-# --- options, checked before the first batch, with errors that say what would be valid -------------
-def check_bins(bins) -> int:
-    "`bins` as an int >= 1, or a ValueError that says so."
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
-        raise ValueError(f"bins: expected an int >= 1 (rows of the picture, e.g. 100), got {bins!r}")
-    return int(bins)
-
-
-def check_range(value, auto=True):
-    "`range` as finite floats (low, high) with low < high (or 'auto'), or a ValueError that says so."
-    if auto and isinstance(value, str) and value == "auto":
-        return "auto"
-    try:
-        low, high = (float(end) for end in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"range: expected two numbers (low, high) such as (-10, 10), or 'auto', "
-                         f"got {value!r}") from None
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise ValueError(f"range: expected finite low < high, such as (-10, 10), got {value!r}")
-    return low, high
-
-
-def check_near_zero(value) -> float:
-    "`near_zero` as a finite float >= 0, or a ValueError that says so."
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(value) or value < 0:
-        raise ValueError(f"near_zero: expected a finite number >= 0 such as 0.05, got {value!r}")
-    return float(value)
-
-
-def check_scale(scale, linthresh) -> float:
-    "The symlog threshold for scale='symlog', None for 'linear', or a ValueError that says so."
-    if scale not in ("linear", "symlog"):
-        raise ValueError(f"scale: expected 'linear' or 'symlog', got {scale!r}")
-    if isinstance(linthresh, bool) or not isinstance(linthresh, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(linthresh) or linthresh <= 0:
-        raise ValueError(f"linthresh: expected a finite number > 0 such as 1.0, got {linthresh!r}")
-    return float(linthresh) if scale == "symlog" else None
-
-
-def check_sample(value):
-    "`sample` as None or an int >= 1, or a ValueError that says so."
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"sample: expected None (exact) or an int >= 1 such as 4096, got {value!r}")
-    return int(value)
-
-
-def check_count(name: str, value, example: int) -> int:
-    "`value` as an int >= 1, or a ValueError that names the option."
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected an int >= 1 such as {example}, got {value!r}")
-    return int(value)
-
-
-def check_bytes(name: str, value) -> int:
-    "A memory budget as an int of bytes >= 1 MiB, or a ValueError that names the option."
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2 ** 20:
-        raise ValueError(f"{name}: expected a number of bytes >= 2**20 (1 MiB) such as 64 * 2**20, got {value!r}")
-    return int(value)
-
-
-def check_max_columns(value) -> int:
-    "`max_columns` as an int >= 2, or a ValueError that says so."
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
-        raise ValueError(f"max_columns: expected an int >= 2 such as 10000, got {value!r}")
-    return int(value)

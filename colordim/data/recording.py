@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pathlib import Path
+
 import numpy as np
 
-from .layout import MOMENTS, bin_edges, readable_bound, symlog, symlog_inverse
+from .layout import DEAD, EXTREMES, MAX, MOMENTS, NEAR_ZERO, NEG_MIN, SUM, SUM_SQ, SUMS, bin_edges, symlog, symlog_inverse
+from .options import PHASES, check_phase
 
-__all__ = ["Recording", "LayerDict", "PHASES", "MOMENTS", "symlog", "symlog_inverse", "readable_bound", "bin_edges"]
+__all__ = ["Recording", "LayerDict", "PHASES", "MOMENTS", "symlog", "symlog_inverse", "bin_edges"]
 
-PHASES = ("train", "valid")
 
 KINDS = ("activation", "grad")
 
@@ -117,33 +119,33 @@ class Recording:
     @property
     def mean(self) -> LayerDict:
         "Per layer and column, the mean of the output."
-        return self._per_column(lambda name, m, n: m[0] / n)
+        return self._per_column(lambda name, m, n: m[SUM] / n)
 
     @property
     def std(self) -> LayerDict:
         "Per layer and column, the standard deviation of the output (n - 1 in the denominator, like torch.std)."
-        return self._per_column(lambda name, m, n: np.sqrt(np.maximum(m[1] - m[0] ** 2 / n, 0) / (n - 1)))
+        return self._per_column(lambda name, m, n: np.sqrt(np.maximum(m[SUM_SQ] - m[SUM] ** 2 / n, 0) / (n - 1)))
 
     @property
     def near_zero(self) -> LayerDict:
         "Per layer and column, the share of values with |x| <= `near_zero_threshold`."
-        return self._per_column(lambda name, m, n: m[2] / n)
+        return self._per_column(lambda name, m, n: m[NEAR_ZERO] / n)
 
     @property
     def dead_rate(self) -> LayerDict:
         """Per layer and column, the share of units whose output is <= 0 for the whole batch: channels (dim 1)
         or features (the last dim), as `units` says."""
-        return self._per_column(lambda name, m, n: m[3] / self.channels[name])
+        return self._per_column(lambda name, m, n: m[DEAD] / self.channels[name])
 
     @property
     def min(self) -> LayerDict:
         "Per layer and column, the smallest value."
-        return self._per_column(lambda name, m, n: np.where(n > 0, -m[4], np.nan))
+        return self._per_column(lambda name, m, n: np.where(n > 0, -m[NEG_MIN], np.nan))
 
     @property
     def max(self) -> LayerDict:
         "Per layer and column, the largest value."
-        return self._per_column(lambda name, m, n: np.where(n > 0, m[5], np.nan))
+        return self._per_column(lambda name, m, n: np.where(n > 0, m[MAX], np.nan))
 
     def zero_bin_share(self) -> LayerDict:
         "Per layer and column, the share of values in the bin(s) touching 0 (NaN if 0 is outside the range)."
@@ -194,9 +196,7 @@ class Recording:
         "A Recording of only some layers (a name, an index or a list) and the columns matching the rest."
         keep = np.ones(len(self), dtype=bool)
         if phase is not None:
-            if phase not in PHASES:
-                raise ValueError(f"phase: {phase!r} is not a phase; use one of {PHASES}")
-            keep &= self.phase == phase
+            keep &= self.phase == check_phase(phase)
         for name, wanted in (("fit", fit), ("epoch", epoch)):
             if wanted is not None:
                 column_values = getattr(self, name)
@@ -245,8 +245,24 @@ class Recording:
         return (f"Recording({len(self.counts)} layers, {len(self)} columns ({phases}), "
                 f"{fits} fit{'s' if fits != 1 else ''}, layers={self.layer_names})")
 
-    # `save`, `load` (colordim.data.saved) and `to_html` (colordim.views.html_page) are set by those modules'
-    # owners, so that this module imports none of them and the import graph has no cycle.
+    # the file and the page: their modules import this one, so they load on first use (no import cycle)
+    def save(self, path) -> Path:
+        "Write one .npz (arrays and a JSON header); atomically, so an interruption leaves the old file."
+        from .saved import save
+        return save(self, path)
+
+    @classmethod
+    def load(cls, path) -> "Recording":
+        "Read a Recording saved by `save` (never unpickles: opening a file cannot run code)."
+        from .saved import load
+        return load(path)
+
+    def to_html(self, path, title: str = "colordim report", **thresholds) -> Path:
+        """Write one self-contained HTML page of this run (metadata, health report, every figure as an
+        embedded PNG) to `path`; `thresholds` as in `colordim.diagnose`. Returns the path. The one import
+        of a view from the data layer: a convenience that draws on demand (matplotlib loads then)."""
+        from ..views.html_page import write_html
+        return write_html(self, path, title=title, **thresholds)
 
     def __eq__(self, other) -> bool:
         "Equal layers, arrays and metadata."
@@ -287,7 +303,7 @@ class Recording:
         if len(starts) == len(self):
             return self
         add = lambda array: np.add.reduceat(array, starts, axis=0)
-        merge_moments = lambda m: np.concatenate([add(m[:, :4]), np.maximum.reduceat(m[:, 4:], starts, axis=0)], 1)
+        merge_moments = lambda m: np.concatenate([add(m[:, SUMS]), np.maximum.reduceat(m[:, EXTREMES], starts, axis=0)], 1)
         return Recording(
             counts={name: add(counts) for name, counts in self.counts.items()},
             numel={name: add(numel) for name, numel in self.numel.items()},

@@ -123,16 +123,3 @@ def _read(data, header: dict, prefix: str) -> Recording:
         types={layer["name"]: layer.get("type", "") for layer in layers},  # runs saved before types: ""
         auto={layer["name"]: layer.get("auto", False) for layer in layers},
         units={layer["name"]: layer.get("units", "channels") for layer in layers})  # runs saved before: dim 1
-
-
-def _save_method(self: Recording, path) -> Path:
-    "Write one .npz (arrays and a JSON header); atomically, so an interruption leaves the old file."
-    return save(self, path)
-
-
-def _load_method(cls, path) -> Recording:
-    "Read a Recording saved by `save` (never unpickles: opening a file cannot run code)."
-    return load(path)
-
-
-Recording.save, Recording.load = _save_method, classmethod(_load_method)  # `recording.save(path)`, `Recording.load(path)`

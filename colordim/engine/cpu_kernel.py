@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from ..data.layout import DEAD, MAX, MOMENTS, NEAR_ZERO, NEG_MIN, SUM, SUM_SQ
+
 __all__ = ["available", "summarise", "summarise_sample", "summarise_lines", "params", "scratch_sizes", "run_exact",
            "run_sample", "run_lines", "run_exact_part", "merge_parts", "PARALLEL_FROM"]
 
@@ -70,7 +72,7 @@ def _telling_if_slow(compile_kernels, after: float = 1.0):
 def _smoke_test() -> bool:
     "Compile (or load from the cache) and run the kernels once, as plans call them; on failure, warn, use torch."
     try:
-        values, counts, moments = np.array([0.5, -1.0], np.float32), np.zeros((1, 4), np.int64), np.zeros((1, 6))
+        values, counts, moments = np.array([0.5, -1.0], np.float32), np.zeros((1, 4), np.int64), np.zeros((1, len(MOMENTS)))
         floats, ints = np.zeros(1 + LINE, np.float32), np.zeros(LANES * 5 + KEYS_CHUNK, np.int64)
         run_exact(values, counts, moments, 0, params((-1.0, 1.0), 0.0, 0.05, True), floats, ints)
         sample = np.array([1, 0], np.int32)  # position 1, in unit 0; no unsampled unit
@@ -80,7 +82,7 @@ def _smoke_test() -> bool:
         lines.flags.writeable = False
         run_lines(values, counts, moments, 0, params((-1.0, 1.0), 0.0, 0.05, True, inner=2, count=1), floats, ints,
                   lines)
-        parts, part_moments = np.zeros((2, 4), np.int64), np.zeros((2, 6))
+        parts, part_moments = np.zeros((2, 4), np.int64), np.zeros((2, len(MOMENTS)))
         maxima, part_ints = np.zeros((2, 1), np.float32), np.zeros(LANES * 5 + 1, np.int64)
         split = params((-1.0, 1.0), 0.0, 0.05, True, batch=2)
         for part in range(2):  # a split call: two rows of one value, one per part
@@ -344,12 +346,12 @@ def _add_moments(moments, total, squares, near_zero, unit_max, low, high):
     dead = 0
     for unit in range(unit_max.shape[0]):
         dead += unit_max[unit] <= 0
-    moments[0] += total
-    moments[1] += squares
-    moments[2] += near_zero
-    moments[3] += dead
-    moments[4] = _nan_max(-np.float64(low), moments[4])
-    moments[5] = _nan_max(np.float64(high), moments[5])
+    moments[SUM] += total
+    moments[SUM_SQ] += squares
+    moments[NEAR_ZERO] += near_zero
+    moments[DEAD] += dead
+    moments[NEG_MIN] = _nan_max(-np.float64(low), moments[NEG_MIN])
+    moments[MAX] = _nan_max(np.float64(high), moments[MAX])
 
 
 @_jit
@@ -366,7 +368,7 @@ def _add_sample_moments(moments, total, squares, near_zero, nan, unit_max, unsam
 def summarise(flat, batch, units, low, high, bins, linthresh, near, stats, counts, moments, row, unit_max, keys,
               lanes, grow=False, units_last=False):
     """Add a float32 output's counts to `counts[row]` (bins + 2) and, with `stats`, its moments to
-    `moments[row]` (6); `flat` is laid out (batch, units, inner), or (batch, inner, units) with `units_last`
+    `moments[row]` (MOMENTS); `flat` is laid out (batch, units, inner), or (batch, inner, units) with `units_last`
     (channels_last). Each unit's maximum goes to `unit_max`.
     Scratch: `keys` (at least units * inner int32), `lanes` (LANES, bins + 3) int64 zeros. Returns 1, having
     added nothing, when `grow` and finite values fell outside [low, high]; else 0."""
@@ -600,7 +602,7 @@ def _unpack(flat, counts, moments, row, params, floats, ints, keys_needed, gathe
     "Check the common sizes; the views every call uses: unit_max, lanes, keys, gathered."
     bins, units = counts.shape[1] - 2, np.int64(params[UNITS])
     lanes_size = LANES * (bins + 3)
-    if moments.shape[1] != 6 or moments.shape[0] != counts.shape[0] or not 0 <= row < counts.shape[0] \
+    if moments.shape[1] != len(MOMENTS) or moments.shape[0] != counts.shape[0] or not 0 <= row < counts.shape[0] \
             or units < 1 or floats.shape[0] < units + gathered or ints.shape[0] < lanes_size + keys_needed \
             or params.shape[0] != LAST + 1:
         raise ValueError("colordim kernel: counts, moments, row, params or scratch of the wrong size")
@@ -665,8 +667,8 @@ def run_exact_part(flat, counts, moments, part, params, floats, ints):
         raise ValueError("colordim kernel: a part of an output of the wrong size")
     bins, units, unit_max, lanes, keys, _ = _unpack(flat, counts, moments, part, params, floats, ints, width, 0)
     counts[part, :] = 0
-    moments[part, :4] = 0.0
-    moments[part, 4:] = -np.inf
+    moments[part, SUM:DEAD + 1] = 0.0
+    moments[part, NEG_MIN:MAX + 1] = -np.inf
     return summarise(flat, flat.shape[0] // width, units, params[LOW], params[HIGH], bins, params[LINTHRESH],
                      params[NEAR], params[STATS] != 0, counts, moments, part, unit_max, keys, lanes,
                      params[GROW] != 0, params[LAST] != 0)
@@ -678,8 +680,8 @@ def merge_parts(counts, moments, row, part_counts, part_moments, part_maxima, pa
     add, extremes take the larger, dead units come from each unit's maximum over all parts, which ends in
     `part_maxima[0]`."""
     if not 1 <= parts <= part_counts.shape[0] or part_counts.shape[1] != counts.shape[1] \
-            or part_moments.shape[0] < parts or part_maxima.shape[0] < parts or moments.shape[1] != 6 \
-            or part_moments.shape[1] != 6 or not 0 <= row < counts.shape[0] or moments.shape[0] != counts.shape[0]:
+            or part_moments.shape[0] < parts or part_maxima.shape[0] < parts or moments.shape[1] != len(MOMENTS) \
+            or part_moments.shape[1] != len(MOMENTS) or not 0 <= row < counts.shape[0] or moments.shape[0] != counts.shape[0]:
         raise ValueError("colordim kernel: parts of the wrong size")
     maxima = part_maxima[0]
     for part in range(1, parts):
@@ -695,9 +697,9 @@ def merge_parts(counts, moments, row, part_counts, part_moments, part_maxima, pa
     for unit in range(maxima.shape[0]):
         dead += maxima[unit] <= 0
     for part in range(parts):
-        moments[row, 0] += part_moments[part, 0]
-        moments[row, 1] += part_moments[part, 1]
-        moments[row, 2] += part_moments[part, 2]
-        moments[row, 4] = _nan_max(part_moments[part, 4], moments[row, 4])
-        moments[row, 5] = _nan_max(part_moments[part, 5], moments[row, 5])
-    moments[row, 3] += dead
+        moments[row, SUM] += part_moments[part, SUM]
+        moments[row, SUM_SQ] += part_moments[part, SUM_SQ]
+        moments[row, NEAR_ZERO] += part_moments[part, NEAR_ZERO]
+        moments[row, NEG_MIN] = _nan_max(part_moments[part, NEG_MIN], moments[row, NEG_MIN])
+        moments[row, MAX] = _nan_max(part_moments[part, MAX], moments[row, MAX])
+    moments[row, DEAD] += dead

@@ -8,17 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.layout import MOMENTS, SIZES, check_bytes, check_count, check_max_columns
-from ..data.recording import PHASES
+from ..data.layout import MOMENTS, SIZES
+from ..data.options import check_bytes, check_count, check_max_columns, check_phase
 
-__all__ = ["Columns", "check_phase"]
-
-
-def check_phase(phase: str) -> str:
-    "`phase` as given, or a ValueError that names the phases."
-    if phase not in PHASES:
-        raise ValueError(f"phase: {phase!r} is not a phase; use one of {PHASES}")
-    return phase
+__all__ = ["Columns"]
 
 
 MOVE_EVERY = 256             # finished columns go to the host at least this often (batches)

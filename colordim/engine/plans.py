@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from . import cpu_kernel, cpu_threads, gpu_kernel
+from ..data.layout import MOMENTS
 from .torch_kernels import add_moments, channel_count, finite_extremes, histogram_counts, symlog_
 
 __all__ = ["make_plan", "draw_sample", "FusedPlan", "Split", "SharedArrays", "TorchPlan", "TritonPlan", "UnitsLast", "OUTSIDE",
@@ -255,7 +256,7 @@ class Split:
         self.batch, self.width = batch, width
         self.most = min(batch, cpu_threads.threads())
         self.counts = np.zeros((self.most, bins + 2), np.int64)
-        self.moments = np.zeros((self.most, 6))
+        self.moments = np.zeros((self.most, len(MOMENTS)))
         self.maxima = np.zeros((self.most, units), np.float32)
         self.ints = [np.zeros(ints, np.int64) for _ in range(self.most)]
         self._bounds = {}

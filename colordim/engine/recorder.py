@@ -15,16 +15,16 @@ import numpy as np
 import torch
 
 from .buffer import LayerBuffer
-from .ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Columns, check_phase
+from .ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Columns
 from .distributed import agree_grids, check_same_columns, is_distributed, reduce_rows
 from . import in_graph
 from .hooks import hook_forward, hook_forward_pre
 from .host_columns import HostColumns
 from .layer import LayerRecorder, Settings
-from ..data.layout import (CHANNELS, MAX, MOMENTS, NEAR_ZERO, NEG_MIN, NUMEL, SAMPLED, SIZES, SUM, check_bins,
-                     check_near_zero, check_range, check_sample, check_scale)
+from ..data.layout import CHANNELS, MAX, MOMENTS, NEAR_ZERO, NEG_MIN, NUMEL, SAMPLED, SIZES, SUM
+from ..data.options import check_bins, check_near_zero, check_phase, check_range, check_sample, check_scale, check_units
 from .ranges import fitting, grid_binning, regrid
-from .units import check_units, resolve_units
+from .units import resolve_units
 from ..data.recording import Recording
 
 __all__ = ["HistogramRecorder", "CALLS"]

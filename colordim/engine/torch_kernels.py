@@ -7,6 +7,7 @@ import math
 import torch
 
 from ..data.layout import EXTREMES, SUMS
+from .cpu_kernel import LANES  # the CPU path's interleaved histograms: the torch path counts the same way
 
 __all__ = ["CHUNK", "Scratch", "histogram_counts", "add_moments", "channel_count", "symlog_", "finite_extremes"]
 
@@ -15,7 +16,6 @@ CHUNK = 2 ** 24
 
 
 SMALL = 1 << 15  # below this many values, histc's 5 ops cost less than the bincount path's 16
-LANES = 4  # the CPU path counts into 4 interleaved histograms: neighbours rarely bump the same counter
 
 
 class Scratch:

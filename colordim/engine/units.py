@@ -23,8 +23,7 @@ from torch import nn
 
 __all__ = ["CHANNELS", "FEATURES", "RULES", "own_units", "guess_units", "resolve_units", "check_units"]
 
-CHANNELS, FEATURES = "channels", "features"  # dim 1 / the last dim
-RULES = (CHANNELS, FEATURES)
+from ..data.options import CHANNELS, FEATURES, RULES, check_rule, check_units  # noqa: F401  (the names units take)
 
 _pool = nn.modules.pooling
 CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
@@ -96,25 +95,3 @@ def resolve_units(model, names: dict, units=None) -> dict:
         for layer in matched:
             resolved[layer] = check_rule(f"units[{spec!r}]", rule)
     return resolved
-
-
-def check_units(units):
-    "`units` as given, if it is a valid option (whether its names match layers is checked with the model)."
-    if units is None or isinstance(units, str) and units == "auto":
-        return units
-    if isinstance(units, str):
-        return check_rule("units", units)
-    if not isinstance(units, dict):
-        raise ValueError(f"units: expected 'auto', 'channels', 'features' or a dict {{layer name or pattern: "
-                         f"'channels' | 'features'}}, got {units!r}")
-    for spec, rule in units.items():
-        check_rule(f"units[{spec!r}]", rule)
-    return units
-
-
-def check_rule(argument: str, rule) -> str:
-    "`rule` as given, if it is CHANNELS or FEATURES; else a ValueError that says what they mean."
-    if rule not in RULES:
-        raise ValueError(f"{argument}: expected 'channels' (units in dim 1, as a convolution's) or 'features' "
-                         f"(units in the last dim, as a Linear's), got {rule!r}")
-    return rule

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import weakref
-from functools import wraps
 
 from fastai.learner import Learner
 from fastai.callback.core import Callback
@@ -13,10 +12,11 @@ from ..engine.distributed import is_main_process
 from ..engine.ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Columns
 from ..engine.find_layers import find_layers
 from ..health.diagnose import diagnose
-from ..data.layout import check_bins, check_near_zero, check_range, check_sample, check_scale
+from ..data.options import (check_bins, check_near_zero, check_range, check_sample, check_scale, check_show,
+                            check_units)
 from ..engine.recorder import HistogramRecorder
 from ..data.recording import Recording
-from ..engine.units import check_units, resolve_units
+from ..engine.units import resolve_units
 
 __all__ = ["ActivationHistogram"]
 
@@ -60,9 +60,9 @@ class ActivationHistogram(Callback):
         check_bins(bins), check_range(range), check_scale(scale, linthresh)  # fail now, not at the first batch
         check_range(grad_range), check_scale(grad_scale, linthresh)
         check_near_zero(near_zero), check_sample(sample), Columns(max_columns, move_every, device_bytes, host_bytes)
-        _check_show(show), check_units(units)
+        check_show(show), check_units(units)
         store_attr()
-        self.engine, self._fit, self._trained, self._active, self._hooked_for = None, -1, False, False, None
+        self.engine, self._fit, self._trained, self._active = None, -1, False, False
         self._checked = False  # the first forward pass of this fit has been checked
         self._saved = 0  # the engine's `ended` count at the last write to `save_to`
 
@@ -90,8 +90,6 @@ class ActivationHistogram(Callback):
         engines = _ENGINES.setdefault(self.learn, [])
         if self.engine not in engines:
             engines.append(self.engine)
-        self._hooked_for = id(self.learn)  # the learner whose fit must take our hooks off
-        _unhook_on_crash.add(self)
 
     def before_epoch(self):
         "Room for the whole epoch at once, so the device buffer never grows per batch."
@@ -183,7 +181,26 @@ class ActivationHistogram(Callback):
             if self._active:
                 self._save()  # what a crashed or finished fit recorded, on disk too
         self._active = False
-        _unhook_on_crash.discard(self)
+
+    @property
+    def hooked(self) -> bool:
+        "Whether this callback's hooks are on the model now (during a fit, or after one that died)."
+        return self._active or self.engine is not None and self.engine.attached
+
+    @property
+    def learn(self):
+        "The Learner carrying this callback: fastai sets it when the callback is added, and None when removed."
+        return self.__dict__.get("_carrier")
+
+    @learn.setter
+    def learn(self, learn):
+        carrier = self.__dict__.get("_carrier")
+        if carrier is not None and learn is not carrier:  # taken off its learner: `fit(cbs=...)` ends, died too
+            if self.hooked:
+                self._unhook()
+            _unguard(carrier, self)
+        self.__dict__["_carrier"] = learn
+        _guard(learn)
 
     def _save(self):
         "Write to `save_to` what is new since the last write (after_fit follows the last after_epoch)."
@@ -206,16 +223,14 @@ class ActivationHistogram(Callback):
         "Pickle (e.g. `learn.export()`) the settings, not the hooks or recorded buffers."
         state = dict(self.__dict__)
         exported = self.recording if self.export_recording and self.engine is not None else None
-        state.update(engine=None, _active=False, _hooked_for=None, _exported=exported, _live=None, _board=None, _wandb=None)
+        state.update(engine=None, _active=False, _exported=exported, _live=None, _board=None, _wandb=None)
         return state
 
-
-def _check_show(show):
-    "`show` as given: False, True (each epoch) or a number of batches >= 1."
-    if not (isinstance(show, bool) or isinstance(show, int) and show >= 1):
-        raise ValueError(f"show: {show!r} is not valid; use True (after each epoch), False, or a number of "
-                         "batches >= 1 (also every that many batches)")
-    return show
+    def __setstate__(self, state):
+        "Callbacks exported by colordim 0.1 kept their learner as `learn`."
+        if "learn" in state:
+            state.setdefault("_carrier", state.pop("learn"))
+        self.__dict__.update(state)
 
 
 def _length(loader) -> int:
@@ -226,26 +241,37 @@ def _length(loader) -> int:
 
 
 # --- unhooking after a crash ---------------------------------------------------------------------
-# fastai skips `after_fit` when a fit dies of anything but CancelFitException (Ctrl-C included), which
-# would leave our hooks on the model. `Learner.fit` is wrapped once so they always come off.
-_unhook_on_crash = weakref.WeakSet()
+class _FitThatUnhooks:
+    """`learn.fit` of a Learner that carries an ActivationHistogram: fastai runs `after_fit` only when a fit
+    ends or is cancelled, so after an error or Ctrl-C the callbacks take their hooks off (and save) here.
+    Set on that learner alone, as an instance attribute, while it carries one; never on the Learner class."""
+    def __init__(self, learn: Learner):
+        self.learn = learn
+        self.__doc__ = type(learn).fit.__doc__
 
-
-def _fit_then_unhook(fit):
-    @wraps(fit)
-    def fit_then_unhook(self, *args, **kwargs):
+    def __call__(self, *args, **kwargs):
         try:
-            return fit(self, *args, **kwargs)
+            return type(self.learn).fit(self.learn, *args, **kwargs)  # the learner's own fit, subclasses' too
         finally:
-            for callback in list(_unhook_on_crash):  # still hooked: after_fit did not run
-                if callback._hooked_for == id(self):
+            for callback in list(self.learn.cbs):
+                if isinstance(callback, ActivationHistogram) and callback.hooked:  # after_fit did not run
                     callback._unhook()
-    fit_then_unhook._colordim = True
-    return fit_then_unhook
+
+    def __reduce__(self):  # learn.export(): the learner loads with its guard
+        return _FitThatUnhooks, (self.learn,)
 
 
-if not getattr(Learner.fit, "_colordim", False):
-    Learner.fit = _fit_then_unhook(Learner.fit)
+def _guard(learn: Learner) -> None:
+    "Make `learn.fit` unhook colordim's callbacks when a fit dies (this learner only)."
+    if learn is not None and not isinstance(learn.__dict__.get("fit"), _FitThatUnhooks):
+        learn.fit = _FitThatUnhooks(learn)
+
+
+def _unguard(learn: Learner, leaving: "ActivationHistogram") -> None:
+    "Give `learn` its own `fit` back once no ActivationHistogram but `leaving` is on it."
+    if isinstance(learn.__dict__.get("fit"), _FitThatUnhooks) and \
+            not any(isinstance(cb, ActivationHistogram) and cb is not leaving for cb in learn.cbs):
+        del learn.__dict__["fit"]
 
 
 # --- Learner patches -----------------------------------------------------------------------------

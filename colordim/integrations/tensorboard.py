@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..data.layout import SUM, SUM_SQ
 from ..data.recording import Recording
 
 __all__ = ["to_tensorboard", "LiveBoard", "training_steps"]
@@ -95,6 +96,6 @@ def _write_column(writer, tag: str, source: Recording, name: str, column: int, s
     moments = np.nan_to_num(source.moments[name][column])
     writer.add_histogram_raw(
         tag, min=float(min(smallest, low)), max=float(max(largest, high)), num=int(counts.sum()),
-        sum=float(moments[0]), sum_squares=float(moments[1]),
+        sum=float(moments[SUM]), sum_squares=float(moments[SUM_SQ]),
         bucket_limits=[low, *edges[1:].tolist(), float(largest)],  # right edges: below low, the bins, above high
         bucket_counts=counts.tolist(), global_step=column if step is None else step)

@@ -9,7 +9,8 @@ from matplotlib.colors import LogNorm, Normalize, SymLogNorm
 from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import FuncFormatter, Locator
 
-from ..data.recording import PHASES, Recording, symlog, symlog_inverse
+from ..data.options import check_phase
+from ..data.recording import Recording, symlog, symlog_inverse
 
 __all__ = ["color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats", "compare", "png_bytes",
            "grid_image"]
@@ -178,8 +179,7 @@ def _columns(recording: Recording, layer, epoch, phase) -> tuple[str, Recording]
     if not len(recording):
         raise ValueError(f"recording: it has no columns; nothing was recorded yet ({recording!r})")
     name = recording.layer_name(layer)
-    if phase not in PHASES:
-        raise ValueError(f"phase: {phase!r} is not a phase; use one of {PHASES}")
+    check_phase(phase)
     recorded = sorted(set(recording.phase.tolist()))
     if phase not in recorded:
         raise ValueError(f"phase: no {phase!r} batches were recorded; recorded phases: {recorded}")
