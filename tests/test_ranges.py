@@ -199,3 +199,22 @@ def test_the_report_never_advises_auto_for_an_auto_range_and_a_saved_run_remembe
     auto.save(tmp_path / "auto.npz")
     assert Recording.load(tmp_path / "auto.npz").auto == {"x": True}
     assert Recording.load(tmp_path / "auto.npz") == auto
+
+
+def test_the_widening_policy_at_a_move_to_the_host():
+    "`ranges.at_move`, with known answers: nothing at the edges keeps the range; else twice the extremes."
+    from colordim.engine import ranges
+    current = ranges.first(10, 0.0, 3.0)             # one-sided: [0, 4] on the grid
+    assert current.limits == (0.0, 4.0) and current.grid == (2, 0)
+    inside = np.zeros((2, 12), np.int64)
+    inside[:, 3] = 5
+    assert ranges.at_move(current, inside, np.array([-0.0, -1.0]), np.array([3.0, 2.0]), stats=True) is current
+    over = inside.copy()
+    over[1, -1] = 1                                  # something above 4: the max was 7, room for 14 -> [0, 16]
+    assert ranges.at_move(current, over, np.array([-0.0, -1.0]), np.array([3.0, 7.0]), stats=True).limits == (0.0, 16.0)
+    under = inside.copy()
+    under[0, 0] = 1                                  # something under 0 (min -1): symmetric, room for -2 and 6
+    assert ranges.at_move(current, under, np.array([1.0, -1.0]), np.array([3.0, 2.0]), stats=True).limits == (-8.0, 8.0)
+    assert ranges.at_move(current, under, np.array([np.nan] * 2), np.array([np.nan] * 2), stats=False).limits \
+        == (-4.0, 4.0)                               # no statistics: one doubling, symmetric since something was under
+    assert [ranges.move_early(n) for n in (1, 2, 5, 6, 1024, 1025)] == [True, True, False, True, True, False]

@@ -2,10 +2,10 @@
 
 It owns what is that layer's alone: its binning, its buffer on the output's device, and its plans,
 one per output shape, worked out when a shape is first seen (`colordim.engine.plans`). `add(output)` is the
-hot path's last step: plan, buffer row, done. An "auto" range (`colordim.engine.ranges`) is set from the
-first output and widens when a CPU output does not fit it (the kernel says so, having added nothing:
-the counts so far merge exactly, the output is added again); on other devices the recorder widens it
-at each flush, from the extremes the flush brought back.
+hot path's last step: plan, buffer row, done. An "auto" range follows the policy of
+`colordim.engine.ranges`: set from the first output, widened at once when a CPU output does not fit it
+(the plan says so, having added nothing: the counts so far merge exactly, the output is added again);
+on other devices the recorder widens it at each move to the host.
 """
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import torch
 from .buffer import LayerBuffer
 from .ledger import Columns
 from ..data.layout import Binning
-from .plans import OUTSIDE, SharedArrays, layout, make_plan
-from .ranges import fitting, remap
+from . import ranges
+from .plans import SharedArrays, layout, make_plan
+from .ranges import remap
 from .torch_kernels import Scratch, finite_extremes
 from .units import CHANNELS, FEATURES
 
@@ -58,11 +59,10 @@ class LayerRecorder:
         buffer = self.buffer
         if buffer is None or len(buffer) < columns.capacity:
             buffer = self.grown(output.device)
-        per_unit = plan(output, buffer, columns.row)  # the plan takes it to float32, out of autograd
-        if per_unit is OUTSIDE:  # an auto range that does not hold it (CPU only): nothing was added
-            per_unit = self._widen_for(output, plan, buffer)
+        if plan(output, buffer, columns.row):  # an auto range that does not hold it (CPU only): nothing added
+            self._widen_for(output, plan, buffer)
         if self.settings.unit_maxima:
-            buffer.keep_unit_max(columns.row, per_unit)
+            buffer.keep_unit_max(columns.row, plan.unit_max)
         columns.used.append(plan.used)  # its sizes are counted on the host at the flush
 
     def add_gradient(self, gradient) -> None:
@@ -95,19 +95,18 @@ class LayerRecorder:
 
     def _set_auto_range(self, output: torch.Tensor) -> None:
         "range='auto': the narrowest that holds this first output; one host sync for this layer, once."
-        self.binning = fitting(self.settings.bins, *finite_extremes(output), self.linthresh)
+        self.binning = ranges.first(self.settings.bins, *finite_extremes(output), self.linthresh)
 
-    def _widen_for(self, output: torch.Tensor, plan, buffer):
-        "A CPU output outside the auto range: widen it to hold the output, then add it (what a plan returns)."
-        low, high = finite_extremes(output)
-        wider = fitting(self.settings.bins, low, high, self.linthresh, self.binning)
+    def _widen_for(self, output: torch.Tensor, plan, buffer) -> None:
+        "A CPU output outside the auto range: widen it to hold the output, then add it."
+        row = self.settings.columns.row
+        wider = ranges.holding(self.settings.bins, *finite_extremes(output), self.binning)
         if wider != self.binning:
             self.rebin(wider)
-            per_unit = plan(output, buffer, self.settings.columns.row)
-            if per_unit is not OUTSIDE:
-                return per_unit
+            if not plan(output, buffer, row):
+                return
         # float32 rounding at the very edge, or beyond the widest range: those values go to the edge bins
-        return plan(output, buffer, self.settings.columns.row, grow=False)
+        plan(output, buffer, row, grow=False)
 
     @property
     def widens_at_flush(self) -> bool:

@@ -16,15 +16,13 @@ from . import cpu_kernel, cpu_threads, gpu_kernel
 from ..data.layout import MOMENTS
 from .torch_kernels import add_moments, channel_count, finite_extremes, histogram_counts, symlog_
 
-__all__ = ["make_plan", "draw_sample", "FusedPlan", "Split", "SharedArrays", "TorchPlan", "TritonPlan", "UnitsLast", "OUTSIDE",
+__all__ = ["make_plan", "draw_sample", "FusedPlan", "Split", "SharedArrays", "TorchPlan", "TritonPlan", "UnitsLast",
            "units_last", "as_units_last", "features_first", "layout"]
 
 USE_FUSED = True  # tests set it False to run the torch path (the GPU's) on the CPU
 USE_TRITON = True  # and this False to run the torch path on (fake) CUDA tensors
 LINE = cpu_kernel.LINE  # float32 values in a 64-byte cache line
 LINES_UP_TO = 64  # outputs of at most 64 x sample values are sampled in whole lines
-OUTSIDE = object()  # what a plan of a growing (auto) range returns when finite values fell outside it: it added
-                    # nothing, and the layer widens its range and calls again (`colordim.engine.layer`)
 
 
 def draw_sample(shape, size: int, seed: int):
@@ -67,6 +65,7 @@ class TorchPlan:
         self.sample = None if sample is None else tuple(part.to(device) for part in sample[:2])
         self.options = bins, limits, linthresh, near_zero, stats, scratch
         self.grow = grow and self.device.type == "cpu"  # elsewhere the host checks at the flush: no sync here
+        self.unit_max = None  # each unit's maximum in the last output (stats on), for distributed runs
         counted = math.prod(shape) if sample is None else sample[0].numel()
         self.sizes = np.array([math.prod(shape), self.units, counted], dtype=np.int64)  # what the host counts
 
@@ -79,9 +78,9 @@ class TorchPlan:
         "Bin over `limits` from now on (an auto range grew)."
         self.options = (self.options[0], tuple(limits), *self.options[2:])
 
-    def __call__(self, values: torch.Tensor, rows, row: int, grow: bool = True):
-        """Add an output to row `row` of `rows` (a LayerBuffer); each unit's maximum (for distributed runs),
-        or OUTSIDE (nothing added) when a growing range on the CPU does not hold its finite values."""
+    def __call__(self, values: torch.Tensor, rows, row: int, grow: bool = True) -> bool:
+        """Add an output to row `row` of `rows` (a LayerBuffer). True: a growing range on the CPU does not
+        hold its finite values, and nothing was added (the layer widens it and calls again)."""
         bins, (low, high), linthresh, near_zero, stats, scratch = self.options
         # a float32 view or copy for everything, out of autograd: histc and sums of fp16/bf16 would count
         # in that dtype
@@ -92,13 +91,14 @@ class TorchPlan:
         if grow and self.grow and binned.numel():  # CPU memory: reading it back is no device sync
             smallest, largest = finite_extremes(binned)
             if smallest < low or largest > high:
-                return OUTSIDE
+                return True
         histogram_counts(binned, bins, low, high, rows.counts[row], scratch)
         if not stats:
-            return None
+            return False
         units = None if self.sample is None else (self.sample[1], self.units)
         # on the sample too when there is one: a pass over the whole output is what sampling saves
-        return add_moments(values if units is None else counted, near_zero, rows.moments[row], units, scratch)
+        self.unit_max = add_moments(values if units is None else counted, near_zero, rows.moments[row], units, scratch)
+        return False
 
 
 class SharedArrays:
@@ -150,7 +150,7 @@ class FusedPlan:
         self.shared = shared if shared is not None else SharedArrays()
         self.grow = grow  # an auto range the kernel reports values outside of
         self._generation, self._arguments = None, ()  # what a call takes besides the output and rows
-        self.unit_max = None  # each unit's maximum in the last output (a view of the shared scratch)
+        self.unit_max = self._unit_scratch = None  # each unit's maximum in the last output (shared scratch)
 
     def fits(self, output) -> bool:
         """Whether `output` is a float32 CPU tensor of this plan's shape (other float dtypes take the long way),
@@ -198,9 +198,9 @@ class FusedPlan:
         "Bin over `limits` from now on (an auto range grew)."
         self.params[cpu_kernel.LOW], self.params[cpu_kernel.HIGH] = limits
 
-    def __call__(self, values: torch.Tensor, rows, row: int, grow: bool = True):
-        """Add an output to row `row` of `rows` (a CPU LayerBuffer); each unit's maximum over the output, or
-        OUTSIDE (nothing added) when a growing range does not hold its finite values."""
+    def __call__(self, values: torch.Tensor, rows, row: int, grow: bool = True) -> bool:
+        """Add an output to row `row` of `rows` (a CPU LayerBuffer); `unit_max`: each unit's maximum over it.
+        True: a growing range does not hold its finite values, and nothing was added."""
         if values.shape != self.shape or not values.is_cpu:
             raise TypeError(f"a plan for CPU outputs of shape {tuple(self.shape)} got {tuple(values.shape)} "
                             f"on {values.device}")
@@ -217,15 +217,15 @@ class FusedPlan:
         parts = min(self.split.most, cpu_threads.threads()) if self.split is not None else 1
         if parts >= 2:
             return self._in_parts(values.numpy().reshape(-1), counts, moments, row, parts, grow)
+        self.unit_max = self._unit_scratch  # numpy: `LayerBuffer.keep_unit_max` takes it as it is
         if not grow:  # the last try: what is still outside goes to the edge bins
             params, self.params[cpu_kernel.GROW] = self.params[cpu_kernel.GROW], 0.0
             self._run(values.numpy().reshape(-1), counts, moments, row, *self._arguments)
             self.params[cpu_kernel.GROW] = params
-        elif self._run(values.numpy().reshape(-1), counts, moments, row, *self._arguments):  # numpy's reshape: cheaper
-            return OUTSIDE
-        return self.unit_max  # numpy: `LayerBuffer.keep_unit_max` takes it as it is
+            return False
+        return bool(self._run(values.numpy().reshape(-1), counts, moments, row, *self._arguments))  # numpy's reshape
 
-    def _in_parts(self, flat: np.ndarray, counts, moments, row: int, parts: int, grow: bool):
+    def _in_parts(self, flat: np.ndarray, counts, moments, row: int, parts: int, grow: bool) -> bool:
         "`__call__` of a big output in `parts` parts at once, then added up into `row`."
         split, params = self.split, self.params
         if not grow:
@@ -235,16 +235,17 @@ class FusedPlan:
                                          split.maxima[part], split.ints[part]))
                  for part, (start, stop) in enumerate(split.bounds(parts))]
         if any(cpu_threads.run(tasks)):  # a growing range some part's values fell outside: nothing added
-            return OUTSIDE
+            return True
         cpu_kernel.merge_parts(counts, moments, row, split.counts, split.moments, split.maxima, parts,
-                          params[cpu_kernel.STATS] != 0)
-        return split.maxima[0]
+                               params[cpu_kernel.STATS] != 0)
+        self.unit_max = split.maxima[0]
+        return False
 
     def _take_scratch(self):
         "The views of the shared scratch this plan's calls write into, as the arrays are now."
         floats, ints = self._scratch
         floats, ints = self.shared.take("floats", floats, np.float32), self.shared.take("ints", ints, np.int64)
-        self.unit_max = floats[:self.units]
+        self._unit_scratch = floats[:self.units]
         self._arguments = (self.params, floats, ints, *self._index)
         self._generation = self.shared.generation
 
@@ -286,6 +287,7 @@ class TritonPlan:
         self.limits, self.options = list(limits), [float(linthresh or 0.0), float(near_zero), float(stats)]
         self.layout = [inner, self.units, int(stored_last)]
         self.grow = False  # an auto range widens at the flush, from the extremes: no sync here
+        self.unit_max = self.scratch[2]  # each unit's maximum in the last output (valid until the next call)
 
     def fits(self, output) -> bool:
         "Whether `output` is a floating-point tensor of this shape and device, stored as this plan reads it."
@@ -297,8 +299,8 @@ class TritonPlan:
         "Bin over `limits` from now on (an auto range grew)."
         self.limits = list(limits)
 
-    def __call__(self, values: torch.Tensor, rows, row: int, grow: bool = True):
-        "Add an output to row `row` of `rows`; each unit's maximum (valid until the next call)."
+    def __call__(self, values: torch.Tensor, rows, row: int, grow: bool = True) -> bool:
+        "Add an output to row `row` of `rows` (never outside: an auto range widens at the flush)."
         values = values.detach()
         if self.stored_last:  # (batch, ..., units): a contiguous view
             values = values.movedim(1, -1)
@@ -306,7 +308,7 @@ class TritonPlan:
             values = values.contiguous()
         gpu_kernel.summarise(values.reshape(-1), rows.counts[row], rows.moments[row], self.scratch, *self.sample,
                              self.limits, self.options, self.layout)
-        return self.scratch[2]
+        return False
 
 
 def _triton_for(values: torch.Tensor) -> bool:
@@ -351,8 +353,12 @@ class UnitsLast:
     def rebin(self, limits) -> None:
         self.plan.rebin(limits)
 
-    def __call__(self, values: torch.Tensor, rows, row: int, grow: bool = True):
+    def __call__(self, values: torch.Tensor, rows, row: int, grow: bool = True) -> bool:
         return self.plan(self.view(values), rows, row, grow)
+
+    @property
+    def unit_max(self):
+        return self.plan.unit_max
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -365,7 +371,7 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 def make_plan(values: torch.Tensor, sample: int, seed: int, bins: int, limits, linthresh, near_zero: float,
               stats: bool, scratch, shared: SharedArrays = None, grow: bool = False, features: bool = False):
     """The plan for outputs like `values`: `sample` positions drawn from `seed` when it has more values;
-    `grow`: the range is an auto one, which the plan reports values outside of (OUTSIDE); `features`: the
+    `grow`: the range is an auto one, which the plan reports values outside of (a call returns True); `features`: the
     units are the last dim (`colordim.engine.units`), else dim 1."""
     if features and values.dim() >= 3:  # (batch, ..., features): the plan of its units-first view, stored units last
         return UnitsLast(make_plan(features_first(values), sample, seed, bins, limits, linthresh, near_zero, stats,

@@ -6,6 +6,14 @@ negative value: a ReLU's picture has no empty half) or bins // 2 (symmetric). Ev
 grid is an edge of each finer one, so when values fall outside, the width doubles (as often as needed)
 and what was counted merges exactly: old bin k (counted from zero) lies inside new bin k >> doublings.
 Nothing here reads a device: the host decides, from values the kernel has already seen.
+
+The whole policy is here; layers and the recorder only apply it (`LayerRecorder.rebin`):
+- the first output: the narrowest range that holds it (`first`);
+- a CPU output outside it: the narrowest that holds it and every bin so far (`holding`), at once;
+- elsewhere (a GPU: no sync per batch) at each move to the host, from the extremes the moved rows
+  brought back: room for twice them (`at_move`), and moves come early while activations grow fastest
+  (`move_early`);
+- distributed: every rank takes the widest of the ranks' ranges (`widest`).
 """
 from __future__ import annotations
 
@@ -15,9 +23,11 @@ import numpy as np
 
 from ..data.layout import Binning, symlog
 
-__all__ = ["grid_binning", "fitting", "remap", "regrid", "LOWEST", "HIGHEST"]
+__all__ = ["grid_binning", "fitting", "first", "holding", "at_move", "move_early", "widest", "remap", "regrid",
+           "LOWEST", "HIGHEST", "EARLY"]
 
 LOWEST, HIGHEST = -100, 100  # the grid's exponents: ranges from 2**-100 to 2**100 (1.3e30); beyond, the edge bins
+EARLY = frozenset(round(2 ** (k / 2)) for k in range(21))  # columns after which a move checks GPU auto ranges
 
 
 def _denominator(bins: int) -> int:
@@ -52,6 +62,44 @@ def fitting(bins: int, low: float, high: float, linthresh=None, current: Binning
         exponent += 1
         binning = grid_binning(bins, exponent, below, linthresh)
     return binning  # one-sided to symmetric: the loop made it hold current's top, so at least twice as wide
+
+
+def first(bins: int, low: float, high: float, linthresh=None) -> Binning:
+    "The range of an auto layer's first output, whose finite values span [low, high]."
+    return fitting(bins, low, high, linthresh)
+
+
+def holding(bins: int, low: float, high: float, current: Binning) -> Binning:
+    "A CPU output's finite values [low, high] fell outside `current`: the narrowest range that holds both."
+    return fitting(bins, low, high, current.linthresh, current)
+
+
+def at_move(current: Binning, counts: np.ndarray, neg_min: np.ndarray, maximum: np.ndarray, stats: bool) -> Binning:
+    """At a move to the host, the moved rows' `counts` (rows, bins + 2) and extremes (-min, max per row;
+    NaN or inf where unknown): `current` while nothing fell in the edge bins, else room for twice the
+    extremes (activations are still growing, most likely), or one doubling without statistics (symmetric
+    once anything fell under)."""
+    under = counts[:, 0].sum()
+    if not under + counts[:, -1].sum():
+        return current
+    low, high = -neg_min, maximum
+    low, high = low[np.isfinite(low)], high[np.isfinite(high)]
+    if stats and (low.size or high.size):
+        return fitting(current.bins, 2 * min(low.min(initial=0.0), 0.0), 2 * max(high.max(initial=0.0), 0.0),
+                       current.linthresh, current)
+    return grid_binning(current.bins, current.grid[0] + 1, current.grid[1] or current.bins // 2 * bool(under),
+                        current.linthresh)
+
+
+def move_early(ended: int) -> bool:
+    """Whether to move rows to the host after `ended` columns so that a GPU's auto ranges widen early: after
+    1, 2, 3, 4, 6, 8, 11, 16 ... 1024 columns (powers of sqrt 2: 20 moves in a whole run)."""
+    return ended in EARLY
+
+
+def widest(bins: int, grid, linthresh=None) -> Binning:
+    "Distributed: the range every rank takes, the widest of theirs (`grid`: (exponent, below), agreed)."
+    return grid_binning(bins, *grid, linthresh)
 
 
 def remap(old: Binning, new: Binning) -> np.ndarray:

@@ -23,14 +23,14 @@ from .host_columns import HostColumns
 from .layer import LayerRecorder, Settings
 from ..data.layout import CHANNELS, MAX, MOMENTS, NEAR_ZERO, NEG_MIN, NUMEL, SAMPLED, SIZES, SUM
 from ..data.options import check_bins, check_near_zero, check_phase, check_range, check_sample, check_scale, check_units
-from .ranges import fitting, grid_binning, regrid
+from . import ranges
+from .ranges import regrid
 from .units import resolve_units
 from ..data.recording import Recording
 
 __all__ = ["HistogramRecorder", "CALLS"]
 
 CALLS = 32  # calls of one module in one forward pass kept apart; from the 32nd on they share a layer
-_EARLY = frozenset(round(2 ** (k / 2)) for k in range(21))  # columns after which GPU auto ranges are checked
 _backward_task = getattr(torch._C, "_current_graph_task_id", lambda: -1)  # -1: not inside a backward pass
 
 
@@ -277,10 +277,8 @@ class HistogramRecorder:
         self.columns.open(phase, epoch=epoch, fit=fit, iteration=iteration)
 
     def _widen_now(self) -> bool:
-        """Whether to flush now so that auto ranges on a GPU widen early, while activations grow fastest:
-        after 1, 2, 3, 4, 6, 8, 11, 16 ... 1024 columns (powers of sqrt 2: 20 moves to the host in a whole
-        run, never one per batch after the first four)."""
-        return self.columns.ended in _EARLY and any(layer.widens_at_flush for layer in self._all)
+        "Whether to move rows now so that auto ranges off the CPU widen early (`ranges.move_early`)."
+        return ranges.move_early(self.columns.ended) and any(layer.widens_at_flush for layer in self._all)
 
     def end_column(self) -> None:
         "Keep the open column."
@@ -368,21 +366,11 @@ class HistogramRecorder:
         return self._kind_of[layer.index], layer.name
 
     def _widened(self, layer: LayerRecorder, counts: np.ndarray, moments: np.ndarray):
-        """An auto range widened to hold twice the finite extremes this flush brought back, these rows merged
-        to it. On the CPU it held them already; on other devices this is where it grows (without a sync per
-        batch), and values that were outside it before stay in the edge bins."""
-        outside = counts[:, 0].sum() + counts[:, -1].sum()
-        if not outside:
-            return counts, moments
-        low, high = -moments[:, NEG_MIN], moments[:, MAX]
-        low, high = low[np.isfinite(low)], high[np.isfinite(high)]
+        """These moved rows with the layer's auto range widened as `ranges.at_move` says, merged to it. On the
+        CPU it held them already; elsewhere this is where it grows (no sync per batch), and values that were
+        outside it before stay in the edge bins."""
         binning = layer.binning
-        if self.settings.stats and (low.size or high.size):  # room for twice that: still growing, most likely
-            wider = fitting(self.bins, 2 * min(low.min(initial=0.0), 0.0), 2 * max(high.max(initial=0.0), 0.0),
-                            layer.linthresh, binning)
-        else:  # no statistics: grow one doubling (symmetric if anything was under)
-            wider = grid_binning(self.bins, binning.grid[0] + 1, binning.grid[1] or self.bins // 2 * bool(
-                counts[:, 0].sum()), layer.linthresh)
+        wider = ranges.at_move(binning, counts, moments[:, NEG_MIN], moments[:, MAX], self.settings.stats)
         if wider == binning:
             return counts, moments
         layer.rebin(wider)  # the open row, still on the device
@@ -396,7 +384,7 @@ class HistogramRecorder:
         for layer, grid in zip(auto, agree_grids([layer.binning and layer.binning.grid for layer in auto], device)):
             if grid is None:
                 continue
-            agreed = grid_binning(self.bins, *grid, layer.linthresh)
+            agreed = ranges.widest(self.bins, grid, layer.linthresh)
             if layer.binning is None:
                 layer.binning = agreed
             elif agreed != layer.binning:
