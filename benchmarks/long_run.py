@@ -58,7 +58,7 @@ def main() -> None:
     before = resident()
     rows = []
     with torch.no_grad(), colordim.record(model, bins=args.bins, **budgets) as rec:
-        engine = rec.engine
+        engine = rec.recorder  # the HistogramRecorder
         for first in range(0, args.steps, window):
             times, device, host = [], 0, 0
             for _ in range(window):

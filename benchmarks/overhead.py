@@ -86,7 +86,7 @@ def floor_recorder(modules):
         def before_fit(self):
             if getattr(self, "engine", None) is None:
                 handles = [module.register_forward_hook(read_once) for module in modules]
-                self.engine = SimpleNamespace(_hooks=[SimpleNamespace(handle=handle) for handle in handles])
+                self.histogram_recorder = SimpleNamespace(_hooks=[SimpleNamespace(handle=handle) for handle in handles])
     return Floor()
 
 
@@ -106,7 +106,7 @@ class Taps:
     def __init__(self, recorders):
         self.hooks = {}  # recorder -> [(the module's hook dict, the hook's id, the hook)]
         for key, recorder in recorders.items():
-            handles = [hook.handle for hook in recorder.engine._hooks]
+            handles = [hook.handle for hook in recorder.histogram_recorder._hooks]
             self.hooks[key] = [(handle.hooks_dict_ref(), handle.id, handle.hooks_dict_ref()[handle.id])
                                for handle in handles]
 
@@ -196,7 +196,7 @@ def recording_bytes(make_model_and_dls, device, sample):
         model, dls = make_model_and_dls()
         recorder = recorders(model, sample)[key]
         learner(model.to(device), dls, [recorder]).fit(1, 1e-3)
-        sizes[key] = recorder.engine.nbytes if key != "b fastai" else sum(
+        sizes[key] = recorder.histogram_recorder.nbytes if key != "b fastai" else sum(
             value.element_size() * value.numel() if torch.is_tensor(value) else 8
             for batch in recorder.stats for layer in batch for value in layer.values())
     return sizes

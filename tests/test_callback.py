@@ -158,7 +158,7 @@ def test_export_pickles_settings_not_hooks_or_buffers(tmp_path):
     learn.fit(1)
     import pickle
     callback = pickle.loads(pickle.dumps(learn.activation_histogram))
-    assert callback.bins == 7 and callback.engine is None
+    assert callback.bins == 7 and callback.histogram_recorder is None
 
 
 def test_export_then_load_learner_fits_and_records_again(tmp_path):
@@ -170,7 +170,7 @@ def test_export_then_load_learner_fits_and_records_again(tmp_path):
     learn.export("model.pkl")
     loaded = load_learner(tmp_path / "model.pkl")
     callback = loaded.activation_histogram
-    assert callback.engine is None and callback.bins == 9     # settings travel, buffers do not
+    assert callback.histogram_recorder is None and callback.bins == 9     # settings travel, buffers do not
     assert all(not taps(module) for module in loaded.model.modules())
     loaded.fit(1)
     assert len(callback.recording) == TRAIN_BATCHES + VALID_BATCHES
@@ -192,7 +192,7 @@ def test_export_carries_the_recording_when_asked(tmp_path):
     learn = make_learner(cbs=ActivationHistogram(layers=[0], export_recording=True))
     learn.fit(1)
     callback = pickle.loads(pickle.dumps(learn.activation_histogram))
-    assert callback.engine is None and callback.recording == learn.activation_histogram.recording
+    assert callback.histogram_recorder is None and callback.recording == learn.activation_histogram.recording
 
 
 def test_event_dispatch_skips_only_events_it_has_no_method_for():

@@ -240,7 +240,7 @@ def test_outputs_stored_channels_last_are_read_in_place_with_the_counts_of_logic
             for x in images:
                 model(x.to(memory_format=layout))
         recordings[layout] = recorder.recording
-        plan = next(iter(recorder.engine.layers["activation"][1].plans.values()))
+        plan = next(iter(recorder.recorder.layers["activation"][1].plans.values()))
         read_in_place = isinstance(plan, UnitsLast) or getattr(plan, "stored_last", False)
         assert read_in_place == (layout is torch.channels_last)
     plain, stored_last = recordings.values()

@@ -74,7 +74,7 @@ def test_a_300_module_model_over_many_steps_stays_within_both_budgets_and_loses_
     steps, x = 1_000, torch.randn(1, 2)  # 38 moves, merged on the host to 64 steps a column
     with torch.no_grad(), colordim.record(model, layers="*", bins=8, range=(-2, 2), device_bytes=budget,
                                           host_bytes=budget) as rec:
-        engine, device, host = rec.engine, 0, 0
+        engine, device, host = rec.recorder, 0, 0
         for step in range(steps):
             model(x)
             device, host = max(device, engine.device_nbytes), max(host, engine.host_nbytes)
@@ -125,7 +125,7 @@ def test_the_callback_moves_every_few_batches_and_checks_its_budgets():
     callback = ActivationHistogram(layers=["0", "1"], move_every=4)
     learn = make_learner(cbs=callback)
     learn.fit(1)
-    assert callback.engine.columns.rows == 4 and len(callback.engine.columns) == 0
+    assert callback.histogram_recorder.columns.rows == 4 and len(callback.histogram_recorder.columns) == 0
     recording = callback.recording
     assert recording.phase.tolist() == ["train"] * 6 + ["valid"] * 3 and recording.batches.sum() == 9
     assert recording.numel["0"].tolist() == [8 * 4 * 64] * 8 + [4 * 4 * 64]
@@ -147,10 +147,10 @@ with torch.no_grad(), colordim.record(model, host_bytes=16 * 2 ** 20) as rec:
     for step in range(16_000):
         model(x)
         if step % 1000 == 0:
-            readings.append((resident(), rec.engine.host_nbytes, rec.engine.device_nbytes))
+            readings.append((resident(), rec.recorder.host_nbytes, rec.recorder.device_nbytes))
 recording = rec.recording
 print(json.dumps(dict(readings=readings, batches=int(recording.batches.sum()), columns=len(recording),
-                      numel=int(recording.numel["0"].sum()), width=rec.engine.host.width)))
+                      numel=int(recording.numel["0"].sum()), width=rec.recorder.host.width)))
 """
 
 

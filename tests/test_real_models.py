@@ -156,7 +156,7 @@ def test_tabular_learner_records_and_exports(tmp_path):
     assert recording.numel["layers.0.0"].tolist() == [32 * 16] * 4 + [32 * 16, 18 * 16]
     learn.export(tmp_path / "tabular.pkl")
     loaded = load_learner(tmp_path / "tabular.pkl")
-    assert loaded.activation_histogram.engine is None and loaded.activation_histogram.bins == 12
+    assert loaded.activation_histogram.histogram_recorder is None and loaded.activation_histogram.bins == 12
 
 
 def test_the_callback_records_a_container_with_a_part_that_is_no_tensor():

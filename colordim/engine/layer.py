@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .buffer import LayerBuffer
-from .ledger import Columns
+from .ledger import Ledger
 from ..data.layout import Binning
 from . import ranges
 from .plans import SharedArrays, layout, make_plan
@@ -28,7 +28,7 @@ PLANS = 16  # shapes kept per layer: outputs whose shape keeps changing (text of
 
 class Settings:
     "What every layer of a recorder shares: the options, the column ledger, the CPU scratch."
-    def __init__(self, columns: Columns, bins: int, stats: bool, near_zero: float, sample):
+    def __init__(self, columns: Ledger, bins: int, stats: bool, near_zero: float, sample):
         self.columns, self.bins, self.stats, self.near_zero, self.sample = columns, bins, stats, near_zero, sample
         self.scratch, self.shared = Scratch(), SharedArrays()  # reused by every layer's calls
         self.unit_maxima = False  # distributed runs: keep each unit's maximum, to merge dead units exactly

@@ -11,7 +11,7 @@ import numpy as np
 from ..data.layout import MOMENTS, SIZES
 from ..data.options import check_bytes, check_count, check_max_columns, check_phase
 
-__all__ = ["Columns"]
+__all__ = ["Ledger"]
 
 
 MOVE_EVERY = 256             # finished columns go to the host at least this often (batches)
@@ -21,7 +21,7 @@ DEVICE_BYTES = 64 * 2 ** 20   # the device rows of every layer together stay wit
 HOST_BYTES = 256 * 2 ** 20    # the host recording too: past it, neighbouring columns merge pairwise
 
 
-class Columns:
+class Ledger:
     """The columns of one recorder: the open one, the finished ones not yet on the host, and the budgets:
     at most `rows` finished rows on the device (`move_every`, fewer when `device_bytes` says so for this
     many layers), at most `max_columns` columns on the host (fewer when `host_bytes` says so)."""

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .buffer import LayerBuffer
-from .ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Columns
+from .ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Ledger
 from .distributed import agree_grids, check_same_columns, is_distributed, reduce_rows
 from . import in_graph
 from .hooks import hook_forward, hook_forward_pre
@@ -63,7 +63,7 @@ class HistogramRecorder:
         units = check_units(units) if complete else resolve_units(None, self.modules, units)  # resolve it
         self._units = [units[name] for name in self.modules]  # per module slot
         # one ledger for every layer and kind: they share columns
-        self.columns = Columns(max_columns, move_every, device_bytes, host_bytes)
+        self.columns = Ledger(max_columns, move_every, device_bytes, host_bytes)
         self.settings = Settings(self.columns, check_bins(bins), bool(stats), check_near_zero(near_zero),
                                  check_sample(sample))
         self._kinds = {"activation": (check_range(range), check_scale(scale, linthresh))}
@@ -160,8 +160,6 @@ class HistogramRecorder:
         self._hooks = []
         self.abandon_column()
         self.flush(reduce=False)  # no collective here: detach also runs on one crashing rank alone
-
-    close = detach
 
     @property
     def attached(self) -> bool:

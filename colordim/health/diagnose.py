@@ -222,7 +222,7 @@ def diagnose(recording: Recording, tail: float = THRESHOLDS["tail"], dead: float
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and (name != "tail" or 0 < value <= 1)):
             valid = "a share in (0, 1]" if name == "tail" else "a number >= 0"
             raise ValueError(f"{name}: {value!r} is not a threshold; use {valid}")
-    columns = _Columns(recording, tail)
+    columns = _Window(recording, tail)
     rows, findings = [], []
     for name in recording.layer_names:
         row = _figures(recording, name, columns)
@@ -234,7 +234,7 @@ def diagnose(recording: Recording, tail: float = THRESHOLDS["tail"], dead: float
                   columns=len(recording))
 
 
-def _blowup(recording: Recording, columns: "_Columns", limit: float) -> list:
+def _blowup(recording: Recording, columns: "_Window", limit: float) -> list:
     """Where the run's scale blew up: the first training batch where a layer's RMS passed `limit` times its
     median over the batches just before, and in it the first such layer in the model's order."""
     ratios = {name: blowup(recording, name, columns.train) for name in recording.layer_names}
@@ -254,7 +254,7 @@ def _blowup(recording: Recording, columns: "_Columns", limit: float) -> list:
                     "or clip gradients")]
 
 
-def _scale_findings(recording: Recording, name: str, row: dict, columns: "_Columns", limits: dict) -> list:
+def _scale_findings(recording: Recording, name: str, row: dict, columns: "_Window", limits: dict) -> list:
     """Massive activations (any training batch) and heavy tails (the tail of training) in one layer; not
     heavy tails where the values are one-sided (ReLU-like): a mostly-zero output's std is no scale for them."""
     found = []
@@ -284,7 +284,7 @@ def _scale_findings(recording: Recording, name: str, row: dict, columns: "_Colum
     return found
 
 
-def _growth(recording: Recording, columns: "_Columns", limits: dict) -> list:
+def _growth(recording: Recording, columns: "_Window", limits: dict) -> list:
     "Blocks of a stack whose RMS grew past `growth` times the first block's, over the tail of training."
     found = []
     for stack in stacks(recording):
@@ -321,8 +321,8 @@ def _origin(recording: Recording) -> list:
                     "look at this layer's input and weights in that batch; lower the learning rate or clip gradients")]
 
 
-class _Columns:
-    "Which columns each figure reads: training ones (all, when none is), their tail, the last epoch's."
+class _Window:
+    "The columns each figure reads (a window of the run): training ones (all, when none is), their tail, the last epoch's."
     def __init__(self, recording: Recording, tail: float):
         train = np.flatnonzero(recording.phase == "train")
         self.train = train if len(train) else np.arange(len(recording))
@@ -339,7 +339,7 @@ class _Columns:
             self.last_epoch = self.train
 
 
-def _tail_mean(values: np.ndarray, columns: _Columns) -> float:
+def _tail_mean(values: np.ndarray, columns: _Window) -> float:
     picked, weights = values[columns.tail], columns.tail_weights
     ok = ~np.isnan(picked)
     return float(np.average(picked[ok], weights=weights[ok])) if ok.any() else math.nan
@@ -350,7 +350,7 @@ def _share(counts: np.ndarray, numel: np.ndarray) -> float:
     return float(counts.sum() / total) if total else math.nan
 
 
-def _figures(recording: Recording, name: str, columns: _Columns) -> dict:
+def _figures(recording: Recording, name: str, columns: _Window) -> dict:
     "One layer's row of the table."
     train = columns.train
     std = recording.std[name][columns.last_epoch]

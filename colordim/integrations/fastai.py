@@ -9,7 +9,7 @@ from fastcore.basics import patch, store_attr
 
 from ..views import plot
 from ..engine.distributed import is_main_process
-from ..engine.ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Columns
+from ..engine.ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Ledger
 from ..engine.find_layers import find_layers
 from ..health.diagnose import diagnose
 from ..data.options import (check_bins, check_near_zero, check_range, check_sample, check_scale, check_show,
@@ -20,9 +20,9 @@ from ..engine.units import resolve_units
 
 __all__ = ["ActivationHistogram"]
 
-# The engines each learner recorded with, so `learn.color_dim` also finds a callback passed to
+# The recorders each learner recorded with, so `learn.color_dim` also finds a callback passed to
 # `fit(cbs=...)`. Weak keys: forgetting a learner forgets its entry; nothing is stored on the learner.
-_ENGINES = weakref.WeakKeyDictionary()
+_RECORDERS = weakref.WeakKeyDictionary()
 
 
 class ActivationHistogram(Callback):
@@ -59,12 +59,12 @@ class ActivationHistogram(Callback):
     ):
         check_bins(bins), check_range(range), check_scale(scale, linthresh)  # fail now, not at the first batch
         check_range(grad_range), check_scale(grad_scale, linthresh)
-        check_near_zero(near_zero), check_sample(sample), Columns(max_columns, move_every, device_bytes, host_bytes)
+        check_near_zero(near_zero), check_sample(sample), Ledger(max_columns, move_every, device_bytes, host_bytes)
         check_show(show), check_units(units)
         store_attr()
-        self.engine, self._fit, self._trained, self._active = None, -1, False, False
+        self.histogram_recorder, self._fit, self._trained, self._active = None, -1, False, False
         self._checked = False  # the first forward pass of this fit has been checked
-        self._saved = 0  # the engine's `ended` count at the last write to `save_to`
+        self._saved = 0  # the recorder's `ended` count at the last write to `save_to`
 
     # --- fastai events -----------------------------------------------------------------------------
     def before_fit(self):
@@ -77,8 +77,8 @@ class ActivationHistogram(Callback):
             from .wandb_log import _wandb
             _wandb()
         modules = find_layers(self.learn.model, self.layers)
-        if self.engine is None or list(modules.values()) != list(self.engine.modules.values()):
-            self.engine = HistogramRecorder(modules, bins=self.bins, range=self.range, scale=self.scale,
+        if self.histogram_recorder is None or list(modules.values()) != list(self.histogram_recorder.modules.values()):
+            self.histogram_recorder = HistogramRecorder(modules, bins=self.bins, range=self.range, scale=self.scale,
                                             linthresh=self.linthresh, stats=self.stats, near_zero=self.near_zero,
                                             sample=self.sample, max_columns=self.max_columns, grads=self.grads,
                                             move_every=self.move_every, device_bytes=self.device_bytes,
@@ -86,15 +86,15 @@ class ActivationHistogram(Callback):
                                             grad_range=self.grad_range, grad_scale=self.grad_scale,
                                             units=resolve_units(self.learn.model, modules, self.units))
             self._saved = 0
-        self.engine.attach(root=self.learn.model)  # a module called twice in one forward: two layers
-        engines = _ENGINES.setdefault(self.learn, [])
-        if self.engine not in engines:
-            engines.append(self.engine)
+        self.histogram_recorder.attach(root=self.learn.model)  # a module called twice in one forward: two layers
+        recorders = _RECORDERS.setdefault(self.learn, [])
+        if self.histogram_recorder not in recorders:
+            recorders.append(self.histogram_recorder)
 
     def before_epoch(self):
         "Room for the whole epoch at once, so the device buffer never grows per batch."
         if self._active:
-            self.engine.reserve(_length(self.dls.train) + (_length(self.dls.valid) if self.valid else 0))
+            self.histogram_recorder.reserve(_length(self.dls.train) + (_length(self.dls.valid) if self.valid else 0))
 
     def before_batch(self):
         "Open a column for this batch (host bookkeeping only, nothing touches the device)."
@@ -106,35 +106,35 @@ class ActivationHistogram(Callback):
                 self._trained, self._fit = True, self._fit + 1
         elif not (self.valid and self._trained or self.record_inference):  # get_preds/validate outside a fit
             return
-        self.engine.begin_column("train" if learn.training else "valid", epoch=getattr(learn, "epoch", 0),
+        self.histogram_recorder.begin_column("train" if learn.training else "valid", epoch=getattr(learn, "epoch", 0),
                                  fit=max(self._fit, 0), iteration=learn.iter)
 
     def after_pred(self):
         "After the first forward pass of a fit, before any step: a layer that gives no tensor is an error."
         if self._active and not self._checked:
             self._checked = True
-            for name, reason in self.engine.without_tensors().items():
+            for name, reason in self.histogram_recorder.without_tensors().items():
                 if reason.startswith("output is a"):
                     raise TypeError(f"layers: {name!r} cannot be recorded: its {reason} (nor a tuple, list or "
                                     "dict of tensors); choose other layers, e.g. the modules inside it")
 
     def after_batch(self):
         if self._active:
-            self.engine.end_column()  # counts it in `engine.ended`: no callback attribute set per batch
+            self.histogram_recorder.end_column()  # counts it in `recorder.ended`: no callback attribute set per batch
                                       # (fastai's Callback.__setattr__ looks the name up on the learner)
-            if self.show and self.show is not True and self.engine.ended % self.show == 0 and self.learn.training:
+            if self.show and self.show is not True and self.histogram_recorder.ended % self.show == 0 and self.learn.training:
                 self._draw()  # every N batches: a move to the host, as `move_every` makes
-            if (self.tensorboard is not None or self.wandb) and self.engine.ended % self.move_every == 0:
+            if (self.tensorboard is not None or self.wandb) and self.histogram_recorder.ended % self.move_every == 0:
                 self._board_write()  # the rows were due to move to the host now anyway
 
     def after_cancel_batch(self):
         "A cancelled batch is not a complete batch: drop its column."
-        if self._active: self.engine.abandon_column()
+        if self._active: self.histogram_recorder.abandon_column()
 
     def after_epoch(self):
         "The epoch's columns go to the host: one transfer per layer per epoch (and to `save_to`)."
         if self._active:
-            self.engine.flush()
+            self.histogram_recorder.flush()
             self._save()
             if self.show:
                 self._draw()
@@ -151,10 +151,10 @@ class ActivationHistogram(Callback):
         if self.wandb and self._wandb is None:
             from .wandb_log import WandbLog
             self._wandb = WandbLog()
-        parts = self.engine.new_parts()  # each batch once, as it came: later merges on the host change nothing sent
+        parts = self.histogram_recorder.new_parts()  # each batch once, as it came: later merges on the host change nothing sent
         for writer in (self._board, self._wandb):
             if writer is not None:
-                writer.write(parts, grid=self.engine.view() if grid else None)
+                writer.write(parts, grid=self.histogram_recorder.view() if grid else None)
 
     def _draw(self):
         "The grid, redrawn in the notebook's one output (nothing outside a notebook)."
@@ -162,22 +162,22 @@ class ActivationHistogram(Callback):
             from ..views.live import LiveGrid
             self._live = LiveGrid()
         if self._live.shown and is_main_process():
-            self._live.update(self.engine.view())
+            self._live.update(self.histogram_recorder.view())
 
     def after_fit(self):
         "Sum the last columns across ranks (when distributed), remove the hooks; the recording stays."
         if self._active:
-            self.engine.flush()
+            self.histogram_recorder.flush()
             if self.report and self._trained and is_main_process():
-                print(diagnose(self.engine.view()))
+                print(diagnose(self.histogram_recorder.view()))
         self._unhook()
 
     def _unhook(self):
         # the TensorBoard and W&B writers stay: the next fit's batches follow this one's (each write flushes)
         if self._wandb is not None:
             self._wandb.commit()  # the last row shows now, not when something else logs
-        if self.engine is not None:
-            self.engine.detach()
+        if self.histogram_recorder is not None:
+            self.histogram_recorder.detach()
             if self._active:
                 self._save()  # what a crashed or finished fit recorded, on disk too
         self._active = False
@@ -185,7 +185,7 @@ class ActivationHistogram(Callback):
     @property
     def hooked(self) -> bool:
         "Whether this callback's hooks are on the model now (during a fit, or after one that died)."
-        return self._active or self.engine is not None and self.engine.attached
+        return self._active or self.histogram_recorder is not None and self.histogram_recorder.attached
 
     @property
     def learn(self):
@@ -204,32 +204,34 @@ class ActivationHistogram(Callback):
 
     def _save(self):
         "Write to `save_to` what is new since the last write (after_fit follows the last after_epoch)."
-        if self.save_to is not None and self.engine.ended != self._saved and is_main_process():  # rank 0 writes
-            self.engine.view().save(self.save_to)
-        self._saved = self.engine.ended
+        if self.save_to is not None and self.histogram_recorder.ended != self._saved and is_main_process():  # rank 0 writes
+            self.histogram_recorder.view().save(self.save_to)
+        self._saved = self.histogram_recorder.ended
 
     # --- results -----------------------------------------------------------------------------------
     @property
     def recording(self) -> Recording:
         "Everything recorded so far, as a host-side `Recording`."
-        if self.engine is None and getattr(self, "_exported", None) is not None:
+        if self.histogram_recorder is None and getattr(self, "_exported", None) is not None:
             return self._exported  # carried by learn.export(export_recording=True)
-        if self.engine is None:
+        if self.histogram_recorder is None:
             raise ValueError("ActivationHistogram has recorded nothing yet: fit the learner first, "
                              "e.g. `learn.fit(1)`")
-        return self.engine.recording
+        return self.histogram_recorder.recording
 
     def __getstate__(self):
         "Pickle (e.g. `learn.export()`) the settings, not the hooks or recorded buffers."
         state = dict(self.__dict__)
-        exported = self.recording if self.export_recording and self.engine is not None else None
-        state.update(engine=None, _active=False, _exported=exported, _live=None, _board=None, _wandb=None)
+        exported = self.recording if self.export_recording and self.histogram_recorder is not None else None
+        state.update(histogram_recorder=None, _active=False, _exported=exported, _live=None, _board=None, _wandb=None)
         return state
 
     def __setstate__(self, state):
-        "Callbacks exported by colordim 0.1 kept their learner as `learn`."
+        "Callbacks exported by colordim 0.1 kept their learner as `learn` and their recorder as `engine`."
         if "learn" in state:
             state.setdefault("_carrier", state.pop("learn"))
+        if "engine" in state:
+            state.setdefault("histogram_recorder", state.pop("engine"))
         self.__dict__.update(state)
 
 
@@ -277,17 +279,17 @@ def _unguard(learn: Learner, leaving: "ActivationHistogram") -> None:
 # --- Learner patches -----------------------------------------------------------------------------
 def learner_recording(learn: Learner, layer=None) -> Recording:
     "The recording of `learn`'s ActivationHistogram (the one that holds `layer`, or the first of a list)."
-    engines = [cb.engine for cb in learn.cbs if isinstance(cb, ActivationHistogram) and cb.engine]
-    engines += [engine for engine in _ENGINES.get(learn, []) if engine not in engines]
-    if not engines:
+    recorders = [cb.histogram_recorder for cb in learn.cbs if isinstance(cb, ActivationHistogram) and cb.histogram_recorder]
+    recorders += [recorder for recorder in _RECORDERS.get(learn, []) if recorder not in recorders]
+    if not recorders:
         raise ValueError("no ActivationHistogram has recorded on this learner; add one, e.g. "
                          "`Learner(..., cbs=ActivationHistogram())` or `learn.fit(1, cbs=ActivationHistogram())`, "
                          "and fit first")
     if isinstance(layer, (list, tuple)):  # a list of layers: the callback that holds the first
         layer = layer[0] if layer else None
     if isinstance(layer, str):
-        engines = [engine for engine in engines if layer in engine.names] or engines
-    return engines[0].recording
+        recorders = [recorder for recorder in recorders if layer in recorder.names] or recorders
+    return recorders[0].recording
 
 
 @patch

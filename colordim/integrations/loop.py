@@ -16,15 +16,15 @@ __all__ = ["record", "LoopRecorder"]
 
 class LoopRecorder:
     "Turns each forward pass of a model into a column: 'train' in `model.train()` mode, 'valid' in eval."
-    def __init__(self, model: nn.Module, engine: HistogramRecorder):
-        self.model, self.engine = model, engine
+    def __init__(self, model: nn.Module, recorder: HistogramRecorder):
+        self.model, self.recorder = model, recorder
         self.current_epoch, self._iterations, self._handles = 0, {"train": 0, "valid": 0}, []
         self._finished = False  # the open column's forward pass has returned: its backward may follow
 
     def attach(self) -> "LoopRecorder":
         "Hook the layers, then the model itself (its forward hook runs last, after every layer's)."
         self.detach()
-        self.engine.attach()
+        self.recorder.attach()
         # `colordim.engine.hooks`: a copy of the model made in the block carries neither along
         self._handles = [hook_forward_pre(self.model, self._begin), hook_forward(self.model, self._end)]
         return self
@@ -36,31 +36,31 @@ class LoopRecorder:
         self._handles = []
         self._close()
         if reduce:  # the block ended normally: every rank is here, the last epoch is summed across them
-            self.engine.flush()
-        self.engine.detach()
+            self.recorder.flush()
+        self.recorder.detach()
 
     def epoch(self) -> None:
         "Mark an epoch boundary: the next forward passes belong to the next epoch (optional)."
         self._close()
-        self.engine.flush()  # the finished epoch goes to the host: one transfer per layer
+        self.recorder.flush()  # the finished epoch goes to the host: one transfer per layer
         self.current_epoch += 1
         self._iterations = {"train": 0, "valid": 0}
 
     @property
     def recording(self) -> Recording:
         "Everything recorded so far, as a host-side Recording that every plot function takes."
-        return self.engine.recording
+        return self.recorder.recording
 
     def _close(self) -> None:
         "Keep the last column if its forward pass finished (its backward, if any, has run by now)."
         if self._finished:
-            self.engine.end_column()
+            self.recorder.end_column()
         self._finished = False
 
     def _begin(self, module, inputs):
         self._close()  # the previous pass and its gradients are complete; an unfinished one is dropped
         phase = "train" if self.model.training else "valid"
-        self.engine.begin_column(phase, epoch=self.current_epoch, iteration=self._iterations[phase])
+        self.recorder.begin_column(phase, epoch=self.current_epoch, iteration=self._iterations[phase])
 
     def _end(self, module, inputs, output):
         self._iterations["train" if self.model.training else "valid"] += 1
