@@ -1,7 +1,8 @@
 """`HistogramRecorder`: torch forward hooks on chosen modules; each output goes to its layer's recorder.
 
 The hot path, hook to buffer, in order: `colordim.engine.hooks.Hook` (eager even under torch.compile) ->
-`HistogramRecorder._forward_hook` (is a column open? a plain tensor, or a container of parts?) ->
+`Routing.forward_hook` (`colordim.engine.routing`: is a column open? which layer: a plain tensor, a
+container's part, a repeat call?) ->
 `LayerRecorder.add` (`colordim.engine.layer`: the plan for this shape, the buffer row) -> the plan
 (`colordim.engine.plans`: one compiled call on the CPU, a few torch ops elsewhere, no host sync). Between
 batches the host opens and ends columns (`colordim.engine.ledger`); `flush` moves finished rows to the
@@ -17,10 +18,10 @@ import torch
 from .buffer import LayerBuffer
 from .ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Ledger
 from .distributed import agree_grids, check_same_columns, is_distributed, reduce_rows
-from . import in_graph
 from .hooks import hook_forward, hook_forward_pre
 from .host_columns import HostColumns
 from .layer import LayerRecorder, Settings
+from .routing import CALLS, Routing
 from ..data.layout import CHANNELS, MAX, MOMENTS, NEAR_ZERO, NEG_MIN, NUMEL, SAMPLED, SIZES, SUM
 from ..data.options import check_bins, check_near_zero, check_phase, check_range, check_sample, check_scale, check_units
 from . import ranges
@@ -29,9 +30,6 @@ from .units import resolve_units
 from ..data.recording import Recording
 
 __all__ = ["HistogramRecorder", "CALLS"]
-
-CALLS = 32  # calls of one module in one forward pass kept apart; from the 32nd on they share a layer
-_backward_task = getattr(torch._C, "_current_graph_task_id", lambda: -1)  # -1: not inside a backward pass
 
 
 class HistogramRecorder:
@@ -73,11 +71,8 @@ class HistogramRecorder:
         # LayerRecorder per kind; `_all`: every LayerRecorder, by its index.
         self.layers, self._all, self._kind_of = {kind: [] for kind in self._kinds}, [], []  # _kind_of: per index
         self.host = None
-        self._containers, self._part_slots = set(), {}  # module slots that returned containers; (slot, path) -> slot
-        self._first_part = {}  # container module slot -> the path of its first part
-        self._calls = [0] * len(self.modules)  # per module: its calls so far in this forward pass
-        self._zeros = tuple(self._calls)
-        self._repeats = {}  # (module slot, call) -> the slot of that call (a module run again: a layer of its own)
+        # which layer each output goes to (`colordim.engine.routing`): it adds slots as parts and repeat calls appear
+        self.routing = Routing(self.layers, self.columns, self._add_slot, len(self.modules))
         for slot, name in enumerate(self.modules):
             self._add_slot(name, slot)
         # On the host: every column moved so far, in arrays made once within `host_bytes` (`colordim.engine.host_columns`)
@@ -85,7 +80,6 @@ class HistogramRecorder:
         self.shapes = {}  # name -> the shape of its last training output (or last output, with none yet)
         self._trained_shapes = set()  # names whose shape came from a training batch
         self._hooks = []  # our hooks
-        self._waiting = {}  # compiled graphs: (module slot, tensor index) -> the layers its gradients go to, by call
         self._moving = None  # the move still in flight: CUDA copies not waited for yet (`_Move`)
         self._unsent = None  # the moves' Recordings kept for writers until `new_parts()` takes them (None: not asked)
 
@@ -143,15 +137,12 @@ class HistogramRecorder:
         for layer in self._all:
             layer.buffer = None  # made again on the device of the next output (the model may have moved)
         grads = "grad" in self.layers
-        self._hooks = [hook_forward(module, self._forward_hook(slot), self._gradient_in_graph(slot) if grads else None)
+        routing = self.routing
+        self._hooks = [hook_forward(module, routing.forward_hook(slot), routing.gradient_in_graph(slot) if grads else None)
                        for slot, module in enumerate(self.modules.values())]
         if root is not None:  # before the layers' hooks: a pre-hook runs before the root's forward
-            self._hooks.append(hook_forward_pre(root, self._new_forward))
+            self._hooks.append(hook_forward_pre(root, routing.new_forward))
         return self
-
-    def _new_forward(self, *_) -> None:
-        "A forward pass begins: every module's next call is its first again."
-        self._calls[:] = self._zeros
 
     def detach(self) -> None:
         "Remove our hooks, drop an unfinished column, keep every finished one. Safe to call twice."
@@ -169,96 +160,6 @@ class HistogramRecorder:
     def __enter__(self): return self.attach()
     def __exit__(self, *exc): self.detach()
 
-    def _forward_hook(self, slot: int):
-        "Module `slot`'s forward hook: the hot path's first step."
-        activation = self.layers["activation"][slot]
-        gradient = self.layers["grad"][slot] if "grad" in self.layers else None
-        containers, calls = self._containers, self._calls
-
-        def hook(module, inputs, output):
-            if self.columns.row is None:  # between batches or outside a fit: nothing to record
-                return
-            call = calls[slot]
-            calls[slot] = call + 1
-            if call:  # run before in this forward pass: another place in the model, or a recomputation
-                return self._again(slot, call, output)
-            if isinstance(output, torch.Tensor) and not output.is_nested and slot not in containers:
-                activation.add(output)
-                if gradient is not None and in_graph.running():  # the graph hooks its own tensors
-                    self._expect_gradients(slot, [slot])
-                elif gradient is not None and output.requires_grad:
-                    # a hook on the output tensor, not register_full_backward_hook: in-place ops break that
-                    output.register_hook(gradient.add_gradient)
-            else:
-                self._add_parts(slot, self._parts(slot, output))
-        return hook
-
-    def _gradient_in_graph(self, slot: int):
-        "Where a compiled graph sends the gradient of module `slot`'s output (its `index`-th tensor)."
-        def gradient(module, index: int, grad) -> None:
-            waiting = self._waiting.get((slot, index))
-            if waiting:  # the last call's first: backward meets a module's calls in reverse order
-                self.layers["grad"][waiting.pop()].add_gradient(grad)
-        return gradient
-
-    def _expect_gradients(self, slot: int, parts: list) -> None:
-        """In a compiled graph the output's tensors are not autograd's (`colordim.engine.in_graph`): the gradient of
-        its `index`-th tensor comes to `_gradient_in_graph` instead, for the layer `parts[index]`."""
-        for index, part in enumerate(parts):
-            self._waiting.setdefault((slot, index), []).append(part)
-
-    def _again(self, slot: int, call: int, output) -> None:
-        "A module's call after its first in one forward pass: a layer of its own (`name#2`, ...)."
-        if _backward_task() != -1:  # recomputed during backward (activation checkpointing): seen already,
-            self._recomputed(slot, output)  # but its gradient may flow through this copy
-            return
-        key = (slot, min(call, CALLS - 1))
-        if key not in self._repeats:
-            suffix = f"#{call + 1}" if call < CALLS - 1 else f"#{CALLS}+"  # the last takes every later call
-            self._repeats[key] = self._add_slot(self.layers["activation"][slot].name + suffix, slot)
-        self._add_parts(slot, self._parts(self._repeats[key], output))
-
-    def _recomputed(self, slot: int, output) -> None:
-        """A checkpointed module's output recomputed in backward: its values are not recorded again, but
-        its gradient is hooked. Reentrant checkpointing ran the forward without autograd: the gradient
-        flows through this copy only. Without reentrance it flows through the first output, and this
-        copy's hook never fires (tested: each gradient is counted once either way)."""
-        if "grad" not in self.layers:
-            return
-        for part, value in self._parts(slot, output):
-            if isinstance(value, torch.Tensor) and value.requires_grad:
-                value.register_hook(self.layers["grad"][part].add_gradient)
-
-    def _add_parts(self, module_slot: int, parts: list) -> None:
-        "Record the parts of one output of module `module_slot` ([(slot, value)]), and hook their gradients."
-        grads, graph = "grad" in self.layers, in_graph.running()  # in a graph, the graph hooks its own tensors
-        for slot, value in parts:
-            self.layers["activation"][slot].add(value)
-            if grads and not graph and isinstance(value, torch.Tensor) and value.requires_grad:
-                value.register_hook(self.layers["grad"][slot].add_gradient)
-        if grads and graph:
-            self._expect_gradients(module_slot, [slot for slot, value in parts if isinstance(value, torch.Tensor)])
-
-    def _parts(self, slot: int, output, path: str = "") -> list:
-        "[(slot, value)]: the output itself, or one slot per leaf of a tuple, list or dict of them."
-        if isinstance(output, torch.Tensor) and output.is_nested:
-            output = _real_values(output)
-        if not isinstance(output, (tuple, list, dict)):
-            if not path and slot in self._first_part:  # a container's module now gives a bare tensor (eval):
-                return [(self._part_slot(slot, self._first_part[slot]), output)]  # it is its first part
-            return [(slot if not path else self._part_slot(slot, path), output)]
-        self._containers.add(slot)
-        items = output.items() if isinstance(output, dict) else enumerate(output)
-        return [part for key, value in items if value is not None
-                for part in self._parts(slot, value, f"{path}[{key!r}]")]
-
-    def _part_slot(self, slot: int, path: str) -> int:
-        "The slot of one tensor in a module's container output, added when first seen."
-        self._first_part.setdefault(slot, path)
-        if (slot, path) not in self._part_slots:
-            self._part_slots[(slot, path)] = self._add_slot(self.layers["activation"][slot].name + path, slot)
-        return self._part_slots[(slot, path)]
-
     # --- columns (called by the host between batches) ----------------------------------------------
     def reserve(self, columns: int) -> None:
         "Make room for `columns` more columns at once (say, an epoch's batches), so none grows per batch."
@@ -268,8 +169,8 @@ class HistogramRecorder:
         "Start recording a column: hooks write into it until `end_column` or `abandon_column`."
         check_phase(phase)
         self.abandon_column()
-        self._new_forward()
-        self._waiting.clear()
+        self.routing.new_forward()
+        self.routing.waiting.clear()
         if self.columns.full or self._widen_now():  # the device rows are full (every move_every batches): to the host
             self.flush()
         self.columns.open(phase, epoch=epoch, fit=fit, iteration=iteration)
@@ -409,7 +310,7 @@ class HistogramRecorder:
     def _shown(self) -> list[int]:
         "The slots a Recording shows, in the model's order: a container's parts stand in for the container."
         layers = self.layers["activation"]  # a container's module shows too if it gave a bare tensor first
-        return sorted((slot for slot in range(len(layers)) if slot not in self._containers or layers[slot].last),
+        return sorted((slot for slot in range(len(layers)) if slot not in self.routing.containers or layers[slot].last),
                       key=lambda slot: (layers[slot].module_slot, slot))
 
     def _recording(self, host: dict, sizes: np.ndarray, index: list) -> Recording:
@@ -522,11 +423,3 @@ class _Move(NamedTuple):
 def _as_numpy(array) -> np.ndarray:
     "A host copy as numpy (a pinned tensor's: a view, which keeps its block from torch's cache until dropped)."
     return array.numpy() if isinstance(array, torch.Tensor) else array
-
-
-def _real_values(nested: torch.Tensor) -> torch.Tensor:
-    "A NestedTensor's values without padding: (tokens, features) from its (batch, length*, features) parts."
-    if nested.layout == getattr(torch, "jagged", None):  # torch >= 2.3
-        return nested.values()
-    parts = nested.unbind()
-    return torch.cat([part.reshape(-1, part.shape[-1]) if part.dim() else part.reshape(1, 1) for part in parts])
