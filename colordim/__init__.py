@@ -1,5 +1,6 @@
 """colordim: the colorful-dimension plot of layer activations for fastai and PyTorch."""
-from .health.diagnose import Report, diagnose
+from .health.checks import diagnose
+from .health.report import Report
 from .engine.find_layers import find_layers
 from .integrations.loop import record
 from .engine.recorder import HistogramRecorder

@@ -126,7 +126,7 @@ def _layer(recording, spec: str):
 def _report_run(args) -> None:
     import matplotlib
     matplotlib.use("Agg")
-    from .health.diagnose import diagnose
+    from .health.checks import diagnose
     from .data.recording import Recording
     recording = Recording.load(args.run)
     print(diagnose(recording))

@@ -7,13 +7,26 @@ import math
 
 import numpy as np
 
-__all__ = ["PHASES", "CHANNELS", "FEATURES", "RULES", "check_bins", "check_range", "check_near_zero", "check_scale",
+__all__ = ["THRESHOLDS", "check_thresholds", "PHASES", "CHANNELS", "FEATURES", "RULES", "check_bins", "check_range", "check_near_zero", "check_scale",
            "check_sample", "check_count", "check_bytes", "check_max_columns", "check_phase", "check_units",
            "check_rule", "check_show"]
 
 PHASES = ("train", "valid")
 CHANNELS, FEATURES = "channels", "features"  # where a layer's units are: dim 1 / the last dim (`engine/units.py`)
 RULES = (CHANNELS, FEATURES)
+# `colordim.diagnose`'s thresholds, and their defaults
+THRESHOLDS = {
+    "tail": 0.1,        # dead units and near-zero share are read over this last share of training batches
+    "dead": 0.05,       # ReLU-like layers: a share of dead units above this is a finding
+    "near_zero": 0.9,   # a share of values with |x| <= the recording's near-zero threshold above this
+    "outside": 0.01,    # a share of values below or above the range (training batches) above this
+    "jitter": 0.25,     # std of the batch-to-batch change of log(std) over the last epoch above this
+    "massive": 100.0,   # massive activations: a largest |value| at least this ...
+    "massive_ratio": 1000.0,  # ... and at least this many times the median |value|, in a training batch
+    "outliers": 0.001,  # heavy tails: a share of values beyond 6 standard deviations above this (the tail)
+    "growth": 10.0,     # a block's RMS over its stack's first block's above this (the tail)
+    "blowup": 100.0,    # a layer's RMS in a training batch over its median in the 10 before above this
+}
 
 
 def check_bins(bins) -> int:
@@ -120,3 +133,12 @@ def check_show(show):
         raise ValueError(f"show: {show!r} is not valid; use True (after each epoch), False, or a number of "
                          "batches >= 1 (also every that many batches)")
     return show
+
+
+def check_thresholds(thresholds: dict) -> dict:
+    "`diagnose`'s thresholds as given: each a number >= 0, `tail` a share in (0, 1]; else a ValueError naming it."
+    for name, value in thresholds.items():
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and (name != "tail" or 0 < value <= 1)):
+            valid = "a share in (0, 1]" if name == "tail" else "a number >= 0"
+            raise ValueError(f"{name}: {value!r} is not a threshold; use {valid}")
+    return thresholds

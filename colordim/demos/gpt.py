@@ -123,7 +123,7 @@ def run_gpt_demo(out="out", steps: int = 200, lr: float = 3e-3, spike: float = 0
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from ..health.diagnose import diagnose
+    from ..health.checks import diagnose
     from ..views.plot import color_dims
     out, started, written = Path(out), time.perf_counter(), []
     for label, peak in (("stable", None), ("spiking", spike)):

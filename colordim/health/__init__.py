@@ -1,7 +1,9 @@
 """A recording turned into findings and a verdict in words; takes a `Recording` only (no torch, no engine).
 
-- `diagnose.py`: the per-layer health table (dead units, near-zero share, mean and spread), the
-  findings in plain words, the `Report` and its text and HTML;
+- `checks.py`: `diagnose`: the per-layer health figures (dead units, near-zero share, clipping, NaN,
+  jitter) and the findings in plain words, with their thresholds (`colordim.data.options.THRESHOLDS`);
 - `scale_checks.py`: what large-model research measures of a layer's scale (massive activations,
-  heavy tails, growth with depth), read from the histograms.
+  heavy tails, growth with depth), read from the histograms;
+- `report.py`: the `Report` and each `Finding`, as text and as HTML (the package's one text table and
+  one verdict renderer).
 """

@@ -11,7 +11,7 @@ from ..views import plot
 from ..engine.distributed import is_main_process
 from ..engine.ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Ledger
 from ..engine.find_layers import find_layers
-from ..health.diagnose import diagnose
+from ..health.checks import diagnose
 from ..data.options import (check_bins, check_near_zero, check_range, check_sample, check_scale, check_show,
                             check_units)
 from ..engine.recorder import HistogramRecorder

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..health.report import text_table
 from ..engine.find_layers import default_layers, hookable_modules, root_name, unwrapped
 
 __all__ = ["summary", "Summary"]
@@ -29,11 +30,7 @@ class Summary:
                 "yes" if row["default"] else ""]
 
     def __str__(self) -> str:
-        lines = [list(HEADER)] + [self._cells(row) for row in self.rows]
-        widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
-        table = ["  ".join(cell.rjust(width) if i in (0, 4) else cell.ljust(width)
-                           for i, (cell, width) in enumerate(zip(line, widths))).rstrip() for line in lines]
-        table.insert(1, "  ".join("-" * width for width in widths))
+        table = text_table(HEADER, [self._cells(row) for row in self.rows], right=(0, 4))
         hooked = sum(row["default"] for row in self.rows)
         return "\n".join(table + ["", f"default: hooked when `layers=None` ({hooked} modules, the leaves with "
                                       "parameters); pass indices, names, patterns or classes to `layers=`"])

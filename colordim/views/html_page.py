@@ -11,7 +11,8 @@ import datetime
 import html
 from pathlib import Path
 
-from ..health.diagnose import diagnose, layer_anchor
+from ..health.checks import diagnose
+from ..health.report import layer_anchor
 from ..data.recording import Recording
 from ..data.saved import write_atomically
 
@@ -67,12 +68,6 @@ def _metadata(recording: Recording) -> str:
     return f"<dl>{rows}</dl>"
 
 
-def _verdict(report) -> str:
-    "The answer first: one line, green or orange."
-    state = "healthy" if report.healthy else "unhealthy"
-    return f'<p class="verdict {state}" id="verdict">{html.escape(report.verdict)}</p>'
-
-
 def _findings_table(report) -> str:
     """The health table, one row per layer linking to its section, a layer with findings shaded and each
     figure over its threshold marked, then the findings."""
@@ -90,7 +85,7 @@ def report_html(recording: Recording, title: str = "colordim report", **threshol
     if not isinstance(recording, Recording):
         raise TypeError(f"recording: expected a colordim Recording, got {type(recording).__name__}")
     report = diagnose(recording, **thresholds)
-    parts = [f"<h1>{html.escape(title)}</h1>", _verdict(report), _metadata(recording), _findings_table(report)]
+    parts = [f"<h1>{html.escape(title)}</h1>", report.verdict_html(inline=False), _metadata(recording), _findings_table(report)]
     phase = "train" if (recording.phase == "train").any() else "valid"
     if len(recording) and recording.layer_names:
         figure, _ = plot.color_dims(recording, phase=phase)
