@@ -11,8 +11,9 @@ One output's path, file by file, in the order it runs (the hot path is steps 1 t
 4. the plan: one call of `cpu_kernel.py` (numba; big outputs in parts on `cpu_threads.py`),
    `gpu_kernel.py` (Triton) or `torch_kernels.py` (torch ops), into the layer's row at the column the
    ledger (`ledger.py`) keeps: no host sync;
-5. `recorder.py` (`HistogramRecorder`: attach, columns, moves) `flush`, every `move_every` batches: the rows go to the host (`host_columns.py`),
-   summed across ranks first (`distributed.py`), and come out as a `colordim.data.Recording`.
+5. `transfer.py`: `HistogramRecorder.flush`, every `move_every` batches: the rows go to the host
+   (`host_columns.py`), summed across ranks first (`distributed.py`), and come out as a
+   `colordim.data.Recording`. The recorder itself (its layers, hooks and columns) is `recorder.py`.
 
 Also here: `find_layers.py` (what `layers=` takes) and `units.py` (where each layer's units are).
 """

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..data.options import THRESHOLDS, check_thresholds
 from ..data.recording import Recording
-from .report import CELLS, Finding, Report  # noqa: F401  (CELLS: which cell each check is about)
+from .report import Finding, Report
 from .scale_checks import SIGMAS, blowup, growth, massive_ratio, share_beyond, stacks
 
 __all__ = ["diagnose", "THRESHOLDS"]
