@@ -279,3 +279,15 @@ def test_a_subclassed_learners_own_fit_runs_under_the_guard():
     learn = Counting(base.dls, tiny_cnn(), loss_func=base.loss_func, cbs=ActivationHistogram(valid=False))
     learn.fit(1)
     assert calls == [(1,)] and len(learn.activation_histogram.recording) == TRAIN_BATCHES
+
+
+def test_a_callback_exported_by_the_last_version_loads_with_its_learner_and_settings():
+    "colordim 0.1 pickled the callback's learner as `learn` and its recorder as `engine`."
+    callback = ActivationHistogram(layers=[0], bins=11)
+    learn = make_learner(cbs=callback)
+    state = callback.__getstate__()
+    state["learn"], state["engine"] = state.pop("_carrier"), state.pop("histogram_recorder")
+    old = ActivationHistogram.__new__(ActivationHistogram)
+    old.__setstate__(state)
+    assert old.learn is learn and old.histogram_recorder is None and old.bins == 11
+    assert "engine" not in old.__dict__ and "learn" not in old.__dict__
