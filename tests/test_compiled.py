@@ -254,3 +254,72 @@ def test_outputs_stored_channels_last_are_read_in_place_with_the_counts_of_logic
     assert all(np.array_equal(stored_last.numel[name], plain.numel[name]) for name in ("0", "1"))
     if sample is None:  # a sample of 50 may miss the dead channel's values: only the exact rate is certain
         assert stored_last.dead_rate["1"].tolist()[0] == pytest.approx(1 / 6) and plain.dead_rate["1"][1] == 0
+
+
+# --- a model compiled before recording starts ------------------------------------------------------------
+# torch.compile's guards skip module hooks by default (torch._dynamo.config.skip_nnmodule_hook_guards): a
+# model that ran compiled with no hook on it keeps its hookless graph when hooks are added later.
+
+def test_lr_find_before_fit_keeps_the_hooks_in_the_compiled_graph():
+    "lr_find compiles the model; the callback's hooks are on (recording nothing) so that the fit records."
+    from conftest import make_learner, tiny_cnn
+    from fastai.callback.schedule import lr_find  # noqa: F401  (Learner.lr_find)
+    torch._dynamo.reset()
+    callback = colordim.ActivationHistogram(layers=[0], valid=False)
+    learn = make_learner(cbs=callback, model=tiny_cnn())
+    learn.model = torch.compile(learn.model)
+    learn.lr_find(num_it=4, show_plot=False)
+    learn.fit(1)
+    recording = callback.recording
+    assert len(recording) == 6 and recording.phase.tolist() == ["train"] * 6        # 48 images, batch 8
+    assert recording.counts["0"].sum(1).tolist() == [8 * 4 * 8 * 8] * 6              # every value of each batch
+    assert all(not module._forward_hooks for module in learn.model.modules())
+
+
+def test_a_compiled_model_run_before_the_callback_stops_the_fit_saying_how_to_record():
+    from conftest import make_learner, tiny_cnn
+    torch._dynamo.reset()
+    callback = colordim.ActivationHistogram(layers=[0], valid=False)
+    learn = make_learner(cbs=callback, model=tiny_cnn())
+    learn.model = torch.compile(learn.model)
+    learn.remove_cb(callback)
+    learn.fit(1)                                    # compiled without hooks
+    learn.add_cb(callback)
+    with pytest.raises(RuntimeError, match=r"no hooked layer ran.*compiled.*torch\.compiler\.reset\(\)"):
+        learn.fit(1)
+    assert all(not module._forward_hooks for module in learn.model.modules())   # the guard took them off
+    torch.compiler.reset()                          # what the error says: then the fit records
+    learn.fit(1)
+    assert callback.recording.counts["0"].sum(1).tolist() == [8 * 4 * 8 * 8] * 6
+
+
+def test_a_plain_loop_over_a_copy_compiled_before_the_block_warns_that_nothing_was_recorded():
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    compiled = torch.compile(model)
+    compiled(x)
+    with pytest.warns(RuntimeWarning, match=r"no forward pass.*torch\.compiler\.reset\(\)"):
+        with colordim.record(model) as recorder:
+            compiled(x)
+    assert len(recorder.recording) == 0
+    torch.compiler.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with colordim.record(model, layers=[0]) as recorder:
+            compiled(x), compiled(x)
+    assert recorder.recording.counts["0"].sum(1).tolist() == [16 * 8] * 2
+
+
+def test_layers_that_never_run_in_an_eager_forward_pass_are_warned_of():
+    "Not compiled: the chosen layers were not called (a branch not taken); a warning, and the fit goes on."
+    from conftest import make_learner
+
+    class Skips(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused, self.head = nn.Linear(64, 3), nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+        def forward(self, x): return self.head(x)
+    learn = make_learner(cbs=colordim.ActivationHistogram(layers=["unused"], valid=False), model=Skips())
+    with pytest.warns(RuntimeWarning, match="no hooked layer ran"):
+        learn.fit(1)

@@ -1,6 +1,7 @@
 """The fastai side: the `ActivationHistogram` callback and the `Learner.color_dim` patch."""
 from __future__ import annotations
 
+import warnings
 import weakref
 
 from fastai.learner import Learner
@@ -70,12 +71,10 @@ class ActivationHistogram(Callback):
     def before_fit(self):
         "Hook the chosen layers (found now, so a bad spec fails before the first batch)."
         self._trained, self._checked = False, False
-        self._active = not hasattr(self.learn, "lr_finder")  # lr_find's sweep is not training
-        if not self._active:
-            return
-        if self.wandb:  # no run to log into: say so now, not at the first epoch's end
-            from .wandb_log import _wandb
-            _wandb()
+        self._active = not hasattr(self.learn, "lr_finder")  # lr_find's sweep is not training: nothing recorded,
+        if self._active and self.wandb:  # but the hooks are on (no column opens: they return at once), so that
+            from .wandb_log import _wandb  # a model torch.compile compiles in the sweep carries them into fit
+            _wandb()  # no run to log into: say so now, not at the first epoch's end
         modules = find_layers(self.learn.model, self.layers)
         if self.histogram_recorder is None or list(modules.values()) != list(self.histogram_recorder.modules.values()):
             self.histogram_recorder = HistogramRecorder(modules, bins=self.bins, range=self.range, scale=self.scale,
@@ -110,13 +109,16 @@ class ActivationHistogram(Callback):
                                  fit=max(self._fit, 0), iteration=learn.iter)
 
     def after_pred(self):
-        "After the first forward pass of a fit, before any step: a layer that gives no tensor is an error."
-        if self._active and not self._checked:
+        """After the first forward pass of a fit, before any step: a layer that gives no tensor is an error, and
+        so is a compiled model whose graph never runs our hooks."""
+        if self._active and not self._checked and self.learn.training:
             self._checked = True
             for name, reason in self.histogram_recorder.without_tensors().items():
                 if reason.startswith("output is a"):
                     raise TypeError(f"layers: {name!r} cannot be recorded: its {reason} (nor a tuple, list or "
                                     "dict of tensors); choose other layers, e.g. the modules inside it")
+            if not self.histogram_recorder.columns.used:  # a training forward pass ran, and no hooked layer did
+                _none_recorded(self.learn.model)
 
     def after_batch(self):
         if self._active:
@@ -214,7 +216,7 @@ class ActivationHistogram(Callback):
         "Everything recorded so far, as a host-side `Recording`."
         if self.histogram_recorder is None and getattr(self, "_exported", None) is not None:
             return self._exported  # carried by learn.export(export_recording=True)
-        if self.histogram_recorder is None:
+        if self.histogram_recorder is None or not self.histogram_recorder.ended:  # lr_find hooks, records nothing
             raise ValueError("ActivationHistogram has recorded nothing yet: fit the learner first, "
                              "e.g. `learn.fit(1)`")
         return self.histogram_recorder.recording
@@ -233,6 +235,26 @@ class ActivationHistogram(Callback):
         if "engine" in state:
             state.setdefault("histogram_recorder", state.pop("engine"))
         self.__dict__.update(state)
+
+
+def _none_recorded(model) -> None:
+    """No hooked layer ran in a training forward pass. A model compiled before our hooks were on it runs a graph
+    without them, and torch.compile does not notice hooks added later (its guards skip them by default,
+    `torch._dynamo.config.skip_nnmodule_hook_guards`): an error that says how to record, rather than a fit that
+    records nothing. Otherwise the chosen layers did not run (a branch not taken): a warning."""
+    message = ("ActivationHistogram: no hooked layer ran in this training batch's forward pass, so nothing "
+               "would be recorded. ")
+    if compiled(model):
+        raise RuntimeError(message + "The model is compiled (torch.compile) and was run before colordim's hooks were "
+                           "on it; torch.compile does not see hooks added later. Call torch.compiler.reset() before "
+                           "this fit (or add the callback before the model's first call).")
+    warnings.warn(message + "Check that `layers=` names modules the model's forward calls.", RuntimeWarning,
+                  stacklevel=2)
+
+
+def compiled(model) -> bool:
+    "Whether `model` runs a torch.compile graph: wrapped by torch.compile, or compiled in place (`model.compile()`)."
+    return type(model).__name__ == "OptimizedModule" or getattr(model, "_compiled_call_impl", None) is not None
 
 
 def _length(loader) -> int:
