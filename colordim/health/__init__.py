@@ -6,4 +6,8 @@
   heavy tails, growth with depth), read from the histograms;
 - `report.py`: the `Report` and each `Finding`, as text and as HTML (the package's one text table and
   one verdict renderer).
+
+Where it sits on one output's path: after it. The engine (`colordim.engine`: hook, routing, plan, buffer
+row, move) ends in a `colordim.data.Recording`; `diagnose` reads only that, so a saved run gets the
+same verdict as a live one.
 """
