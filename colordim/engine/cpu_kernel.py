@@ -684,22 +684,18 @@ def merge_parts(counts, moments, row, part_counts, part_moments, part_maxima, pa
             or part_moments.shape[1] != len(MOMENTS) or not 0 <= row < counts.shape[0] or moments.shape[0] != counts.shape[0]:
         raise ValueError("colordim kernel: parts of the wrong size")
     maxima = part_maxima[0]
-    for part in range(1, parts):
-        for unit in range(maxima.shape[0]):
-            maxima[unit] = _nan_max(part_maxima[part, unit], maxima[unit])
+    for part in range(parts):
         for k in range(counts.shape[1]):
-            part_counts[0, k] += part_counts[part, k]
-    for k in range(counts.shape[1]):
-        counts[row, k] += part_counts[0, k]
+            counts[row, k] += part_counts[part, k]
+        if part:
+            for unit in range(maxima.shape[0]):
+                maxima[unit] = _nan_max(part_maxima[part, unit], maxima[unit])
     if not stats:
         return
-    dead = 0
-    for unit in range(maxima.shape[0]):
-        dead += maxima[unit] <= 0
+    total, squares, near_zero, neg_min, high = 0.0, 0.0, 0.0, -np.inf, -np.inf
     for part in range(parts):
-        moments[row, SUM] += part_moments[part, SUM]
-        moments[row, SUM_SQ] += part_moments[part, SUM_SQ]
-        moments[row, NEAR_ZERO] += part_moments[part, NEAR_ZERO]
-        moments[row, NEG_MIN] = _nan_max(part_moments[part, NEG_MIN], moments[row, NEG_MIN])
-        moments[row, MAX] = _nan_max(part_moments[part, MAX], moments[row, MAX])
-    moments[row, DEAD] += dead
+        total, squares = total + part_moments[part, SUM], squares + part_moments[part, SUM_SQ]
+        near_zero += part_moments[part, NEAR_ZERO]
+        neg_min = _nan_max(part_moments[part, NEG_MIN], neg_min)
+        high = _nan_max(part_moments[part, MAX], high)
+    _add_moments(moments[row], total, squares, near_zero, maxima, -neg_min, high)  # dead: from the merged maxima

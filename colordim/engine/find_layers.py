@@ -6,7 +6,7 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
-__all__ = ["find_layers", "hookable_modules", "default_layers", "root_name", "unwrapped"]
+__all__ = ["find_layers", "hookable_modules", "default_layers", "root_name", "unwrapped", "compiled"]
 
 MODEL_NAME = "model"  # what the root module is called when it is hooked itself (see `root_name`)
 _SHOWN = 20  # how many available names an error lists
@@ -17,6 +17,11 @@ def unwrapped(model: nn.Module) -> nn.Module:
     `_orig_mod.0.1`), or `model` itself. Hooks on it are traced into the compiled graph."""
     inner = getattr(model, "_orig_mod", None)
     return inner if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module) else model
+
+
+def compiled(model: nn.Module) -> bool:
+    "Whether `model` runs a torch.compile graph: a `torch.compile(model)` wrapper, or compiled in place (`model.compile()`)."
+    return unwrapped(model) is not model or getattr(model, "_compiled_call_impl", None) is not None
 
 
 def root_name(model: nn.Module) -> str:

@@ -21,9 +21,10 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
-__all__ = ["CHANNELS", "FEATURES", "RULES", "own_units", "guess_units", "resolve_units", "check_units"]
+from ..data.options import CHANNELS, FEATURES, check_rule, check_units  # the names units take, and their checks
 
-from ..data.options import CHANNELS, FEATURES, RULES, check_rule, check_units  # noqa: F401  (the names units take)
+__all__ = ["CHANNELS", "FEATURES", "own_units", "guess_units", "resolve_units"]
+
 
 _pool = nn.modules.pooling
 CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,

@@ -11,7 +11,7 @@ from fastcore.basics import patch, store_attr
 from ..views import plot
 from ..engine.distributed import is_main_process
 from ..engine.ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Ledger
-from ..engine.find_layers import find_layers
+from ..engine.find_layers import compiled, find_layers
 from ..health.checks import diagnose
 from ..data.options import (check_bins, check_near_zero, check_range, check_sample, check_scale, check_show,
                             check_units)
@@ -250,11 +250,6 @@ def _none_recorded(model) -> None:
                            "this fit (or add the callback before the model's first call).")
     warnings.warn(message + "Check that `layers=` names modules the model's forward calls.", RuntimeWarning,
                   stacklevel=2)
-
-
-def compiled(model) -> bool:
-    "Whether `model` runs a torch.compile graph: wrapped by torch.compile, or compiled in place (`model.compile()`)."
-    return type(model).__name__ == "OptimizedModule" or getattr(model, "_compiled_call_impl", None) is not None
 
 
 def _length(loader) -> int:

@@ -21,7 +21,6 @@ class LoopRecorder:
         self.model, self.recorder = model, recorder
         self.current_epoch, self._iterations, self._handles = 0, {"train": 0, "valid": 0}, []
         self._finished = False  # the open column's forward pass has returned: its backward may follow
-        self.passes = 0  # forward passes of the model seen in the block
 
     def attach(self) -> "LoopRecorder":
         "Hook the layers, then the model itself (its forward hook runs last, after every layer's)."
@@ -65,7 +64,6 @@ class LoopRecorder:
         self.recorder.begin_column(phase, epoch=self.current_epoch, iteration=self._iterations[phase])
 
     def _end(self, module, inputs, output):
-        self.passes += 1
         self._iterations["train" if self.model.training else "valid"] += 1
         self._finished = True  # the column stays open for the gradients of this pass
 
@@ -83,7 +81,7 @@ def record(model: nn.Module, layers=None, grads=False, units=None, **options):
         completed = True
     finally:
         recorder.detach(reduce=completed)  # on errors and Ctrl-C too (then with this rank's rows only)
-    if not recorder.passes:
+    if not recorder.recorder.ended:  # no forward pass finished in the block (each ends a column)
         warnings.warn("colordim.record: the block ran no forward pass of the model, so nothing was recorded. If "
                       "it calls a compiled copy (torch.compile) that ran before the block, torch.compile does not "
                       "see hooks added later: call torch.compiler.reset() before the block, or compile inside it.",
