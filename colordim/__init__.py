@@ -8,7 +8,7 @@ from .data.recording import Recording
 from .probes.summary import summary
 
 __version__ = "0.1.0"
-_FIGURES = ("color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats", "compare")
+_FIGURES = ("color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats", "compare", "update_ratio_chart")
 __all__ = ["ActivationHistogram", "HistogramRecorder", "Recording", "Report", "diagnose", "find_layers", "record", "summary",
            "to_tensorboard", *_FIGURES, "__version__"]
 

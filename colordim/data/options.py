@@ -9,11 +9,12 @@ import numpy as np
 
 __all__ = ["THRESHOLDS", "check_thresholds", "PHASES", "CHANNELS", "FEATURES", "RULES", "check_bins", "check_range", "check_near_zero", "check_scale",
            "check_sample", "check_count", "check_bytes", "check_max_columns", "check_phase", "check_units",
-           "check_rule", "check_show"]
+           "check_rule", "check_show", "STREAMS", "check_streams", "param_streams"]
 
 PHASES = ("train", "valid")
 CHANNELS, FEATURES = "channels", "features"  # where a layer's units are: dim 1 / the last dim (`engine/units.py`)
 RULES = (CHANNELS, FEATURES)
+STREAMS = ("param", "param_grad", "update")  # what an optimizer step records per parameter (`engine/steps.py`)
 # `colordim.diagnose`'s thresholds, and their defaults
 THRESHOLDS = {
     "tail": 0.1,        # dead units and near-zero share are read over this last share of training batches
@@ -142,3 +143,28 @@ def check_thresholds(thresholds: dict) -> dict:
             valid = "a share in (0, 1]" if name == "tail" else "a number >= 0"
             raise ValueError(f"{name}: {value!r} is not a threshold; use {valid}")
     return thresholds
+
+
+def check_streams(streams, params) -> tuple:
+    "`streams` as a tuple of STREAMS in their order, if valid; they need `params` to record."
+    streams = (streams,) if isinstance(streams, str) else tuple(streams or ())
+    unknown = [stream for stream in streams if stream not in STREAMS]
+    if unknown:
+        raise ValueError(f"streams: {unknown!r} {'is' if len(unknown) == 1 else 'are'} not a stream; use some of {STREAMS}")
+    if streams and not params:
+        raise ValueError(f"streams: {streams!r} need parameters to record; pass params={{name: (parameter, type)}}")
+    return tuple(stream for stream in STREAMS if stream in streams)
+
+
+def param_streams(params, param_grads, updates) -> tuple:
+    """The STREAMS that `params=`, `param_grads=` and `updates=` ask for. `params`: False, True or the parameters'
+    names; `updates` records the weights too, the update-to-weight ratio's denominator."""
+    for name, value in (("param_grads", param_grads), ("updates", updates)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: {value!r} is not valid; use True or False")
+    if not (isinstance(params, bool) or isinstance(params, str) or
+            isinstance(params, (list, tuple)) and params and all(isinstance(name, str) for name in params)):
+        raise ValueError(f"params: {params!r} is not valid; use True (the recorded layers' parameters), False, "
+                         "or a list of names from model.named_parameters()")
+    wanted = {"param": params is not False or updates, "param_grad": param_grads, "update": updates}
+    return tuple(stream for stream in STREAMS if wanted[stream])

@@ -13,7 +13,14 @@ from .options import PHASES, check_phase
 __all__ = ["Recording", "LayerDict", "PHASES", "MOMENTS", "symlog", "symlog_inverse", "bin_edges"]
 
 
-KINDS = ("activation", "grad")
+KINDS = ("activation", "grad", "param", "param_grad", "update")
+# where a Recording keeps each other kind: a Recording of its own, on the same columns
+KIND_FIELDS = {"grad": "grads", "param": "params", "param_grad": "param_grads", "update": "updates"}
+KIND_NAMES = {"activation": "activation", "grad": "gradient", "param": "weights", "param_grad": "weight gradient",
+              "update": "update"}  # how figures and reports say each kind
+_PLURAL = {"activation": "activations", "grad": "gradients", "param": "weights", "param_grad": "weight gradients",
+           "update": "updates"}
+ROWS = "rows"  # a parameter's units (its `units`): its rows, a weight's output units (`colordim.engine.steps`)
 
 
 class LayerDict(dict):
@@ -45,6 +52,9 @@ class Recording:
     batches: np.ndarray = None  # (columns,) batches merged into each column (1 until `max_columns` merges)
     linthresh: dict = None  # name -> t when the bins are uniform in sign(x) log1p(|x| / t), else None
     grads: "Recording" = None  # the same layers' output gradients, same columns (grads=True), else None
+    params: "Recording" = None  # per parameter ("0.weight"), the weights after each optimizer step, same columns
+    param_grads: "Recording" = None  # their gradients as the step saw them (NaN moments in columns without a step)
+    updates: "Recording" = None  # what each step changed: the weights after it minus before it
     types: dict = None    # name -> the recorded module's class name ("Conv2d"; a container's part: its module's)
     auto: dict = None     # name -> whether its range was "auto" (widened with the run: `colordim.engine.ranges`)
     units: dict = None    # name -> "channels" (its units are dim 1) or "features" (the last dim): `colordim.engine.units`
@@ -76,7 +86,16 @@ class Recording:
         tables = (self.counts, self.numel, self.moments, self.channels)
         return sum(array.nbytes for table in tables for array in table.values()) + \
             sum(array.nbytes for array in (self.fit, self.epoch, self.phase, self.iteration, self.batches)) + \
-            (self.grads.nbytes if self.grads is not None else 0)
+            sum(other.nbytes for other in self._others().values())
+
+    def _others(self) -> dict:
+        "The other kinds recorded with this one: {kind: Recording} (none, for one of them)."
+        return {kind: getattr(self, field) for kind, field in KIND_FIELDS.items() if getattr(self, field) is not None}
+
+    @property
+    def kinds(self) -> list[str]:
+        "The kinds recorded: 'activation', and those of 'grad', 'param', 'param_grad', 'update' that were."
+        return ["activation", *self._others()]
 
     def __len__(self) -> int:
         "The number of columns (batches) recorded."
@@ -88,12 +107,29 @@ class Recording:
         return Histograms(self)
 
     def kind(self, kind: str = "activation") -> "Recording":
-        "This recording ('activation') or the one of the output gradients ('grad')."
+        """This recording ('activation'), or the one of the output gradients ('grad'), the weights ('param'),
+        their gradients ('param_grad') or their updates ('update')."""
         if kind not in KINDS:
             raise ValueError(f"kind: {kind!r} is not a kind; use one of {KINDS}")
-        if kind == "grad" and self.grads is None:
-            raise ValueError("kind: no gradients were recorded; record with grads=True")
-        return self if kind == "activation" else self.grads
+        if kind == "activation":
+            return self
+        other = getattr(self, KIND_FIELDS[kind])
+        if other is None:
+            option = {"grad": "grads=True", "param": "params=True", "param_grad": "param_grads=True",
+                      "update": "updates=True"}[kind]
+            raise ValueError(f"kind: no {_PLURAL[kind]} were recorded; record with {option} "
+                             f"(this recording has {self.kinds})")
+        return other
+
+    @property
+    def update_ratio(self) -> LayerDict:
+        """Per parameter and column, RMS(update) / RMS(weights after the step) (makemore's and CS231n's
+        update-to-weight ratio; about 1e-3 is healthy): NaN in columns without a step."""
+        if self.updates is None or self.params is None:
+            raise ValueError("update_ratio: needs the updates and the weights; record with updates=True")
+        rms = lambda part, name: np.sqrt(part.moments[name][:, SUM_SQ] / part.numel[name])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return LayerDict((name, rms(self.updates, name) / rms(self.params, name)) for name in self.updates.counts)
 
     @property
     def underflow(self) -> LayerDict:
@@ -204,7 +240,27 @@ class Recording:
                     raise ValueError(f"{name}: {wanted!r} was not recorded; recorded: "
                                      f"{sorted(set(column_values.tolist()))}")
                 keep &= column_values == wanted
-        names = self.layer_names_of(layers)
+        return self._subset(keep, self.layer_names_of(layers), every_layer=layers is None)
+
+    @property
+    def step_columns(self) -> np.ndarray:
+        "(columns,) bool: where any layer has values; in a parameter kind's recording, the optimizer steps."
+        stepped = np.zeros(len(self), dtype=bool)
+        for numel in self.numel.values():
+            stepped |= numel > 0
+        return stepped
+
+    def steps(self) -> "Recording":
+        """Only the columns in which an optimizer step was recorded (a parameter kind's: `kind('update').steps()`);
+        what figures of the parameter kinds show, without the columns of batches that did not step."""
+        return self._subset(self.step_columns, self.layer_names, every_layer=True)
+
+    def _subset(self, keep: np.ndarray, names: list, every_layer: bool) -> "Recording":
+        "The columns `keep` (a mask) of the layers `names`; the other kinds' of the same layers (`every_layer`: all)."
+        chosen = lambda kind, other: other.layer_names if every_layer else names if kind == "grad" \
+            else _owned(other, names)  # a parameter kind: the chosen layers' parameters
+        others = {KIND_FIELDS[kind]: other._subset(keep, chosen(kind, other), every_layer)
+                  for kind, other in self._others().items()}
         return Recording(
             counts={name: self.counts[name][keep] for name in names},
             numel={name: self.numel[name][keep] for name in names},
@@ -215,8 +271,7 @@ class Recording:
             moments={name: self.moments[name][keep] for name in names},
             channels={name: self.channels[name][keep] for name in names},
             near_zero_threshold=self.near_zero_threshold, batches=self.batches[keep],
-            linthresh={name: self.linthresh[name] for name in names},
-            grads=None if self.grads is None else self.grads.select(layers, fit, epoch, phase),
+            linthresh={name: self.linthresh[name] for name in names}, **others,
             skipped={name: why for name, why in self.skipped.items() if name in names},
             types={name: self.types[name] for name in names}, auto={name: self.auto[name] for name in names},
             units={name: self.units[name] for name in names})
@@ -276,7 +331,7 @@ class Recording:
         return columns and tables and self.shapes == other.shapes and self.linthresh == other.linthresh \
             and self.near_zero_threshold == other.near_zero_threshold and self.skipped == other.skipped \
             and self.types == other.types and self.auto == other.auto and self.units == other.units \
-            and self.grads == other.grads
+            and all(getattr(self, field) == getattr(other, field) for field in KIND_FIELDS.values())
 
     @classmethod
     def concat(cls, parts: list["Recording"]) -> "Recording":
@@ -290,7 +345,8 @@ class Recording:
             shapes=dict(parts[-1].shapes), fit=join("fit"), epoch=join("epoch"), phase=join("phase"),
             iteration=join("iteration"), moments=per_layer("moments"), channels=per_layer("channels"),
             near_zero_threshold=first.near_zero_threshold, batches=join("batches"), linthresh=dict(first.linthresh),
-            grads=cls.concat([part.grads for part in parts]) if all(part.grads is not None for part in parts) else None,
+            **{field: cls.concat([getattr(part, field) for part in parts])
+               if all(getattr(part, field) is not None for part in parts) else None for field in KIND_FIELDS.values()},
             skipped={k: v for part in parts for k, v in part.skipped.items()}, types=dict(parts[-1].types),
             auto=dict(parts[-1].auto), units=dict(parts[-1].units))
 
@@ -313,8 +369,14 @@ class Recording:
             moments={name: merge_moments(moments) for name, moments in self.moments.items()},
             channels={name: add(channels) for name, channels in self.channels.items()},
             near_zero_threshold=self.near_zero_threshold, linthresh=dict(self.linthresh), skipped=dict(self.skipped),
-            grads=None if self.grads is None else self.grads.coarsen(width), types=dict(self.types),
+            **{KIND_FIELDS[kind]: other.coarsen(width) for kind, other in self._others().items()},
+            types=dict(self.types),
             auto=dict(self.auto), units=dict(self.units))
+
+
+def _owned(parameters: Recording, layers: list) -> list[str]:
+    "The parameters (by name) of `layers`: '0.weight' and '0.bias' are layer '0''s."
+    return [name for name in parameters.layer_names if any(name.startswith(f"{layer}.") for layer in layers)]
 
 
 class Histograms(LayerDict):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .recording import Recording
+from .recording import KIND_FIELDS, Recording
 
 __all__ = ["save", "load", "write_atomically", "FORMAT_VERSION"]
 
@@ -21,9 +21,10 @@ def save(recording: Recording, path) -> Path:
     "Write one .npz (arrays and a JSON header); atomically, so an interruption leaves the old file."
     from .. import __version__
     arrays, header = _arrays(recording, "")
-    if recording.grads is not None:
-        grad_arrays, header["grads"] = _arrays(recording.grads, "grads.")
-        arrays.update(grad_arrays)
+    for field in KIND_FIELDS.values():  # each other kind under its own prefix: older versions read what they know
+        if getattr(recording, field) is not None:
+            kind_arrays, header[field] = _arrays(getattr(recording, field), f"{field}.")
+            arrays.update(kind_arrays)
     header.update(format=FORMAT, version=FORMAT_VERSION, library=__version__)
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     return write_atomically(path, lambda file: np.savez_compressed(file, **arrays))
@@ -80,8 +81,9 @@ def load(path) -> Recording:
                 raise ValueError(f"it was written by a newer colordim ({header.get('library')}, format "
                                  f"{header['version']}); this one reads format {FORMAT_VERSION}: upgrade colordim")
             recording = _read(data, header, "")
-            if "grads" in header:
-                recording.grads = _read(data, header["grads"], "grads.")
+            for field in KIND_FIELDS.values():
+                if field in header:
+                    setattr(recording, field, _read(data, header[field], f"{field}."))
             return recording
     except _NotOurs as error:
         raise ValueError(f"{path}: not a colordim recording ({error})") from None

@@ -220,7 +220,6 @@ def _empty_tables(columns: int, bins: int) -> dict:
 
 
 def _tables(part: Recording) -> dict:
-    "(kind, name) -> a part's arrays, for both kinds."
-    kinds = [("activation", part)] + ([("grad", part.grads)] if part.grads is not None else [])
+    "(kind, name) -> a part's arrays, for every kind it holds."
     return {(kind, name): {table: getattr(source, table)[name] for table in TABLES}
-            for kind, source in kinds for name in source.layer_names}
+            for kind in part.kinds for source in [part.kind(kind)] for name in source.layer_names}

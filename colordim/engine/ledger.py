@@ -39,6 +39,7 @@ class Ledger:
         self._pending = None  # the open column's (fit, epoch, phase, iteration)
         self._sizes_of = {}   # a sequence of (layer index, plan) -> what it adds, worked out once
         self.ended = 0        # rows ever ended: what is new since a caller last looked
+        self.opened = 0       # rows ever opened: names the open one (an abandoned row's number is not reused)
 
     def __len__(self) -> int:
         "Finished rows not yet moved to the host."
@@ -69,6 +70,7 @@ class Ledger:
         if row >= self.capacity:  # no reserve() or an epoch longer than announced: grow geometrically
             self.capacity = min(max(16, 2 * self.capacity), self.rows + 1)
         self.row, self._pending, self.used = row, (fit, epoch, phase, iteration), []
+        self.opened += 1
 
     def end(self) -> None:
         "Keep the open row. Every step here costs more than later, in caches the batch has just used."

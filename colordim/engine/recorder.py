@@ -17,10 +17,12 @@ from .host_columns import HostColumns
 from .layer import LayerRecorder, Settings
 from .ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Ledger
 from .routing import CALLS, Routing
+from .steps import ParamSteps
 from .transfer import Moves
+from .units import CHANNELS
 from . import ranges
 from .units import resolve_units
-from ..data.options import check_bins, check_near_zero, check_phase, check_range, check_sample, check_scale, check_units
+from ..data.options import check_bins, check_near_zero, check_phase, check_range, check_sample, check_scale, check_streams, check_units
 
 __all__ = ["HistogramRecorder", "CALLS"]
 
@@ -45,6 +47,9 @@ class HistogramRecorder(Moves):
         grad_scale: str = "linear",  # or "symlog"
         units=None,           # where each layer's units are (dead units): {name: "channels" | "features"}, one of
                               # those for all, or None: guessed from the modules (`colordim.engine.units`)
+        params: dict = None,  # {name: (parameter, its module's class name)} (`steps.find_params`) for `streams`
+        streams=(),           # which of "param", "param_grad", "update" to record per optimizer step (`steps`)
+        param_range="auto",   # the parameter streams' range: "auto" (each from its first step) or (low, high)
     ):
         if not modules:
             raise ValueError("modules: nothing to record; pass at least one {name: module}")
@@ -68,6 +73,7 @@ class HistogramRecorder(Moves):
         self.routing = Routing(self.layers, self.columns, self._add_slot, len(self.modules))
         for slot, name in enumerate(self.modules):
             self._add_slot(name, slot)
+        self.steps = self._add_params(params or {}, check_streams(streams, params), check_range(param_range))
         # On the host: every column moved so far, in arrays made once within `host_bytes` (`colordim.engine.host_columns`)
         self.host = HostColumns(self.columns.max_columns, self.bins)
         self.shapes = {}  # name -> the shape of its last training output (or last output, with none yet)
@@ -120,6 +126,21 @@ class HistogramRecorder(Moves):
         if self.host is not None:
             self.host.fit_within(self.columns.max_columns)
         return len(self.layers["activation"]) - 1
+
+    def _add_params(self, params: dict, streams: tuple, value_range) -> ParamSteps:
+        "A LayerRecorder per parameter and stream (linear bins), after the modules' slots; a trainer calls `steps`."
+        self.param_types = {name: kind for name, (_, kind) in params.items()}
+        layers = {stream: {} for stream in streams}
+        for stream in streams:
+            self.layers[stream] = []
+            for name in params:
+                layer = LayerRecorder(name, len(self._all), self.settings, value_range, None, units=CHANNELS)
+                self._all.append(layer)
+                self._kind_of.append(stream)
+                self.layers[stream].append(layer)
+                layers[stream][name] = layer
+        self.columns.budget(len(self._all), self.bins)
+        return ParamSteps(params, layers, self.columns)
 
     # --- hooks -------------------------------------------------------------------------------------
     def attach(self, root=None) -> "HistogramRecorder":

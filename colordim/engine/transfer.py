@@ -24,7 +24,8 @@ from .layer import LayerRecorder
 from ..data.layout import CHANNELS, MAX, MOMENTS, NEAR_ZERO, NEG_MIN, NUMEL, SAMPLED, SUM
 from . import ranges
 from .ranges import regrid
-from ..data.recording import Recording
+from ..data.options import STREAMS
+from ..data.recording import KIND_FIELDS, ROWS, Recording
 
 __all__ = ["Moves"]
 
@@ -44,14 +45,19 @@ class Moves:
             check_same_columns(used, device)
             self._agree_ranges(device)  # every rank's rows on the same bins before they are summed
             if used:
-                for layer in self._all:  # a layer this rank never ran takes part with empty rows
+                # a parameter's streams are the same on every rank (DDP keeps the replicas equal): not summed
+                summed = [layer for layer in self._all if self._kind_of[layer.index] not in STREAMS]
+                for layer in summed:  # a layer this rank never ran takes part with empty rows
                     if layer.buffer is None:
                         layer.buffer = LayerBuffer(max(self.columns.capacity, used + 1), self.bins, device)
-                sizes = reduce_rows([layer.buffer for layer in self._all], sizes, used, self.settings.unit_maxima,
-                                    device)
+                at = [layer.index for layer in summed]
+                sizes[:, at] = reduce_rows([layer.buffer for layer in summed], np.ascontiguousarray(sizes[:, at]),
+                                           used, self.settings.unit_maxima, device)
         if not used:
             return
         for index, (shape, training) in shapes.items():  # a training batch's shape shows, else the last seen
+            if self._kind_of[index] in STREAMS:  # a parameter's own shape is known
+                continue
             if training or self._all[index].name not in self._trained_shapes:
                 self.shapes[self._all[index].name] = shape
             if training:
@@ -171,12 +177,13 @@ class Moves:
         return self._assemble(tables, columns)
 
     def _assemble(self, tables: dict, columns: dict) -> Recording:
-        """The activations' Recording of the shown layers, with the gradients' as its `.grads`: `tables` maps
-        (kind, name) to (counts, moments, numel, channels); `columns`, the columns' fit, epoch, phase ..."""
+        """The activations' Recording of the shown layers, with the other kinds' as its `.grads`, `.params` ...:
+        `tables` maps (kind, name) to (counts, moments, numel, channels); `columns`, the columns' fit, epoch ..."""
         shown = self._shown()
         kinds = {}
         for kind, layers in self.layers.items():
-            shown_layers = [layers[slot] for slot in shown]
+            per_step = kind in STREAMS  # a parameter's streams: every one shows, with its own shape and type
+            shown_layers = layers if per_step else [layers[slot] for slot in shown]
             table = {layer.name: tables[kind, layer.name] for layer in shown_layers}
             kinds[kind] = Recording(
                 counts={name: arrays[0] for name, arrays in table.items()},
@@ -184,14 +191,20 @@ class Moves:
                 numel={name: arrays[2] for name, arrays in table.items()},
                 channels={name: arrays[3] for name, arrays in table.items()},
                 edges={layer.name: layer.edges() for layer in shown_layers},
-                shapes={layer.name: self.shapes.get(layer.name, ()) for layer in shown_layers},
+                shapes={layer.name: tuple(self.steps.params[layer.name].shape) if per_step
+                        else self.shapes.get(layer.name, ()) for layer in shown_layers},
                 linthresh={layer.name: layer.linthresh for layer in shown_layers}, **columns,
-                near_zero_threshold=self.settings.near_zero, skipped=dict(self.skipped),
-                types={layer.name: self._types[layer.module_slot] for layer in shown_layers},
+                near_zero_threshold=self.settings.near_zero,
+                skipped={layer.name: layer.skipped for layer in shown_layers if layer.skipped} if per_step
+                else dict(self.skipped),
+                types={layer.name: self.param_types[layer.name] if per_step else self._types[layer.module_slot]
+                       for layer in shown_layers},
                 auto={layer.name: layer.auto for layer in shown_layers},
-                units={layer.name: layer.units for layer in shown_layers})
-        kinds["activation"].grads = kinds.get("grad")
-        return kinds["activation"]
+                units={layer.name: ROWS if per_step else layer.units for layer in shown_layers})
+        recording = kinds.pop("activation")
+        for kind, part in kinds.items():
+            setattr(recording, KIND_FIELDS[kind], part)
+        return recording
 
     @property
     def recording(self) -> Recording:

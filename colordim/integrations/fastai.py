@@ -11,10 +11,11 @@ from fastcore.basics import patch, store_attr
 from ..views import plot
 from ..engine.distributed import is_main_process
 from ..engine.ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Ledger
-from ..engine.find_layers import compiled, find_layers
+from ..engine.find_layers import compiled, find_layers, unwrapped
+from ..engine.steps import find_params
 from ..health.checks import diagnose
 from ..data.options import (check_bins, check_near_zero, check_range, check_sample, check_scale, check_show,
-                            check_units)
+                            check_units, param_streams)
 from ..engine.recorder import HistogramRecorder
 from ..data.recording import Recording
 from ..engine.units import resolve_units
@@ -31,6 +32,7 @@ class ActivationHistogram(Callback):
     order = -5  # after TrainEvalCallback (-10) has set `training`, before most others
     move_every, device_bytes, host_bytes = MOVE_EVERY, DEVICE_BYTES, HOST_BYTES  # callbacks pickled before them
     show, _live, tensorboard, _board, wandb, _wandb, units = False, None, None, None, False, None, None
+    params, param_grads, updates, _step_cancelled = False, False, False, False  # callbacks pickled before them
 
     def __init__(self,
         layers=None,      # index, dotted name, glob, module class or module (or a list); None: leaves with params
@@ -57,11 +59,14 @@ class ActivationHistogram(Callback):
         tensorboard=None,  # a log folder: histograms at each move to the host, the grid at each epoch end
         wandb: bool = False,  # the same into the active Weights & Biases run (wandb.init first)
         units=None,  # where each layer's units are, for dead units: guessed, "channels", "features" or {layer: ...}
+        params=False,  # per optimizer step, the weights: True (the recorded layers' parameters) or parameter names
+        param_grads: bool = False,  # their gradients as the step used them (after accumulation, unscaling, clipping)
+        updates: bool = False,  # what each step changed (and the weights): `recording.update_ratio`
     ):
         check_bins(bins), check_range(range), check_scale(scale, linthresh)  # fail now, not at the first batch
         check_range(grad_range), check_scale(grad_scale, linthresh)
         check_near_zero(near_zero), check_sample(sample), Ledger(max_columns, move_every, device_bytes, host_bytes)
-        check_show(show), check_units(units)
+        check_show(show), check_units(units), param_streams(params, param_grads, updates)
         store_attr()
         self.histogram_recorder, self._fit, self._trained, self._active = None, -1, False, False
         self._checked = False  # the first forward pass of this fit has been checked
@@ -76,16 +81,22 @@ class ActivationHistogram(Callback):
             from .wandb_log import _wandb  # a model torch.compile compiles in the sweep carries them into fit
             _wandb()  # no run to log into: say so now, not at the first epoch's end
         modules = find_layers(self.learn.model, self.layers)
-        if self.histogram_recorder is None or list(modules.values()) != list(self.histogram_recorder.modules.values()):
+        streams = param_streams(self.params, self.param_grads, self.updates)
+        params = find_params(unwrapped(self.learn.model), modules, True if isinstance(self.params, bool) else
+                             self.params) if streams else {}
+        if self.histogram_recorder is None or list(modules.values()) != list(self.histogram_recorder.modules.values()) \
+                or [id(p) for p, _ in params.values()] != [id(p) for p in self.histogram_recorder.steps.params.values()]:
             self.histogram_recorder = HistogramRecorder(modules, bins=self.bins, range=self.range, scale=self.scale,
                                             linthresh=self.linthresh, stats=self.stats, near_zero=self.near_zero,
                                             sample=self.sample, max_columns=self.max_columns, grads=self.grads,
                                             move_every=self.move_every, device_bytes=self.device_bytes,
                                             host_bytes=self.host_bytes,
                                             grad_range=self.grad_range, grad_scale=self.grad_scale,
-                                            units=resolve_units(self.learn.model, modules, self.units))
+                                            units=resolve_units(self.learn.model, modules, self.units),
+                                            params=params, streams=streams)
             self._saved = 0
         self.histogram_recorder.attach(root=self.learn.model)  # a module called twice in one forward: two layers
+        self.histogram_recorder.steps.keep_weights()  # the first step's update is against these
         recorders = _RECORDERS.setdefault(self.learn, [])
         if self.histogram_recorder not in recorders:
             recorders.append(self.histogram_recorder)
@@ -128,6 +139,21 @@ class ActivationHistogram(Callback):
                 self._draw()  # every N batches: a move to the host, as `move_every` makes
             if (self.tensorboard is not None or self.wandb) and self.histogram_recorder.ended % self.move_every == 0:
                 self._board_write()  # the rows were due to move to the host now anyway
+
+    def after_cancel_step(self):
+        "A step the grad scaler skipped (MixedPrecision): no parameter streams for this batch."
+        self._step_cancelled = True
+
+    def after_step(self):
+        """The step's parameter streams: its gradients (fastai unscales and clips in `before_step` callbacks
+        after ours, and zeroes them only after this), the weights it left, the update; then those weights are
+        kept for the next step. GradientAccumulation cancels the batch before the step: no event here."""
+        if self._step_cancelled:
+            self._step_cancelled = False
+        elif self._active and self.histogram_recorder.steps.layers:
+            steps = self.histogram_recorder.steps
+            steps.after_step(gradients=True)
+            steps.keep_weights()
 
     def after_cancel_batch(self):
         "A cancelled batch is not a complete batch: drop its column."
@@ -180,6 +206,7 @@ class ActivationHistogram(Callback):
             self._wandb.commit()  # the last row shows now, not when something else logs
         if self.histogram_recorder is not None:
             self.histogram_recorder.detach()
+            self.histogram_recorder.steps.forget()
             if self._active:
                 self._save()  # what a crashed or finished fit recorded, on disk too
         self._active = False
@@ -333,6 +360,12 @@ def color_dim_epochs(self: Learner, layer=0, **kwargs):
 def dead_chart(self: Learner, layers=None, **kwargs):
     "Per batch, the share of values at zero and the dead-unit rate of each hooked layer (or `layers`)."
     return plot.dead_chart(learner_recording(self, layers), layers, **kwargs)
+
+
+@patch
+def update_ratio_chart(self: Learner, params=None, **kwargs):
+    "log10 RMS(update) / RMS(weights) per parameter and optimizer step, with the 1e-3 guide (updates=True)."
+    return plot.update_ratio_chart(learner_recording(self), params, **kwargs)
 
 
 @patch

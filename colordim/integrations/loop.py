@@ -4,9 +4,12 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
-from ..engine.find_layers import find_layers
+from ..engine.find_layers import find_layers, unwrapped
+from ..engine.steps import find_params
+from ..data.options import param_streams
 from ..engine.hooks import hook_forward, hook_forward_pre
 from ..engine.recorder import HistogramRecorder
 from ..data.recording import Recording
@@ -15,10 +18,24 @@ from ..engine.units import resolve_units
 __all__ = ["record", "LoopRecorder"]
 
 
+def _optimizers(optimizer, streams) -> list:
+    "`optimizer=` as a list of torch optimizers, checked; gradients and updates need one."
+    optimizers = [] if optimizer is None else list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+    for each in optimizers:
+        if not isinstance(each, torch.optim.Optimizer):
+            raise TypeError(f"optimizer: expected a torch.optim.Optimizer (or a list of them), got "
+                            f"{type(each).__name__}")
+    needing = [stream for stream in streams if stream in ("param_grad", "update")]
+    if needing and not optimizers:
+        raise ValueError("param_grads=True and updates=True need the optimizer whose steps they follow: "
+                         "record(model, optimizer=opt, ...)")
+    return optimizers
+
+
 class LoopRecorder:
     "Turns each forward pass of a model into a column: 'train' in `model.train()` mode, 'valid' in eval."
-    def __init__(self, model: nn.Module, recorder: HistogramRecorder):
-        self.model, self.recorder = model, recorder
+    def __init__(self, model: nn.Module, recorder: HistogramRecorder, optimizers=()):
+        self.model, self.recorder, self.optimizers = model, recorder, list(optimizers)
         self.current_epoch, self._iterations, self._handles = 0, {"train": 0, "valid": 0}, []
         self._finished = False  # the open column's forward pass has returned: its backward may follow
 
@@ -28,6 +45,12 @@ class LoopRecorder:
         self.recorder.attach()
         # `colordim.engine.hooks`: a copy of the model made in the block carries neither along
         self._handles = [hook_forward_pre(self.model, self._begin), hook_forward(self.model, self._end)]
+        if self.recorder.steps.layers:  # the parameters' streams, at each step of each optimizer
+            steps = self.recorder.steps
+            for optimizer in self.optimizers:
+                stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+                self._handles += [optimizer.register_step_pre_hook(lambda *_, only=stepped: steps.before_step(only)),
+                                  optimizer.register_step_post_hook(lambda *_, only=stepped: steps.after_step(only))]
         return self
 
     def detach(self, reduce: bool = False) -> None:
@@ -39,6 +62,7 @@ class LoopRecorder:
         if reduce:  # the block ended normally: every rank is here, the last epoch is summed across them
             self.recorder.flush()
         self.recorder.detach()
+        self.recorder.steps.forget()
 
     def epoch(self) -> None:
         "Mark an epoch boundary: the next forward passes belong to the next epoch (optional)."
@@ -62,6 +86,8 @@ class LoopRecorder:
         self._close()  # the previous pass and its gradients are complete; an unfinished one is dropped
         phase = "train" if self.model.training else "valid"
         self.recorder.begin_column(phase, epoch=self.current_epoch, iteration=self._iterations[phase])
+        if not self.optimizers and phase == "train" and self.recorder.steps.layers:  # no optimizer: the weights
+            self.recorder.steps.after_step()  # this training pass runs with, as the last step left them
 
     def _end(self, module, inputs, output):
         self._iterations["train" if self.model.training else "valid"] += 1
@@ -69,12 +95,26 @@ class LoopRecorder:
 
 
 @contextmanager
-def record(model: nn.Module, layers=None, grads=False, units=None, **options):
+def record(model: nn.Module, layers=None, grads=False, units=None, optimizer=None, params=False,
+           param_grads=False, updates=False, **options):
     """Record activation (and, grads=True, gradient) histograms of `layers` of `model` in the block. `units`:
-    where each layer's units are, for dead units (`colordim.engine.units`): guessed, or "channels" / "features"."""
+    where each layer's units are, for dead units (`colordim.engine.units`): guessed, or "channels" / "features".
+
+    Per optimizer step, with `optimizer=` (one, or a list): `params=True` the weights of the recorded layers
+    (or `params=[names]`, those parameters), `param_grads=True` their gradients as the step sees them,
+    `updates=True` what the step changed (and the weights: `recording.update_ratio`). Without an optimizer,
+    `params=True` records the weights each training forward pass runs with; gradients and updates need it."""
     modules = find_layers(model, layers)
-    options.update(grads=grads, units=resolve_units(model, modules, units))
-    recorder = LoopRecorder(model, HistogramRecorder(modules, **options))
+    streams = param_streams(params, param_grads, updates)
+    optimizers = _optimizers(optimizer, streams)
+    chosen = find_params(unwrapped(model), modules, params if not isinstance(params, bool) else True) if streams else {}
+    if optimizers and chosen:
+        stepped = {id(p) for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]}
+        if not any(id(p) in stepped for p, _ in chosen.values()):
+            raise ValueError(f"optimizer: steps none of the parameters to record ({list(chosen)[:6]}...); pass the "
+                             "optimizer that trains them")
+    options.update(grads=grads, units=resolve_units(model, modules, units), params=chosen, streams=streams)
+    recorder = LoopRecorder(model, HistogramRecorder(modules, **options), optimizers)
     completed = False
     try:
         yield recorder.attach()

@@ -9,11 +9,11 @@ from matplotlib.colors import LogNorm, Normalize, SymLogNorm
 from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import FuncFormatter, Locator
 
-from ..data.options import check_phase
-from ..data.recording import Recording, symlog, symlog_inverse
+from ..data.options import STREAMS, check_phase
+from ..data.recording import KIND_NAMES, Recording, symlog, symlog_inverse
 
 __all__ = ["color_dim", "color_dims", "color_dim_epochs", "dead_chart", "plot_layer_stats", "compare", "png_bytes",
-           "grid_image"]
+           "grid_image", "update_ratio_chart"]
 
 OVERLAYS = (None, "mean", "mean_std")
 BAND = 0.03  # height of the under- and overflow bands, as a share of the range
@@ -26,10 +26,10 @@ def color_dim(recording: Recording, layer=0,
     overlay=None,     # 'mean' or 'mean_std': draw the per-batch mean (and +-1 std) over the image
     ax=None, figsize=None, cmap="viridis",
     fname=None,       # also save the figure as a PNG here
-    kind="activation",  # or "grad": the layer's output gradients (recorded with grads=True)
+    kind="activation",  # or "grad" (output gradients, grads=True), "param", "param_grad", "update" (per step)
 ):
     "Draw the colorful-dimension image of one layer: x = batch, y = activation, colour = count."
-    name, shown = _columns(recording.kind(kind), layer, epoch, phase)
+    name, shown = _columns(_kind(recording, kind), layer, epoch, phase)
     if ax is None:
         _, ax = plt.subplots(figsize=figsize or (10, 4))
     image = _panel(ax, shown, name, _norm(log, _peak(shown, name)), cmap, overlay, kind=kind)
@@ -43,7 +43,7 @@ def color_dim(recording: Recording, layer=0,
 def color_dims(recording: Recording, layers=None, cols=3, epoch=None, phase="train", log=True, overlay=None,
                figsize=None, cmap="viridis", fname=None, kind="activation"):
     "A grid of colour-dim images, one panel per layer, on one colour scale; returns (figure, axes)."
-    recording = recording.kind(kind)
+    recording = _kind(recording, kind)
     names = _names(recording, layers)
     cols = _positive(cols, "cols")
     shown = {name: _columns(recording, name, epoch, phase)[1] for name in names}
@@ -66,7 +66,7 @@ def color_dims(recording: Recording, layers=None, cols=3, epoch=None, phase="tra
 def color_dim_epochs(recording: Recording, layer=0, phase="train", log=True, cols=None, figsize=None,
                      cmap="viridis", fname=None, kind="activation"):
     "One colour-dim panel per epoch of one layer, on one colour scale; returns (figure, axes)."
-    name, shown = _columns(recording.kind(kind), layer, None, phase)
+    name, shown = _columns(_kind(recording, kind), layer, None, phase)
     epochs = [(fit, epoch) for _, fit, epoch in shown.boundaries()]
     cols = min(_positive(cols or len(epochs), "cols"), len(epochs))
     rows = math.ceil(len(epochs) / cols)
@@ -91,7 +91,7 @@ def dead_chart(recording: Recording, layers=None, phase="train", axes=None, figs
                kind="activation"):
     """Per batch, the share of values in the bin(s) at zero and the dead-unit rate, a line per layer; the rate
     only for layers that never output a negative value (a logit below zero is not dead, as in the report)."""
-    recording = recording.kind(kind)
+    recording = _kind(recording, kind)
     names = _names(recording, layers)
     _columns(recording, names[0], None, phase)  # the checks: a recording with `phase` columns
     shown = recording.select(layers=names, phase=phase)
@@ -101,12 +101,13 @@ def dead_chart(recording: Recording, layers=None, phase="train", axes=None, figs
     signed = []
     for name in names:
         line, = zero_ax.plot(zero_share[name], label=shown.label(name), linewidth=1)
-        if np.nanmin(shown.min[name], initial=np.inf) < 0:
+        if np.nanmin(shown.min[name], initial=np.inf) < 0 and kind not in STREAMS:
             signed.append(shown.label(name))
         else:  # the same colour in both panels
             dead_ax.plot(shown.dead_rate[name], label=shown.label(name), linewidth=1, color=line.get_color())
     zero_ax.set_ylabel("share of values\nat 0")
-    dead_ax.set_ylabel("share of units\nthat never fire")  # channels or features: `recording.units`
+    dead_ax.set_ylabel("share of units\nthat never fire" if kind not in STREAMS else  # channels or features
+                       "share of rows\nexactly zero")  # a parameter's: rows (a weight gradient's: units not learning)
     if signed:
         dead_ax.text(0.99, 0.97, "not drawn (they output negative values, so none is dead): " + ", ".join(signed),
                      transform=dead_ax.transAxes, ha="right", va="top", fontsize=7, wrap=True)
@@ -114,18 +115,42 @@ def dead_chart(recording: Recording, layers=None, phase="train", axes=None, figs
     for ax in (zero_ax, dead_ax):
         ax.set_ylim(-0.02, 1.02)
         _mark_epochs(ax, shown, color="grey", label=ax is zero_ax)
-    zero_ax.legend(title="layer, gradient" if kind == "grad" else "layer", fontsize=8, loc="upper left",
-                   bbox_to_anchor=(1.01, 1))
-    if kind == "grad":
-        zero_ax.set_title("output gradients", fontsize=10)
+    zero_ax.legend(title="layer" if kind == "activation" else f"layer, {KIND_NAMES[kind]}", fontsize=8,
+                   loc="upper left", bbox_to_anchor=(1.01, 1))
+    if kind != "activation":
+        zero_ax.set_title("output gradients" if kind == "grad" else f"{KIND_NAMES[kind]}, per optimizer step", fontsize=10)
     _save(figure, fname)
     return figure, (zero_ax, dead_ax)
+
+
+def update_ratio_chart(recording: Recording, params=None, ax=None, figsize=None, fname=None, guide: float = 1e-3):
+    """Per parameter (all, or `params`: names or positions), log10 of RMS(update) / RMS(weights) at each
+    optimizer step, with a guide line at `guide` (1e-3: makemore's and CS231n's rule of thumb; far above,
+    the learning rate is too high for it, far below, too low). Returns (figure, ax)."""
+    ratios = recording.update_ratio  # a ValueError that says to record updates=True, if they were not
+    steps = recording.updates.steps()
+    names = _names(steps, params)
+    if not len(steps):
+        raise ValueError("recording: no optimizer step was recorded yet; fit first")
+    keep = recording.updates.step_columns
+    figure, ax = _axes(ax, 1, lambda: plt.subplots(figsize=figsize or (10, 4), constrained_layout=True))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for name in names:
+            ax.plot(np.log10(ratios[name][keep]), label=steps.label(name), linewidth=1)
+    ax.axhline(np.log10(guide), color="black", linestyle="--", linewidth=1, label=f"{guide:g}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("log10 RMS(update) / RMS(weights)")
+    ax.set_title("update-to-weight ratio per step", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _mark_epochs(ax, steps, color="grey", label=False)
+    _save(figure, fname)
+    return figure, ax
 
 
 def plot_layer_stats(recording: Recording, layer=0, phase="train", axes=None, figsize=None, fname=None,
                      kind="activation"):
     "Mean (with +-1 std), std, share near zero and dead-unit rate of one layer per batch; (figure, axes)."
-    name, shown = _columns(recording.kind(kind), layer, None, phase)
+    name, shown = _columns(_kind(recording, kind), layer, None, phase)
     figure, axes = _axes(axes, 4, lambda: plt.subplots(2, 2, sharex=True, figsize=figsize or (11, 5),
                                                        constrained_layout=True))
     axes = np.asarray(axes).reshape(2, 2)
@@ -153,7 +178,7 @@ def plot_layer_stats(recording: Recording, layer=0, phase="train", axes=None, fi
 def compare(recordings, layer=0, labels=None, epoch=None, phase="train", log=True, figsize=None,
             cmap="viridis", fname=None, kind="activation"):
     "The same layer from several runs, one panel each, on one colour scale; returns (figure, axes)."
-    recordings = [recording.kind(kind) for recording in recordings]
+    recordings = [_kind(recording, kind) for recording in recordings]
     if not recordings:
         raise ValueError("recordings: got none; pass two or more Recordings (or one) to compare")
     labels = list(labels) if labels is not None else [f"run {index}" for index in range(len(recordings))]
@@ -226,15 +251,21 @@ def _x_label(shown: Recording, phase: str) -> str:
     return f"{phase} batch" if widest == 1 else f"{phase} batches, up to {widest} per column"
 
 
+def _kind(recording: Recording, kind: str) -> Recording:
+    "The recording of `kind`; a parameter kind's only in the columns of optimizer steps (others have none)."
+    part = recording.kind(kind)
+    return part.steps() if kind in STREAMS else part
+
+
 def _y_label(kind: str) -> str:
-    return "gradient" if kind == "grad" else "activation"
+    return KIND_NAMES[kind]
 
 
 def _title(shown: Recording, name: str, kind: str = "activation") -> str:
-    "`1.2 ReLU  (64, 32, 4, 4)`, and `, gradient` for a gradient figure."
+    "`1.2 ReLU  (64, 32, 4, 4)`, and `, gradient` (`, update` ...) for another kind's figure."
     shape = shown.shapes.get(name) or ()
     title = f"{shown.label(name)}  {tuple(shape)}" if shape else shown.label(name)
-    return f"{title}, gradient" if kind == "grad" else title
+    return title if kind == "activation" else f"{title}, {KIND_NAMES[kind]}"
 
 
 def _panel(ax, shown: Recording, name, norm, cmap, overlay, label_epochs=True, kind="activation"):

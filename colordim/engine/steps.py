@@ -1,0 +1,130 @@
+"""The streams of an optimizer step: each chosen parameter's weights, gradient and update, once per step.
+
+A column with a step gets them; a column without one (a validation batch, a batch that only accumulates
+gradients, a step the grad scaler skipped) gets none. A trainer's adapter calls, around the step:
+
+- `before_step()`: the gradients as the optimizer sees them (after accumulation, unscaling, clipping),
+  and a copy of the weights for the update (only the recorded parameters': their memory once more);
+- `after_step()`: the weights as the step leaves them, and the update, after minus before.
+
+Adapters that have no hook after the clipping and before the step (fastai's callbacks) call
+`after_step(gradients=True)` and `keep_weights()` instead: the gradients are still the step's (nothing
+zeroes them before `after_step`), and the update is against the weights kept at the previous step.
+
+Each parameter is histogrammed by its own `LayerRecorder`, viewed as (1, rows, -1): its units are its
+rows (a weight's output units), and the moments' dead count is the number of rows that are exactly
+zero (a gradient row of zeros: a unit that did not learn this step). Nothing here syncs with the device.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..data.layout import DEAD
+from ..data.options import STREAMS
+
+__all__ = ["ParamSteps", "STREAMS", "find_params"]
+
+
+def find_params(model, modules: dict, chosen=True) -> dict:
+    """{name: (parameter, its module's class name)} of the parameters to record: `chosen` True, those of
+    `modules` ({layer name: module}, each parameter once); a list of parameter names (or a name), those."""
+    named = dict(model.named_parameters())
+    owner = {f"{prefix}.{local}" if prefix else local: type(module).__name__
+             for prefix, module in model.named_modules() for local, _ in module.named_parameters(recurse=False)}
+    if chosen is True:
+        wanted = {id(p) for module in modules.values() for p in module.parameters()}
+        names = [name for name, p in named.items() if id(p) in wanted]
+    else:
+        names = [chosen] if isinstance(chosen, str) else list(chosen)
+        unknown = [name for name in names if not isinstance(name, str) or name not in named]
+        if unknown:
+            shown = ", ".join(list(named)[:12]) + (", ..." if len(named) > 12 else "")
+            raise ValueError(f"params: {unknown!r} {'is' if len(unknown) == 1 else 'are'} not a parameter of the "
+                             f"model; use True (the recorded layers' parameters) or names from "
+                             f"model.named_parameters(): {shown}")
+    if not names:
+        raise ValueError("params: the chosen layers have no parameters to record; choose layers with weights "
+                         "or name parameters (params=['0.weight', ...])")
+    return {name: (named[name], owner.get(name, "")) for name in names}
+
+
+class ParamSteps:
+    "Record each chosen parameter's streams into the open column at an optimizer step (see the module's doc)."
+    def __init__(self, params: dict, layers: dict, columns):
+        self.params = {name: tensor for name, (tensor, _) in params.items()}  # name -> parameter
+        self.layers = layers  # kind -> {name: LayerRecorder}
+        self.columns = columns  # the ledger: its open row is where the step goes
+        self._before = {}  # name -> the weights kept before a step (then, in place, its update)
+        self._fresh = set()  # the names whose kept weights are those before the coming step
+        self._done = {}  # name -> the column (`columns.opened`) that has this parameter's step already
+
+    def before_step(self, only=None) -> None:
+        "The gradients, and the weights kept for the update (`only`: the parameters one optimizer steps)."
+        for name, tensor in self._open(only):
+            if "param_grad" in self.layers:
+                self._add_grad(name, tensor)
+            if "update" in self.layers:
+                self._keep(name, tensor)
+
+    def after_step(self, only=None, gradients: bool = False) -> None:
+        "The weights, the update (and, `gradients`, the gradients still held), then this step is done."
+        for name, tensor in self._open(only):
+            if gradients and "param_grad" in self.layers:
+                self._add_grad(name, tensor)
+            if "param" in self.layers:
+                self._add(self.layers["param"][name], tensor)
+            if name in self._fresh and _same(self._before[name], tensor):
+                before = self._before[name]
+                self._add(self.layers["update"][name], torch.sub(tensor.detach(), before, out=before))
+            self._fresh.discard(name)
+            self._done[name] = self.columns.opened
+
+    def keep_weights(self) -> None:
+        "Keep the weights as they are now, for the next step's update (fastai: at a fit's start and each step)."
+        if "update" in self.layers:
+            for name, tensor in self.params.items():
+                self._keep(name, tensor)
+
+    def forget(self) -> None:
+        "Drop the kept weights (the fit ended): their memory goes back."
+        self._before, self._fresh = {}, set()
+
+    def _open(self, only):
+        "The (name, parameter) pairs to record now: a column is open and this step is not in it yet."
+        if self.columns.row is None:
+            return []
+        chosen = self.params.items() if only is None else [(n, p) for n, p in self.params.items() if id(p) in only]
+        return [(name, tensor) for name, tensor in chosen if self._done.get(name) != self.columns.opened]
+
+    def _keep(self, name: str, tensor: torch.Tensor) -> None:
+        "Copy the weights into this parameter's kept tensor (made once, again only if the parameter changed)."
+        before = self._before.get(name)
+        if before is None or not _same(before, tensor):
+            before = self._before[name] = torch.empty_like(tensor.detach())
+        before.copy_(tensor.detach())
+        self._fresh.add(name)
+
+    def _add_grad(self, name: str, tensor: torch.Tensor) -> None:
+        grad = tensor.grad
+        layer = self.layers["param_grad"][name]
+        if grad is None:  # frozen, or not used this step: nothing to record
+            return
+        if grad.layout != torch.strided:
+            layer.skipped = f"gradient layout {grad.layout} is not strided (a sparse gradient)"
+            return
+        self._add(layer, grad)
+
+    def _add(self, layer, tensor: torch.Tensor) -> None:
+        "Histogram `tensor` into the open row, its rows as the units; the dead count: rows exactly zero."
+        values = tensor.detach()
+        rows = values.reshape(1, values.shape[0] if values.dim() >= 2 else values.numel(), -1)
+        if not rows.numel() or not rows.is_floating_point():
+            return
+        layer.add(rows)
+        if layer.settings.stats and layer.buffer is not None:
+            zero_rows = (rows[0] == 0).all(1).sum()
+            layer.buffer.moments[self.columns.row, DEAD] = zero_rows.to(layer.buffer.moments.dtype)
+
+
+def _same(kept: torch.Tensor, tensor: torch.Tensor) -> bool:
+    return kept.shape == tensor.shape and kept.dtype == tensor.dtype and kept.device == tensor.device
