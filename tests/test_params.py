@@ -209,7 +209,7 @@ def test_bad_options_say_what_is_valid():
     with pytest.raises(ValueError, match="need the optimizer"):
         with colordim.record(model, "2", param_grads=True):
             pass
-    with pytest.raises(ValueError, match=r"'2\.wieght'.*not a parameter.*2\.weight"):
+    with pytest.raises(ValueError, match=r"'2\.wieght' is neither a parameter of the model nor a layer.*2\.weight"):
         with colordim.record(model, "2", params=["2.wieght"]):
             pass
     with pytest.raises(TypeError, match="torch.optim.Optimizer"):
@@ -346,3 +346,102 @@ def test_a_fastai_fit_records_each_step_with_accumulation_and_validation():
             assert (part.hist["17.weight"][column] == histogram(values, part.edges["17.weight"])).all()
         expected = (0.1 * grads.double()).pow(2).mean().sqrt() / after.double().pow(2).mean().sqrt()
         assert recording.update_ratio["17.weight"][column] == pytest.approx(expected.item(), rel=1e-5)
+
+
+# --- the verdicts: diagnose's checks of steps and bounded activations, with known answers ----------------
+def tanh_stack(gain: float) -> nn.Sequential:
+    "makemore's MLP before batch norm: Linear + Tanh blocks, weights N(0, gain / sqrt(fan_in))."
+    torch.manual_seed(0)
+    layers, width = [nn.Embedding(VOCAB, EMBED), nn.Flatten()], CONTEXT * EMBED
+    for _ in range(5):
+        linear = nn.Linear(width, HIDDEN)
+        nn.init.normal_(linear.weight, std=gain / width ** 0.5)
+        nn.init.zeros_(linear.bias)
+        layers += [linear, nn.Tanh()]
+        width = HIDDEN
+    return nn.Sequential(*layers, nn.Linear(HIDDEN, VOCAB))
+
+
+def recorded_run(model, lr: float, batches: int = 20, **options):
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)  # frozen ones too, as fine-tuning often does
+    with colordim.record(model, nn.Tanh, optimizer=optimizer, **options) as rec:
+        train(model, optimizer, names_data(batches=batches))
+    return rec.recording
+
+
+def test_a_learning_rate_of_1_updates_too_fast_and_0_01_does_not():
+    fast = recorded_run(makemore_mlp(), lr=1.0, params=nn.Linear, updates=True)
+    report = colordim.diagnose(fast)
+    found = {finding.layer: finding for finding in report.findings}
+    assert [finding.check for finding in report.findings] == ["update_large"] * 7
+    assert set(found) == {"2.weight", "5.weight", "8.weight", "11.weight", "14.weight", "17.weight", "17.bias"}
+    tail = [column for column in range(len(fast)) if fast.phase[column] == "train"][-2:]  # 10% of 20 steps
+    assert found["2.weight"].value == pytest.approx(float(np.median(fast.update_ratio["2.weight"][tail])))
+    assert found["2.weight"].value > 1e-2 and found["2.weight"].threshold == 1e-2
+    assert report.verdict.startswith("All 5 layers healthy; 7 of 7 parameters: 2.weight, ")
+    assert report.verdict.endswith(" update too fast")
+    assert colordim.diagnose(fast, update_high=1.0).findings == []  # the threshold is an argument
+    calm = recorded_run(makemore_mlp(), lr=0.01, params=nn.Linear, updates=True)
+    assert colordim.diagnose(calm).healthy
+    assert 3e-4 < np.nanmedian(calm.update_ratio["2.weight"]) < 3e-3  # about makemore's 1e-3
+
+
+def test_a_tiny_learning_rate_updates_too_slowly_and_a_frozen_layer_is_not_a_finding():
+    model = makemore_mlp()
+    model[2].weight.requires_grad_(False)  # frozen: it never moves
+    slow = recorded_run(model, lr=1e-6, batches=5, params=["2.weight", "5.weight"], updates=True)
+    findings = colordim.diagnose(slow).findings
+    assert [(finding.layer, finding.check) for finding in findings] == [("5.weight", "update_small")]
+    assert findings[0].value < 1e-5 and "too low" in findings[0].advice
+    assert slow.update_ratio["2.weight"][:5].tolist() == [0.0] * 5  # a step that left it as it was
+
+
+def test_a_saturated_tanh_stack_against_a_well_initialised_one():
+    saturated = recorded_run(tanh_stack(5.0), lr=0.01, batches=5)
+    report = colordim.diagnose(saturated)
+    assert [finding.check for finding in report.findings] == ["saturated"] * 5
+    assert report.verdict == "5 of 5 layers unhealthy: 3, 5, 7, 9 and 11 saturate"
+    assert colordim.diagnose(recorded_run(tanh_stack(5 / 3), lr=0.01, batches=5)).healthy
+    assert "read from bins 0.2 wide" in report.findings[0].message  # the default range (-10, 10): coarse
+    # the share is read from the histogram: every value of the tap beyond 0.97, up to the bins' resolution
+    model = tanh_stack(5.0)
+    taps = []
+    model[3].register_forward_hook(lambda module, inputs, output: taps.append(output.detach()))
+    recording = recorded_run(model, lr=0.01, batches=5, range="auto")
+    from colordim.health.step_checks import saturation
+    for column, tapped in enumerate(taps[:5]):
+        exact = (tapped.abs() > 0.97).double().mean().item()
+        assert saturation(recording, "3")[column] == pytest.approx(exact, abs=0.01)
+
+
+def test_saturation_shares_a_straddling_bin_in_proportion():
+    edges = np.linspace(-1, 1, 21)  # bins 0.1 wide: 0.97 is 70% into [0.9, 1.0]
+    counts = np.zeros((1, 22), np.int64)
+    counts[0, 10], counts[0, 20], counts[0, 21], counts[0, 1] = 90, 10, 5, 20  # middle, top bin, overflow, bottom bin
+    recording = Recording(counts={"t": counts}, numel={"t": np.array([125])}, edges={"t": edges}, shapes={"t": (5, 25)},
+                          fit=np.zeros(1, int), epoch=np.zeros(1, int), phase=np.array(["train"]),
+                          iteration=np.zeros(1, int), types={"t": "Tanh"})
+    from colordim.health.step_checks import saturation
+    assert saturation(recording, "t")[0] == pytest.approx((5 + 10 * 0.3 + 20 * 0.3) / 125)
+    recording.types["t"] = "ReLU"  # not bounded: no share
+    assert np.isnan(saturation(recording, "t")[0])
+
+
+def test_units_whose_weights_get_no_gradient_are_found_by_their_rows():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(VOCAB, EMBED), nn.Flatten(), nn.Linear(CONTEXT * EMBED, HIDDEN), nn.ReLU(),
+                          nn.Linear(HIDDEN, VOCAB))
+    with torch.no_grad():
+        model[2].bias[:8] = -30  # 8 of 32 units never fire: their rows of weights get no gradient at all
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with colordim.record(model, [3, 4], optimizer=optimizer, params=nn.Linear, param_grads=True) as rec:
+        train(model, optimizer, names_data(batches=10))
+    recording = rec.recording
+    assert recording.param_grads.dead_rate["2.weight"][:10].tolist() == [0.25] * 10
+    report = colordim.diagnose(recording)
+    dead = [finding for finding in report.findings if finding.check == "grad_dead"]
+    assert [(finding.layer, finding.value) for finding in dead] == [("2.weight", 0.25)]
+    assert report.verdict == "1 of 2 layers unhealthy: 3 has dead units; 1 of 4 parameters: 2.weight has units " \
+        "with no gradient"
+    # embeddings (rows of unused tokens) and biases are not read: 0.weight is not recorded here, 2.bias is 1-d
+    assert colordim.diagnose(recording, grad_dead=0.3).findings == [f for f in report.findings if f.check != "grad_dead"]

@@ -27,6 +27,10 @@ THRESHOLDS = {
     "outliers": 0.001,  # heavy tails: a share of values beyond 6 standard deviations above this (the tail)
     "growth": 10.0,     # a block's RMS over its stack's first block's above this (the tail)
     "blowup": 100.0,    # a layer's RMS in a training batch over its median in the 10 before above this
+    "saturated": 0.1,   # a tanh's or sigmoid's share of values in its flat ends above this (the tail)
+    "update_high": 1e-2,  # a parameter's median RMS(update) / RMS(weights) over the last steps above this
+    "update_low": 1e-5,   # ... or below this (a frozen parameter, 0, is not a finding)
+    "grad_dead": 0.05,  # a weight's share of output units with an exactly zero gradient in a step above this
 }
 
 
@@ -157,14 +161,14 @@ def check_streams(streams, params) -> tuple:
 
 
 def param_streams(params, param_grads, updates) -> tuple:
-    """The STREAMS that `params=`, `param_grads=` and `updates=` ask for. `params`: False, True or the parameters'
-    names; `updates` records the weights too, the update-to-weight ratio's denominator."""
+    """The STREAMS that `params=`, `param_grads=` and `updates=` ask for. `params`: False, True or a spec of
+    layers or parameter names (checked with the model); `updates` records the weights too, the update-to-weight
+    ratio's denominator."""
     for name, value in (("param_grads", param_grads), ("updates", updates)):
         if not isinstance(value, bool):
             raise ValueError(f"{name}: {value!r} is not valid; use True or False")
-    if not (isinstance(params, bool) or isinstance(params, str) or
-            isinstance(params, (list, tuple)) and params and all(isinstance(name, str) for name in params)):
+    if params is None or isinstance(params, (list, tuple)) and not params:
         raise ValueError(f"params: {params!r} is not valid; use True (the recorded layers' parameters), False, "
-                         "or a list of names from model.named_parameters()")
+                         "layers as in `layers=`, or names from model.named_parameters()")
     wanted = {"param": params is not False or updates, "param_grad": param_grads, "update": updates}
     return tuple(stream for stream in STREAMS if wanted[stream])

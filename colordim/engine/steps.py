@@ -26,26 +26,35 @@ __all__ = ["ParamSteps", "STREAMS", "find_params"]
 
 
 def find_params(model, modules: dict, chosen=True) -> dict:
-    """{name: (parameter, its module's class name)} of the parameters to record: `chosen` True, those of
-    `modules` ({layer name: module}, each parameter once); a list of parameter names (or a name), those."""
+    """{name: (parameter, its module's class name)} of the parameters to record, each once, in the model's order:
+    `chosen` True, those of `modules` ({layer name: module}); else a spec like `layers=` (or a list): parameter
+    names from `model.named_parameters()` ("0.weight"), or layers (index, name, glob, class) whose parameters."""
     named = dict(model.named_parameters())
     owner = {f"{prefix}.{local}" if prefix else local: type(module).__name__
              for prefix, module in model.named_modules() for local, _ in module.named_parameters(recurse=False)}
     if chosen is True:
         wanted = {id(p) for module in modules.values() for p in module.parameters()}
-        names = [name for name, p in named.items() if id(p) in wanted]
     else:
-        names = [chosen] if isinstance(chosen, str) else list(chosen)
-        unknown = [name for name in names if not isinstance(name, str) or name not in named]
-        if unknown:
-            shown = ", ".join(list(named)[:12]) + (", ..." if len(named) > 12 else "")
-            raise ValueError(f"params: {unknown!r} {'is' if len(unknown) == 1 else 'are'} not a parameter of the "
-                             f"model; use True (the recorded layers' parameters) or names from "
-                             f"model.named_parameters(): {shown}")
+        wanted = set()
+        for spec in chosen if isinstance(chosen, (list, tuple)) else [chosen]:
+            wanted |= {id(named[spec])} if isinstance(spec, str) and spec in named else _of_layers(model, spec, named)
+    names = [name for name, p in named.items() if id(p) in wanted]
     if not names:
         raise ValueError("params: the chosen layers have no parameters to record; choose layers with weights "
-                         "or name parameters (params=['0.weight', ...])")
+                         "(params=nn.Linear, params=['0', '2']) or name parameters (params=['0.weight', ...])")
     return {name: (named[name], owner.get(name, "")) for name in names}
+
+
+def _of_layers(model, spec, named: dict) -> set:
+    "The ids of the parameters of the layers `spec` names (as `layers=`), or a ValueError saying what is valid."
+    from .find_layers import find_layers
+    try:
+        return {id(p) for module in find_layers(model, spec).values() for p in module.parameters()}
+    except (ValueError, TypeError) as error:
+        shown = ", ".join(list(named)[:12]) + (", ..." if len(named) > 12 else "")
+        raise ValueError(f"params: {spec!r} is neither a parameter of the model nor a layer ({error}); use True "
+                         f"(the recorded layers' parameters), layers as in `layers=`, or parameter names: {shown}") \
+            from None
 
 
 class ParamSteps:

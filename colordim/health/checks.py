@@ -9,10 +9,11 @@ import math
 
 import numpy as np
 
-from ..data.options import THRESHOLDS, check_thresholds
+from ..data.options import STREAMS, THRESHOLDS, check_thresholds
 from ..data.recording import Recording
 from .report import Finding, Report
 from .scale_checks import SIGMAS, blowup, growth, massive_ratio, share_beyond, stacks
+from .step_checks import grad_dead_findings, saturation_findings, update_findings
 
 __all__ = ["diagnose", "THRESHOLDS"]
 
@@ -21,7 +22,9 @@ def diagnose(recording: Recording, tail: float = THRESHOLDS["tail"], dead: float
              near_zero: float = THRESHOLDS["near_zero"], outside: float = THRESHOLDS["outside"],
              jitter: float = THRESHOLDS["jitter"], massive: float = THRESHOLDS["massive"],
              massive_ratio: float = THRESHOLDS["massive_ratio"], outliers: float = THRESHOLDS["outliers"],
-             growth: float = THRESHOLDS["growth"], blowup: float = THRESHOLDS["blowup"]) -> Report:
+             growth: float = THRESHOLDS["growth"], blowup: float = THRESHOLDS["blowup"],
+             saturated: float = THRESHOLDS["saturated"], update_high: float = THRESHOLDS["update_high"],
+             update_low: float = THRESHOLDS["update_low"], grad_dead: float = THRESHOLDS["grad_dead"]) -> Report:
     """Health figures and findings for each layer of `recording` (its activations). Thresholds:
     `tail` last share of training batches read for dead units, near zero, outliers and growth (0.1);
     `dead` share of dead units of a ReLU-like layer (0.05); `near_zero` share of values near zero (0.9);
@@ -30,12 +33,17 @@ def diagnose(recording: Recording, tail: float = THRESHOLDS["tail"], dead: float
     least this big (100) and this many times the median |value| (1000) in a training batch; `outliers`
     share of values beyond 6 standard deviations (0.001); `growth` RMS of a block over its stack's first
     block (10; a stack: `blocks.0`, `blocks.1`, ... of one shape); `blowup` RMS of a layer in a training
-    batch over its median in the 10 training batches before (100: where a run diverged). A finding means a figure
-    above its threshold (`colordim.health.scale_checks` says how the last five are read)."""
+    batch over its median in the 10 training batches before (100: where a run diverged); `saturated` share of a
+    tanh's or sigmoid's values in its flat ends (0.1, the tail). With the parameters' streams recorded:
+    `update_high` and `update_low`, a parameter's median RMS(update) / RMS(weights) over the tail of its steps
+    above 1e-2 or below 1e-5; `grad_dead` share of a weight's output units whose gradient is exactly zero in a
+    step (0.05, the tail). A finding means a figure above its threshold (below, for `update_low`;
+    `colordim.health.scale_checks` and `colordim.health.step_checks` say how the others are read)."""
     if not isinstance(recording, Recording):
         raise TypeError(f"recording: expected a colordim Recording, got {type(recording).__name__}")
     thresholds = dict(tail=tail, dead=dead, near_zero=near_zero, outside=outside, jitter=jitter, massive=massive,
-                      massive_ratio=massive_ratio, outliers=outliers, growth=growth, blowup=blowup)
+                      massive_ratio=massive_ratio, outliers=outliers, growth=growth, blowup=blowup,
+                      saturated=saturated, update_high=update_high, update_low=update_low, grad_dead=grad_dead)
     check_thresholds(thresholds)
     columns = _Window(recording, tail)
     rows, findings = [], []
@@ -45,8 +53,16 @@ def diagnose(recording: Recording, tail: float = THRESHOLDS["tail"], dead: float
         findings += _findings(recording, name, row, thresholds) + _scale_findings(recording, name, row, columns,
                                                                                   thresholds)
     findings += _growth(recording, columns, thresholds)
-    return Report(rows, _origin(recording) + _blowup(recording, columns, blowup) + findings, thresholds,
-                  columns=len(recording))
+    findings += saturation_findings(recording, columns.tail, columns.tail_weights, saturated)
+    parameters = update_findings(recording, tail, update_high, update_low) + grad_dead_findings(recording, tail, grad_dead)
+    return Report(rows, _origin(recording) + _blowup(recording, columns, blowup) + findings + parameters, thresholds,
+                  columns=len(recording), parameters=_parameters(recording))
+
+
+def _parameters(recording: Recording) -> list:
+    "The names of the parameters whose steps were recorded (in any of the parameter kinds)."
+    kinds = [kind for kind in recording.kinds if kind in STREAMS]
+    return list(dict.fromkeys(name for kind in kinds for name in recording.kind(kind).layer_names))
 
 
 def _blowup(recording: Recording, columns: "_Window", limit: float) -> list:

@@ -39,7 +39,11 @@ VERDICTS = {"silent": ("recorded nothing", "recorded nothing"), "nan": ("outputs
             "dead": ("has dead units", "have dead units"), "near_zero": ("outputs mostly zeros", "output mostly zeros"),
             "below": ("clips", "clip"), "above": ("clips", "clip"), "jitter": ("jumps in scale", "jump in scale"),
             "massive": ("has massive activations", "have massive activations"),
-            "outliers": ("has heavy tails", "have heavy tails"), "growth": ("grows with depth", "grow with depth")}
+            "outliers": ("has heavy tails", "have heavy tails"), "growth": ("grows with depth", "grow with depth"),
+            "saturated": ("saturates", "saturate"),
+            # parameters' (`colordim.health.step_checks`)
+            "update_large": ("updates too fast", "update too fast"), "update_small": ("updates too slowly", "update too slowly"),
+            "grad_dead": ("has units with no gradient", "have units with no gradient")}
 # the table's cell each check is about (a layer's row shows which figure is over its threshold)
 CELLS = {"dead": "dead", "near_zero": "near_zero", "below": "below", "above": "above", "nan": "nan_batches",
          "inf": "inf_batches", "jitter": "jitter"}
@@ -57,6 +61,7 @@ class Report:
     findings: list
     thresholds: dict = field(default_factory=lambda: dict(THRESHOLDS))
     columns: int = 0    # columns (batches) the recording held
+    parameters: list = field(default_factory=list)  # the parameters whose steps were recorded (their findings' names)
 
     COLUMNS = (("layer", "layer"), ("type", "type"), ("shape", "shape"), ("dead", "dead units"), ("near_zero", "near zero"),
                ("below", "below range"), ("above", "above range"), ("nan_batches", "NaN batches"),
@@ -78,11 +83,24 @@ class Report:
         layers = len(self.rows)
         if not self.columns:
             return f"Nothing recorded yet ({layers} layer{'s' if layers != 1 else ''} hooked)"
-        unhealthy = list(dict.fromkeys(finding.layer for finding in self.findings if finding.check != "origin"))
+        about = lambda parameters: [finding for finding in self.findings if finding.check != "origin" and
+                                    (finding.layer in self.parameters) == parameters]
+        unhealthy = list(dict.fromkeys(finding.layer for finding in about(False)))
         if not unhealthy:
-            return f"All {layers} layers healthy" if layers != 1 else "The layer is healthy"
+            verdict = f"All {layers} layers healthy" if layers != 1 else "The layer is healthy"
+        else:
+            verdict = f"{len(unhealthy)} of {layers} layer{'s' if layers != 1 else ''} unhealthy: " + \
+                self._phrases(about(False))
+        weights = list(dict.fromkeys(finding.layer for finding in about(True)))
+        if weights:  # the parameters' findings, after the layers'
+            count = len(self.parameters)
+            verdict += f"; {len(weights)} of {count} parameter{'s' if count != 1 else ''}: " + self._phrases(about(True))
+        return verdict
+
+    def _phrases(self, findings: list) -> str:
+        "`a and b have dead units; c clips`: the layers of `findings` grouped by what is wrong, most serious first."
         said = {}  # phrase -> layers, in the order findings come
-        for finding in self.findings:
+        for finding in findings:
             layers_said = said.setdefault(VERDICTS.get(finding.check), [])
             if finding.layer not in layers_said:
                 layers_said.append(finding.layer)
@@ -90,7 +108,7 @@ class Report:
         order = list(VERDICTS.values())  # most serious first
         parts = [f"{_listed(names)} {phrase[len(names) > 1]}"
                  for phrase, names in sorted(said.items(), key=lambda item: order.index(item[0]))]
-        return f"{len(unhealthy)} of {layers} layer{'s' if layers != 1 else ''} unhealthy: " + "; ".join(parts)
+        return "; ".join(parts)
 
     def over(self, row: dict) -> set:
         "The keys of `row`'s cells whose figure is over its threshold (a finding about them)."
