@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/streams.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -19,7 +19,7 @@ def data(rank=None, world=2):
     return x, y
 
 
-def learner(rank, save_to, world=2):
+def learner(rank, save_to, world=2, **options):
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader
     from fastai.learner import Learner
@@ -33,7 +33,7 @@ def learner(rank, save_to, world=2):
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3))
     learn = Learner(dls, model, loss_func=nn.functional.cross_entropy, lr=0.0,   # lr 0: the ranks stay equal
-                    cbs=ActivationHistogram(layers=[0, 1, 2], bins=12, range=(-6, 6), save_to=save_to))
+                    cbs=ActivationHistogram(layers=[0, 1, 2], bins=12, range=(-6, 6), save_to=save_to, **options))
     learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == "ProgressCallback"])
     learn.logger = noop
     return learn
@@ -153,3 +153,25 @@ def test_ranks_merge_dead_features_exactly(tmp_path):
         single.end_column()
     assert merged.channels["act"].tolist() == [8] and merged.dead_rate["act"].tolist() == [3 / 8]
     assert single.recording.dead_rate["act"].tolist() == [3 / 8] and merged.units == {"act": "features"}
+
+
+def params_worker(rank, world, store, folder):
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        learner(rank, f"{folder}/run_rank{rank}.npz", params=True).fit(2)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_weights_every_rank_holds_alike_are_not_summed_across_ranks(tmp_path):
+    "Each rank has the same weights (lr 0 here, DDP's all-reduced steps in practice): each rank's own counts."
+    from colordim import Recording
+    mp.spawn(params_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    single = learner(None, tmp_path / "single.npz", params=True)
+    single.fit(2)
+    expected, merged = single.activation_histogram.recording, Recording.load(tmp_path / "run_rank0.npz")
+    assert merged.params.layer_names == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    for name in merged.params.layer_names:
+        np.testing.assert_array_equal(merged.params.numel[name], expected.params.numel[name])  # not twice
+        np.testing.assert_array_equal(merged.params.counts[name], expected.params.counts[name])
+    np.testing.assert_array_equal(merged.counts["0"], expected.counts["0"])  # the activations: summed

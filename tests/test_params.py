@@ -244,7 +244,8 @@ def test_named_parameters_and_the_dead_count_of_gradient_rows():
     used = len(torch.unique(x))  # an embedding row gets a gradient only for the letters in the batch
     assert recording.param_grads.channels["0.weight"][0] == VOCAB
     assert recording.param_grads.dead_rate["0.weight"][0] == pytest.approx((VOCAB - used) / VOCAB)
-    assert recording.params.dead_rate["17.bias"][0] == 0
+    # the weights' dead count is an output's: rows with no value above zero (a bias: each value its own row)
+    assert recording.params.dead_rate["17.bias"][0] == pytest.approx((model[17].bias <= 0).double().mean().item())
 
 
 def test_saved_and_selected_recordings_keep_every_stream(tmp_path):
@@ -346,6 +347,12 @@ def test_a_fastai_fit_records_each_step_with_accumulation_and_validation():
             assert (part.hist["17.weight"][column] == histogram(values, part.edges["17.weight"])).all()
         expected = (0.1 * grads.double()).pow(2).mean().sqrt() / after.double().pow(2).mean().sqrt()
         assert recording.update_ratio["17.weight"][column] == pytest.approx(expected.item(), rel=1e-5)
+    figure, ax = learn.update_ratio_chart()  # the Learner's figures take the new kinds
+    lines = [line for line in ax.get_lines() if line.get_label() in ("17.weight Linear", "17.bias Linear")]
+    assert [len(line.get_xdata()) for line in lines] == [4, 4]  # one point per step
+    assert np.allclose(lines[0].get_ydata(), np.log10(recording.update_ratio["17.weight"][steps]))
+    image = learn.color_dim("17.weight", kind="update").get_images()[0].get_array()
+    assert image.shape == (100, 4) and ax.get_lines()[-1].get_ydata()[0] == -3  # the steps only; the guide
 
 
 # --- the verdicts: diagnose's checks of steps and bounded activations, with known answers ----------------
@@ -445,3 +452,73 @@ def test_units_whose_weights_get_no_gradient_are_found_by_their_rows():
         "with no gradient"
     # embeddings (rows of unused tokens) and biases are not read: 0.weight is not recorded here, 2.bias is 1-d
     assert colordim.diagnose(recording, grad_dead=0.3).findings == [f for f in report.findings if f.check != "grad_dead"]
+
+
+# --- the exports: TensorBoard, W&B, the HTML page ---------------------------------------------------------
+def stepped_run(tmp_path=None, batches: int = 4):
+    model = makemore_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with colordim.record(model, ["2", "4"], optimizer=optimizer, params=True, param_grads=True, updates=True) as rec:
+        train(model, optimizer, names_data(batches=batches))
+    return rec.recording
+
+
+def test_tensorboard_gets_a_series_per_parameter_and_stream_at_each_step(tmp_path):
+    from test_tensorboard import read_histograms
+    recording = stepped_run()
+    tags = colordim.to_tensorboard(recording, tmp_path / "logs")
+    assert tags == ["activation/2/train", "activation/2/valid", "activation/4/train", "activation/4/valid",
+                    "param/2.weight/train", "param_grad/2.weight/train", "update/2.weight/train"]
+    histograms = read_histograms(tmp_path / "logs")
+    update = histograms["update/2.weight/train"]
+    assert [event.step for event in update] == [0, 1, 2, 3]  # the steps; no validation series of a parameter
+    for event in update:
+        assert list(event.histogram_value.bucket) == recording.updates.counts["2.weight"][event.step].tolist()
+
+
+def test_the_html_page_has_the_parameters_table_ratio_chart_and_images(tmp_path):
+    import html
+    import re
+    model = makemore_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # too fast: findings link to the table's rows
+    with colordim.record(model, nn.Tanh, optimizer=optimizer, params=nn.Linear, updates=True) as rec:
+        train(model, optimizer, names_data(batches=10))
+    page = rec.recording.to_html(tmp_path / "run.html").read_text()
+    assert "<dt>per optimizer step</dt><dd>weights, update</dd>" in page
+    assert '<tr id="layer-2_weight"><td><code>2.weight</code></td><td>Linear</td><td>32x30</td>' in page
+    assert '<a href="#layer-2_weight"><code>2.weight</code></a>' in page  # the finding links to its row
+    images = [html.unescape(alt) for alt in re.findall(r'<img [^>]*alt="([^"]*)"', page)]
+    assert "update-to-weight ratio per parameter and step" in images
+    assert "colour-dim images of every parameter's update, per step" in images
+
+
+def test_wandb_gets_parameters_gradients_and_updates_under_the_names_watch_users_know(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from test_wandb import history, offline_run
+    from colordim.integrations.wandb_log import WandbLog
+    run = offline_run(tmp_path, monkeypatch)
+    try:
+        recording = stepped_run()
+        WandbLog().write([recording])
+        wandb.log({}, commit=True)
+        run_dir = run.dir.rsplit("/files", 1)[0]
+    finally:
+        wandb.finish()
+    row = next(row for row in history(run_dir) if "colordim/updates/2.weight" in row)
+    assert {"colordim/parameters/2.weight", "colordim/gradients/2.weight", "colordim/activation/2/train"} <= set(row)
+    assert row["colordim/updates/2.weight"]["values"] == recording.updates.counts["2.weight"].sum(0)[1:-1].tolist()
+
+
+def test_sampled_parameters_and_moves_every_2_steps_stand_for_the_whole_tensors():
+    model = makemore_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    taps = Taps(model, optimizer, ["17.bias"])
+    with colordim.record(model, "17", optimizer=optimizer, params=True, param_grads=True, updates=True, sample=64,
+                         move_every=2) as rec:
+        train(model, optimizer, names_data(batches=5))
+    recording = rec.recording
+    weights = VOCAB * HIDDEN  # 864 values: 64 of them histogrammed, the counts scaled to stand for all
+    for part in (recording.params, recording.param_grads, recording.updates):
+        assert part.numel["17.weight"].tolist() == [weights] * 5 + [0]
+        assert np.allclose(part.counts["17.weight"][:5].sum(1), weights)
+    assert_columns_equal_taps(recording.select(layers="17"), taps, range(5))  # 27 biases: fewer than 64, exact

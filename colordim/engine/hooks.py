@@ -30,12 +30,13 @@ __all__ = ["Hook", "Inert", "hook_forward", "hook_forward_pre", "ours"]
 _eager_only = (lambda function: function) if in_graph.available else getattr(torch, "_disable_dynamo", lambda f: f)
 
 
-def hook_forward(module: nn.Module, function, gradient=None) -> "Hook":
+def hook_forward(module: nn.Module, function, gradient=None, always: bool = False) -> "Hook":
     """Call `function(module, inputs, output)` after each forward of `module`; `remove()` on the result stops
     it. `gradient(module, index, grad)`: where a compiled graph sends the gradient of the output's `index`-th
-    tensor (eager code hooks gradients itself, on the tensors `function` is given)."""
+    tensor (eager code hooks gradients itself, on the tensors `function` is given). `always`: also after a
+    forward that raised (then with output None)."""
     hook = Hook(function, module, gradient)
-    hook.handle = module.register_forward_hook(hook)
+    hook.handle = module.register_forward_hook(hook, always_call=always)
     return hook
 
 

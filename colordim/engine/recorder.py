@@ -16,10 +16,12 @@ from .hooks import hook_forward, hook_forward_pre
 from .host_columns import HostColumns
 from .layer import LayerRecorder, Settings
 from .ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Ledger
-from .routing import CALLS, Routing
+from .find_layers import compiled, unwrapped
+from .functional import FunctionalTap, check_functions, check_not_compiled
+from .routing import CALLS, Routing, backward_task
 from .steps import ParamSteps
 from .transfer import Moves
-from .units import CHANNELS
+from .units import CHANNELS, FEATURES
 from . import ranges
 from .units import resolve_units
 from ..data.options import check_bins, check_near_zero, check_phase, check_range, check_sample, check_scale, check_streams, check_units
@@ -50,6 +52,8 @@ class HistogramRecorder(Moves):
         params: dict = None,  # {name: (parameter, its module's class name)} (`steps.find_params`) for `streams`
         streams=(),           # which of "param", "param_grad", "update" to record per optimizer step (`steps`)
         param_range="auto",   # the parameter streams' range: "auto" (each from its first step) or (low, high)
+        functional=None,      # True, or some of `functional.FUNCTIONS`: also record those functional calls made in
+                              # the modules' forward (`F.relu(...)`: "block:relu"); needs `attach(root=model)`
     ):
         if not modules:
             raise ValueError("modules: nothing to record; pass at least one {name: module}")
@@ -74,6 +78,7 @@ class HistogramRecorder(Moves):
         for slot, name in enumerate(self.modules):
             self._add_slot(name, slot)
         self.steps = self._add_params(params or {}, check_streams(streams, params), check_range(param_range))
+        self.functions, self._tap, self._functional = check_functions(functional), None, {}  # name -> its slot
         # On the host: every column moved so far, in arrays made once within `host_bytes` (`colordim.engine.host_columns`)
         self.host = HostColumns(self.columns.max_columns, self.bins)
         self.shapes = {}  # name -> the shape of its last training output (or last output, with none yet)
@@ -156,13 +161,34 @@ class HistogramRecorder(Moves):
                        for slot, module in enumerate(self.modules.values())]
         if root is not None:  # before the layers' hooks: a pre-hook runs before the root's forward
             self._hooks.append(hook_forward_pre(root, routing.new_forward))
+        if self.functions:
+            if root is None:
+                raise ValueError("functional: recording functional calls needs the model: attach(root=model)")
+            check_not_compiled(compiled(root))
+            self._tap = FunctionalTap(unwrapped(root), self.functions, self._add_functional)
         return self
+
+    def _add_functional(self, name: str, output) -> None:
+        "A functional call's output (`FunctionalTap`): a layer of its own, its slot added when first seen."
+        if self.columns.row is None or backward_task() != -1:  # between batches; a recomputation in backward
+            return
+        slot = self._functional.get(name)
+        if slot is None:  # a pseudo-module of its own: its type is the function, its units by the output's shape
+            self._types.append(name.split(":")[-1].split("#")[0])
+            self._units.append(CHANNELS if output.dim() >= 4 else FEATURES)
+            slot = self._functional[name] = self._add_slot(name, len(self._types) - 1)
+        self.layers["activation"][slot].add(output)
+        if "grad" in self.layers and output.requires_grad:
+            output.register_hook(self.layers["grad"][slot].add_gradient)
 
     def detach(self) -> None:
         "Remove our hooks, drop an unfinished column, keep every finished one. Safe to call twice."
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        if self._tap is not None:
+            self._tap.remove()
+            self._tap = None
         self.abandon_column()
         self.flush(reduce=False)  # no collective here: detach also runs on one crashing rank alone
 

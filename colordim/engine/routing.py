@@ -14,10 +14,10 @@ import torch
 
 from . import in_graph
 
-__all__ = ["Routing", "CALLS"]
+__all__ = ["Routing", "CALLS", "backward_task"]
 
 CALLS = 32  # calls of one module in one forward pass kept apart; from the 32nd on they share a layer
-_backward_task = getattr(torch._C, "_current_graph_task_id", lambda: -1)  # -1: not inside a backward pass
+backward_task = getattr(torch._C, "_current_graph_task_id", lambda: -1)  # -1: not inside a backward pass
 
 
 class Routing:
@@ -77,7 +77,7 @@ class Routing:
 
     def _again(self, slot: int, call: int, output) -> None:
         "A module's call after its first in one forward pass: a layer of its own (`name#2`, ...)."
-        if _backward_task() != -1:  # recomputed during backward (activation checkpointing): seen already,
+        if backward_task() != -1:  # recomputed during backward (activation checkpointing): seen already,
             self._recomputed(slot, output)  # but its gradient may flow through this copy
             return
         key = (slot, min(call, CALLS - 1))

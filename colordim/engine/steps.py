@@ -12,11 +12,14 @@ Adapters that have no hook after the clipping and before the step (fastai's call
 zeroes them before `after_step`), and the update is against the weights kept at the previous step.
 
 Each parameter is histogrammed by its own `LayerRecorder`, viewed as (1, rows, -1): its units are its
-rows (a weight's output units), and the moments' dead count is the number of rows that are exactly
-zero (a gradient row of zeros: a unit that did not learn this step). Nothing here syncs with the device.
+rows (a weight's output units). A weight gradient's dead count is the number of its rows that are
+exactly zero (a unit that did not learn this step); the weights' and updates' is, as for an output, the
+rows with no value above zero (of little use: it is not worth another pass). Nothing here syncs with the
+device.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..data.layout import DEAD
@@ -121,18 +124,27 @@ class ParamSteps:
         if grad.layout != torch.strided:
             layer.skipped = f"gradient layout {grad.layout} is not strided (a sparse gradient)"
             return
-        self._add(layer, grad)
+        rows = self._add(layer, grad)
+        if rows is not None and layer.settings.stats and layer.buffer is not None:
+            _count_zero_rows(rows[0], layer.buffer, self.columns.row)
 
-    def _add(self, layer, tensor: torch.Tensor) -> None:
-        "Histogram `tensor` into the open row, its rows as the units; the dead count: rows exactly zero."
+    def _add(self, layer, tensor: torch.Tensor):
+        "Histogram `tensor` into the open row, its rows as the units; returns the (1, rows, -1) view (None: empty)."
         values = tensor.detach()
         rows = values.reshape(1, values.shape[0] if values.dim() >= 2 else values.numel(), -1)
         if not rows.numel() or not rows.is_floating_point():
-            return
+            return None
         layer.add(rows)
-        if layer.settings.stats and layer.buffer is not None:
-            zero_rows = (rows[0] == 0).all(1).sum()
-            layer.buffer.moments[self.columns.row, DEAD] = zero_rows.to(layer.buffer.moments.dtype)
+        return rows
+
+
+def _count_zero_rows(rows: torch.Tensor, buffer, row: int) -> None:
+    "The moments' dead count of `row`: how many of `rows` (rows, -1) are exactly zero (on the CPU: numpy, in place)."
+    if buffer.host is not None and rows.dtype != torch.bfloat16:  # CPU memory: one numpy pass
+        nonzero = rows.numpy().any(axis=1)
+        buffer.host[1][row, DEAD] = len(nonzero) - np.count_nonzero(nonzero)
+    else:  # on the device, no sync
+        buffer.moments[row, DEAD].copy_((rows == 0).all(1).sum())
 
 
 def _same(kept: torch.Tensor, tensor: torch.Tensor) -> bool:

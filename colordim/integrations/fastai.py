@@ -12,6 +12,7 @@ from ..views import plot
 from ..engine.distributed import is_main_process
 from ..engine.ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Ledger
 from ..engine.find_layers import compiled, find_layers, unwrapped
+from ..engine.functional import check_functions
 from ..engine.steps import find_params
 from ..health.checks import diagnose
 from ..data.options import (check_bins, check_near_zero, check_range, check_sample, check_scale, check_show,
@@ -32,7 +33,7 @@ class ActivationHistogram(Callback):
     order = -5  # after TrainEvalCallback (-10) has set `training`, before most others
     move_every, device_bytes, host_bytes = MOVE_EVERY, DEVICE_BYTES, HOST_BYTES  # callbacks pickled before them
     show, _live, tensorboard, _board, wandb, _wandb, units = False, None, None, None, False, None, None
-    params, param_grads, updates, _step_cancelled = False, False, False, False  # callbacks pickled before them
+    params, param_grads, updates, _step_cancelled, functional = False, False, False, False, False  # pickled before
 
     def __init__(self,
         layers=None,      # index, dotted name, glob, module class or module (or a list); None: leaves with params
@@ -62,11 +63,12 @@ class ActivationHistogram(Callback):
         params=False,  # per optimizer step, the weights: True (the recorded layers' parameters) or parameter names
         param_grads: bool = False,  # their gradients as the step used them (after accumulation, unscaling, clipping)
         updates: bool = False,  # what each step changed (and the weights): `recording.update_ratio`
+        functional=False,  # True (or function names): also record F.relu, torch.tanh ... called in modules' forward
     ):
         check_bins(bins), check_range(range), check_scale(scale, linthresh)  # fail now, not at the first batch
         check_range(grad_range), check_scale(grad_scale, linthresh)
         check_near_zero(near_zero), check_sample(sample), Ledger(max_columns, move_every, device_bytes, host_bytes)
-        check_show(show), check_units(units), param_streams(params, param_grads, updates)
+        check_show(show), check_units(units), param_streams(params, param_grads, updates), check_functions(functional)
         store_attr()
         self.histogram_recorder, self._fit, self._trained, self._active = None, -1, False, False
         self._checked = False  # the first forward pass of this fit has been checked
@@ -93,7 +95,7 @@ class ActivationHistogram(Callback):
                                             host_bytes=self.host_bytes,
                                             grad_range=self.grad_range, grad_scale=self.grad_scale,
                                             units=resolve_units(self.learn.model, modules, self.units),
-                                            params=params, streams=streams)
+                                            params=params, streams=streams, functional=self.functional)
             self._saved = 0
         self.histogram_recorder.attach(root=self.learn.model)  # a module called twice in one forward: two layers
         self.histogram_recorder.steps.keep_weights()  # the first step's update is against these

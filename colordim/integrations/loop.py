@@ -42,7 +42,7 @@ class LoopRecorder:
     def attach(self) -> "LoopRecorder":
         "Hook the layers, then the model itself (its forward hook runs last, after every layer's)."
         self.detach()
-        self.recorder.attach()
+        self.recorder.attach(root=self.model if self.recorder.functions else None)  # functional calls: the model's
         # `colordim.engine.hooks`: a copy of the model made in the block carries neither along
         self._handles = [hook_forward_pre(self.model, self._begin), hook_forward(self.model, self._end)]
         if self.recorder.steps.layers:  # the parameters' streams, at each step of each optimizer
@@ -103,7 +103,10 @@ def record(model: nn.Module, layers=None, grads=False, units=None, optimizer=Non
     Per optimizer step, with `optimizer=` (one, or a list): `params=True` the weights of the recorded layers
     (or `params=[names]`, those parameters), `param_grads=True` their gradients as the step sees them,
     `updates=True` what the step changed (and the weights: `recording.update_ratio`). Without an optimizer,
-    `params=True` records the weights each training forward pass runs with; gradients and updates need it."""
+    `params=True` records the weights each training forward pass runs with; gradients and updates need it.
+
+    `functional=True` (or some function names, `colordim.engine.functional.FUNCTIONS`) also records the
+    activation functions called inside the modules' forward (`F.relu(self.conv(x))`: `block:relu`)."""
     modules = find_layers(model, layers)
     streams = param_streams(params, param_grads, updates)
     optimizers = _optimizers(optimizer, streams)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.layout import SUM, SUM_SQ
+from ..data.options import STREAMS
 from ..data.recording import Recording
 
 __all__ = ["to_tensorboard", "LiveBoard", "training_steps"]
@@ -18,19 +19,22 @@ def _summary_writer():
     return SummaryWriter
 
 
-def to_tensorboard(recording: Recording, log_dir, kinds=("activation", "grad")) -> list[str]:
-    "Write every layer's per-batch histograms to `log_dir` (tags kind/layer/phase, step = column); the tags."
+def to_tensorboard(recording: Recording, log_dir, kinds=None) -> list[str]:
+    """Write every layer's per-batch histograms to `log_dir` (tags kind/layer/phase, step = column) of each
+    kind recorded (or of `kinds`: 'activation', 'grad', 'param', 'param_grad', 'update'); the tags. A
+    parameter's kinds have a histogram at each optimizer step (`param/0.weight/train`)."""
     SummaryWriter = _summary_writer()
     tags = []
     with SummaryWriter(str(log_dir)) as writer:
-        for kind in kinds:
-            if kind == "grad" and recording.grads is None:
-                continue
+        for kind in recording.kinds if kinds is None else kinds:
             source = recording.kind(kind)
             for name in source.layer_names:
                 for phase in sorted(set(source.phase.tolist())):
+                    columns = np.flatnonzero((source.phase == phase) & (source.numel[name] > 0))
+                    if kind in STREAMS and not len(columns):  # no step in this phase (validation)
+                        continue
                     tags.append(f"{kind}/{name}/{phase}")
-                    for column in np.flatnonzero(source.phase == phase):
+                    for column in columns if kind in STREAMS else np.flatnonzero(source.phase == phase):
                         _write_column(writer, tags[-1], source, name, int(column))
     return tags
 
@@ -62,13 +66,11 @@ class LiveBoard:
         "Each part's columns (as `HistogramRecorder.new_parts` gives them), and `grid`'s image at the last step."
         for part in parts:
             steps = training_steps(part) + self.trained
-            for kind in ("activation", "grad"):
-                if kind == "grad" and part.grads is None:
-                    continue
+            for kind in part.kinds:
                 source = part.kind(kind)
                 for name in source.layer_names:
                     for column in range(len(source)):
-                        if not source.numel[name][column]:  # nothing in it (a gradient in validation)
+                        if not source.numel[name][column]:  # nothing in it (a gradient in validation, no step)
                             continue
                         tag = f"{kind}/{name}/{source.phase[column]}"
                         _write_column(self.writer, tag, source, name, column, step=self._step(tag, int(steps[column])))

@@ -57,15 +57,13 @@ class WandbLog:
     def _histograms(self, part: Recording) -> dict:
         "A part's batches summed per kind, layer and phase: key -> (counts of the bins, edges)."
         row = {}
-        for kind in ("activation", "grad"):
-            if kind == "grad" and part.grads is None:
-                continue
+        for kind in part.kinds:
             source = part.kind(kind)
             for phase in ("train", "valid"):
                 columns = source.phase == phase
                 for name in source.layer_names:
                     if source.numel[name][columns].sum():  # the bins; the edge rows have no width
-                        row[f"colordim/{kind}/{name}/{phase}"] = source.counts[name][columns].sum(0)[1:-1], source.edges[name]
+                        row[_key(kind, name, phase)] = source.counts[name][columns].sum(0)[1:-1], source.edges[name]
         self.trained += int(part.batches[part.phase == "train"].sum())
         return row
 
@@ -103,6 +101,16 @@ class WandbLog:
         self._run.log({}, commit=True)
         self._ours += alone
         self._pending = None
+
+
+def _key(kind: str, name: str, phase: str) -> str:
+    """The W&B key of a histogram: `colordim/activation/0.1/train`; a parameter's under the names `wandb.watch`
+    users know, in our namespace: `colordim/parameters/0.weight`, `colordim/gradients/0.weight`,
+    `colordim/updates/0.weight` (steps are training steps: no phase)."""
+    return f"colordim/{PARAMETER_KEYS[kind]}/{name}" if kind in PARAMETER_KEYS else f"colordim/{kind}/{name}/{phase}"
+
+
+PARAMETER_KEYS = {"param": "parameters", "param_grad": "gradients", "update": "updates"}
 
 
 def _joinable(pending: dict, row: dict) -> bool:

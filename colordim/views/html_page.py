@@ -11,9 +11,12 @@ import datetime
 import html
 from pathlib import Path
 
+import numpy as np
+
 from ..health.checks import diagnose
 from ..health.report import layer_anchor
-from ..data.recording import Recording
+from ..data.options import STREAMS
+from ..data.recording import KIND_NAMES, Recording
 from ..data.saved import write_atomically
 
 __all__ = ["report_html", "write_html"]
@@ -61,6 +64,7 @@ def _metadata(recording: Recording) -> str:
                       and recording.batches.max() > 1 else ")"),
         "fits, epochs": f"{len(fits)} fit{'s' if len(fits) != 1 else ''}, {len(epochs)} epoch{'s' if len(epochs) != 1 else ''}",
         "gradients": "recorded" if recording.grads is not None else "not recorded",
+        "per optimizer step": ", ".join(KIND_NAMES[kind] for kind in recording.kinds if kind in STREAMS) or "not recorded",
         "colordim": __version__,
         "written": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
     }
@@ -77,6 +81,36 @@ def _findings_table(report) -> str:
             f"range: all training batches; jitter: the std of the batch-to-batch change of log(std) over the "
             f"last epoch.</p><h3>Findings</h3>"
             f"{report.findings_html('none: every figure is within its threshold', links=True)}")
+
+
+def _steps_section(recording: Recording) -> list:
+    """The parameters' streams, per optimizer step: a table (each row the target of its findings' links), the
+    update-to-weight ratio chart, and the colour-dim images of each kind recorded."""
+    from . import plot
+    kinds = [kind for kind in recording.kinds if kind in STREAMS]
+    if not kinds or not recording.kind(kinds[0]).step_columns.any():
+        return []
+    first = recording.kind(kinds[0])
+    ratios = recording.update_ratio if "update" in kinds else {}
+    rows = []
+    for name in first.layer_names:
+        stepped = ratios[name][first.step_columns] if name in ratios else np.array([])
+        tail = stepped[len(stepped) - max(1, len(stepped) // 10):]  # as diagnose reads it
+        ratio = f"{np.nanmedian(tail):.1e}" if np.isfinite(tail).any() else "-"
+        cells = [f"<code>{html.escape(name)}</code>", html.escape(first.types.get(name, "")),
+                 "x".join(map(str, first.shapes.get(name, ()))) or "-", ratio]
+        rows.append(f'<tr id="{layer_anchor(name)}">' + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    head = "".join(f"<th>{title}</th>" for title in ("parameter", "type", "shape", "update / weights (last 10% of steps)"))
+    parts = ["<h2>Parameters, per optimizer step</h2>",
+             f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>']
+    if "update" in kinds:
+        figure, _ = plot.update_ratio_chart(recording)
+        parts.append(_png(figure, "update-to-weight ratio per parameter and step"))
+    for kind in kinds:
+        figure, _ = plot.color_dims(recording, kind=kind)
+        parts += [f"<h3>{html.escape(KIND_NAMES[kind].capitalize())}</h3>",
+                  _png(figure, f"colour-dim images of every parameter's {KIND_NAMES[kind]}, per step")]
+    return parts
 
 
 def report_html(recording: Recording, title: str = "colordim report", **thresholds) -> str:
@@ -100,6 +134,7 @@ def report_html(recording: Recording, title: str = "colordim report", **threshol
             grads_phase = "train" if (recording.grads.phase == "train").any() else "valid"
             figure, _ = plot.color_dims(recording, phase=grads_phase, kind="grad")
             parts += ["<h2>Gradients</h2>", _png(figure, "colour-dim images of every layer's output gradient")]
+        parts += _steps_section(recording)
         for name in recording.layer_names:
             parts.append(f'<h2 id="{layer_anchor(name)}">Layer <code>{html.escape(name)}</code></h2>')
             axes = plot.color_dim(recording, name, phase=phase, overlay="mean")
