@@ -6,7 +6,8 @@ and the functional activations; on the demo CNN and on resnet18. Run: `make benc
 The variants take turns in blocks of batches, in a new random order each round, so that the machine's
 drift falls on all of them alike. Each block opens its own `colordim.record` (outside the clock), runs
 one batch untimed (buffers, plans and auto ranges are made then) and times the next ones. Printed: the
-median time per batch of each variant, and its ratio to the bare loop and to activations alone.
+median time per batch of each variant, and the median over rounds of its ratio to the bare loop and to
+activations alone within the same round (a shared machine drifts by 10-20% within a minute).
 Ratios, not pass/fail. On CUDA each batch ends with torch.cuda.synchronize().
 """
 from __future__ import annotations
@@ -76,18 +77,20 @@ def run(name, make, device, rounds: int, timed: int) -> dict:
     torch.manual_seed(0)
     model, batches = make()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    times = {variant: [] for variant in VARIANTS}
+    turns = []  # per round: {variant: its median seconds per batch in that round}
     order = random.Random(0)
     for round in range(rounds + 1):  # the first round warms up
-        for variant in order.sample(list(VARIANTS), len(VARIANTS)):
-            measured = block(model, optimizer, batches, VARIANTS[variant], device, timed)
-            if round:
-                times[variant] += measured
-    median = {variant: statistics.median(values) for variant, values in times.items()}
-    print(f"\n{name} on {device}, plain loop, median of {rounds * timed} batches per variant:")
+        turn = {variant: statistics.median(block(model, optimizer, batches, VARIANTS[variant], device, timed))
+                for variant in order.sample(list(VARIANTS), len(VARIANTS))}
+        if round:
+            turns.append(turn)
+    median = {variant: statistics.median(turn[variant] for turn in turns) for variant in VARIANTS}
+    ratio = lambda variant, base: statistics.median(turn[variant] / turn[base] for turn in turns)
+    print(f"\n{name} on {device}, plain loop, {rounds} rounds of {timed} timed batches per variant "
+          "(medians; ratios within each round):")
     for variant, seconds in median.items():
         extra = "" if variant == "bare" else \
-            f"   x bare {seconds / median['bare']:.3f}   x activations {seconds / median['activations']:.3f}"
+            f"   x bare {ratio(variant, 'bare'):.3f}   x activations {ratio(variant, 'activations'):.3f}"
         print(f"  {variant:22s} {1000 * seconds:8.2f} ms/batch{extra}")
     params = sum(p.numel() for p in model.parameters())
     print(f"  updates keep a copy of the recorded weights: {4 * params / 1e6:.1f} MB here ({params:,} parameters)")
@@ -96,8 +99,8 @@ def run(name, make, device, rounds: int, timed: int) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--timed", type=int, default=6, help="timed batches per turn")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--timed", type=int, default=3, help="timed batches per variant and round")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
