@@ -7,7 +7,9 @@ shape, the buffer row) -> the plan (`colordim.engine.plans`: one compiled call o
 on CUDA, a few torch ops elsewhere; no host sync). Here: the recorder's layers, attaching and detaching
 its hooks, and the column lifecycle (`begin_column`, `end_column`, `abandon_column`; the ledger:
 `colordim.engine.ledger`). Moving rows to the host and assembling the `Recording` is `Moves`
-(`colordim.engine.transfer`), which it inherits.
+(`colordim.engine.transfer`), which it inherits. The other streams enter the same layers and ledger:
+an optimizer step's weights, gradients and updates through `steps` (`colordim.engine.steps`), functional
+calls through `FunctionalTap` (`colordim.engine.functional`).
 """
 from __future__ import annotations
 
@@ -21,9 +23,8 @@ from .functional import FunctionalTap, check_functions, check_not_compiled
 from .routing import CALLS, Routing, backward_task
 from .steps import ParamSteps
 from .transfer import Moves
-from .units import CHANNELS, FEATURES
 from . import ranges
-from .units import resolve_units
+from .units import CHANNELS, FEATURES, resolve_units
 from ..data.options import check_bins, check_near_zero, check_phase, check_range, check_sample, check_scale, check_streams, check_units
 
 __all__ = ["HistogramRecorder", "CALLS"]

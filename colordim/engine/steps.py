@@ -24,6 +24,7 @@ import torch
 
 from ..data.layout import DEAD
 from ..data.options import STREAMS
+from .find_layers import find_layers
 
 __all__ = ["ParamSteps", "STREAMS", "find_params"]
 
@@ -50,7 +51,6 @@ def find_params(model, modules: dict, chosen=True) -> dict:
 
 def _of_layers(model, spec, named: dict) -> set:
     "The ids of the parameters of the layers `spec` names (as `layers=`), or a ValueError saying what is valid."
-    from .find_layers import find_layers
     try:
         return {id(p) for module in find_layers(model, spec).values() for p in module.parameters()}
     except (ValueError, TypeError) as error:
