@@ -522,3 +522,24 @@ def test_sampled_parameters_and_moves_every_2_steps_stand_for_the_whole_tensors(
         assert part.numel["17.weight"].tolist() == [weights] * 5 + [0]
         assert np.allclose(part.counts["17.weight"][:5].sum(1), weights)
     assert_columns_equal_taps(recording.select(layers="17"), taps, range(5))  # 27 biases: fewer than 64, exact
+
+
+def test_symlog_and_fixed_ranges_for_the_parameters_streams():
+    model = makemore_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    taps = Taps(model, optimizer, ["17.weight", "17.bias"])
+    with colordim.record(model, "17", optimizer=optimizer, params=True, param_grads=True, updates=True,
+                         param_scale="symlog", linthresh=1e-3, param_range=(-1, 1)) as rec:
+        train(model, optimizer, names_data(batches=3))
+    recording = rec.recording
+    edges = recording.updates.edges["17.weight"]
+    assert recording.updates.linthresh["17.weight"] == 1e-3 and (edges[0], edges[-1]) == (-1, 1)
+    assert np.diff(edges)[50] < 1e-3 < np.diff(edges)[-1]  # fine bins near zero, coarse far out
+    for column, (grads, before, after) in enumerate(taps.steps):
+        for part, values in ((recording.params, after), (recording.param_grads, grads),
+                             (recording.updates, {n: after[n] - before[n] for n in after})):
+            tapped = values["17.weight"]
+            inside = tapped[(tapped >= -1) & (tapped <= 1)]  # any beyond the range are in the edge bins
+            assert (part.hist["17.weight"][column] == histogram(inside, part.edges["17.weight"])).all()
+    with pytest.raises(ValueError, match="scale: expected 'linear' or 'symlog'"):
+        colordim.record(model, "17", optimizer=optimizer, params=True, param_scale="log").__enter__()

@@ -53,6 +53,7 @@ class HistogramRecorder(Moves):
         params: dict = None,  # {name: (parameter, its module's class name)} (`steps.find_params`) for `streams`
         streams=(),           # which of "param", "param_grad", "update" to record per optimizer step (`steps`)
         param_range="auto",   # the parameter streams' range: "auto" (each from its first step) or (low, high)
+        param_scale: str = "linear",  # or "symlog" (with `linthresh`): gradients and updates span many decades
         functional=None,      # True, or some of `functional.FUNCTIONS`: also record those functional calls made in
                               # the modules' forward (`F.relu(...)`: "block:relu"); needs `attach(root=model)`
     ):
@@ -78,7 +79,8 @@ class HistogramRecorder(Moves):
         self.routing = Routing(self.layers, self.columns, self._add_slot, len(self.modules))
         for slot, name in enumerate(self.modules):
             self._add_slot(name, slot)
-        self.steps = self._add_params(params or {}, check_streams(streams, params), check_range(param_range))
+        self.steps = self._add_params(params or {}, check_streams(streams, params), check_range(param_range),
+                                      check_scale(param_scale, linthresh))
         self.functions, self._tap, self._functional = check_functions(functional), None, {}  # name -> its slot
         # On the host: every column moved so far, in arrays made once within `host_bytes` (`colordim.engine.host_columns`)
         self.host = HostColumns(self.columns.max_columns, self.bins)
@@ -133,14 +135,14 @@ class HistogramRecorder(Moves):
             self.host.fit_within(self.columns.max_columns)
         return len(self.layers["activation"]) - 1
 
-    def _add_params(self, params: dict, streams: tuple, value_range) -> ParamSteps:
-        "A LayerRecorder per parameter and stream (linear bins), after the modules' slots; a trainer calls `steps`."
+    def _add_params(self, params: dict, streams: tuple, value_range, linthresh) -> ParamSteps:
+        "A LayerRecorder per parameter and stream, after the modules' slots; a trainer calls `steps` at each step."
         self.param_types = {name: kind for name, (_, kind) in params.items()}
         layers = {stream: {} for stream in streams}
         for stream in streams:
             self.layers[stream] = []
             for name in params:
-                layer = LayerRecorder(name, len(self._all), self.settings, value_range, None, units=CHANNELS)
+                layer = LayerRecorder(name, len(self._all), self.settings, value_range, linthresh, units=CHANNELS)
                 self._all.append(layer)
                 self._kind_of.append(stream)
                 self.layers[stream].append(layer)

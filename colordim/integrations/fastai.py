@@ -34,6 +34,7 @@ class ActivationHistogram(Callback):
     move_every, device_bytes, host_bytes = MOVE_EVERY, DEVICE_BYTES, HOST_BYTES  # callbacks pickled before them
     show, _live, tensorboard, _board, wandb, _wandb, units = False, None, None, None, False, None, None
     params, param_grads, updates, _step_cancelled, functional = False, False, False, False, False  # pickled before
+    param_range, param_scale = "auto", "linear"
 
     def __init__(self,
         layers=None,      # index, dotted name, glob, module class or module (or a list); None: leaves with params
@@ -63,10 +64,12 @@ class ActivationHistogram(Callback):
         params=False,  # per optimizer step, the weights: True (the recorded layers' parameters) or parameter names
         param_grads: bool = False,  # their gradients as the step used them (after accumulation, unscaling, clipping)
         updates: bool = False,  # what each step changed (and the weights): `recording.update_ratio`
+        param_range="auto",  # the parameters' streams' range: from each one's first step, or (low, high)
+        param_scale: str = "linear",  # or "symlog" (with `linthresh`)
         functional=False,  # True (or function names): also record F.relu, torch.tanh ... called in modules' forward
     ):
         check_bins(bins), check_range(range), check_scale(scale, linthresh)  # fail now, not at the first batch
-        check_range(grad_range), check_scale(grad_scale, linthresh)
+        check_range(grad_range), check_scale(grad_scale, linthresh), check_range(param_range), check_scale(param_scale, linthresh)
         check_near_zero(near_zero), check_sample(sample), Ledger(max_columns, move_every, device_bytes, host_bytes)
         check_show(show), check_units(units), param_streams(params, param_grads, updates), check_functions(functional)
         store_attr()
@@ -95,7 +98,8 @@ class ActivationHistogram(Callback):
                                             host_bytes=self.host_bytes,
                                             grad_range=self.grad_range, grad_scale=self.grad_scale,
                                             units=resolve_units(self.learn.model, modules, self.units),
-                                            params=params, streams=streams, functional=self.functional)
+                                            params=params, streams=streams, functional=self.functional,
+                                            param_range=self.param_range, param_scale=self.param_scale)
             self._saved = 0
         self.histogram_recorder.attach(root=self.learn.model)  # a module called twice in one forward: two layers
         self.histogram_recorder.steps.keep_weights()  # the first step's update is against these
