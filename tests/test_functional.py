@@ -75,8 +75,13 @@ def test_the_gradients_of_functional_outputs_are_recorded_too():
 def test_some_functions_only_and_a_bad_value_names_the_valid_ones():
     recording, _ = tapped_run(functional=["tanh"])
     assert recording.layer_names == ["block.bn", "act", "fc", "block:tanh"]
-    with pytest.raises(ValueError, match="functional: 'gelu2' is not valid; use True .* some of .*'gelu'"):
-        tapped_run(functional="gelu2")
+    recording, _ = tapped_run(functional=["block:relu", "model:softmax"])  # module:function specs
+    assert recording.layer_names == ["block.bn", "act", "fc", "block:relu", "block:relu#2", "model:softmax"]
+    recording, _ = tapped_run(functional="b*:tanh")  # a glob on the module's name
+    assert recording.layer_names == ["block.bn", "act", "fc", "block:tanh"]
+    for bad in ("gelu2", "block:gelu2", ":relu", ["relu", 3]):
+        with pytest.raises(ValueError, match="functional: .* is not valid; use True .*'layer1.0:relu'.*'gelu'"):
+            tapped_run(functional=bad)
 
 
 def test_off_nothing_sees_torch_calls_and_on_the_mode_is_left_even_when_forward_raises():

@@ -20,6 +20,7 @@ cannot do: inside a `torch.compile` graph no Python runs per call, so a compiled
 from __future__ import annotations
 
 import sys
+from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
@@ -40,16 +41,21 @@ _DEPTH = 64  # frames looked at, at most, for the module whose forward made a ca
 
 
 def check_functions(functional) -> tuple:
-    "`functional` as the names of the functions to record: True for all of FUNCTIONS, False or None for none."
+    """`functional` as (module pattern, function) pairs to record: True for every function of FUNCTIONS in
+    every module, False or None for none; else names of FUNCTIONS ("gelu") or "module:function" specs
+    ("layer1.*:relu", a glob on the module's name as calls are named), one or a list."""
     if functional is None or functional is False:
         return ()
     if functional is True:
-        return FUNCTIONS
-    names = [functional] if isinstance(functional, str) else functional
-    if not isinstance(names, (list, tuple)) or not names or any(name not in FUNCTIONS for name in names):
+        return tuple(("*", name) for name in FUNCTIONS)
+    specs = [functional] if isinstance(functional, str) else functional
+    pairs = [tuple(spec.rsplit(":", 1)) if ":" in spec else ("*", spec) for spec in specs
+             if isinstance(spec, str)] if isinstance(specs, (list, tuple)) else []
+    if not pairs or len(pairs) != len(specs) or any(name not in FUNCTIONS or not module for module, name in pairs):
         raise ValueError(f"functional: {functional!r} is not valid; use True (every activation function), False, "
-                         f"or some of {FUNCTIONS}")
-    return tuple(names)
+                         f"function names or 'module:function' specs ('layer1.0:relu', 'blocks.*:gelu') of "
+                         f"{FUNCTIONS}")
+    return tuple(pairs)
 
 
 def check_not_compiled(compiled: bool) -> None:
@@ -65,7 +71,8 @@ class FunctionalTap(TorchFunctionMode):
     `record(name, output)`: the recorder's, called with the call's name (`layer1.0:relu#2`) and output."""
     def __init__(self, root: nn.Module, functions: tuple, record):
         super().__init__()
-        self.functions = frozenset(functions)
+        self.specs = functions  # (module pattern, function) pairs, as `check_functions` gives them
+        self.functions = frozenset(name for _, name in functions)
         # the modules whose calls are recorded, by id: the root and those with submodules, not torch's own
         self.names = {id(module): name for name, module in root.named_modules()
                       if (module is root or next(module.children(), None) is not None)
@@ -98,7 +105,7 @@ class FunctionalTap(TorchFunctionMode):
         name = name[:-1] if name.endswith("_") and not name.startswith("_") else name
         if name in self.functions and isinstance(output, torch.Tensor):
             owner = self._owner()
-            if owner is not None:
+            if owner is not None and any(name == wanted and fnmatchcase(owner, pattern) for pattern, wanted in self.specs):
                 key = f"{owner}:{name}"
                 call = self.calls.get(key, 0)
                 self.calls[key] = call + 1
