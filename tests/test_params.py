@@ -291,13 +291,12 @@ def test_fake_cuda_steps_never_wait_for_the_gpu(monkeypatch):
         engine = HistogramRecorder(modules, bins=20, range=(-3, 3), params=find_params(model, modules),
                                    streams=("param", "param_grad", "update"), param_range=(-1, 1)).attach()
         with WatchOps() as watch:
-            engine.steps.keep_weights()
             for iteration in range(3):
                 engine.begin_column("train", iteration=iteration)
                 model(torch.randn(8, 6, device="cuda"))
                 for p in model.parameters():  # fake CUDA has no backward: gradients and a step by hand
                     p.grad = torch.randn_like(p)
-                engine.steps.before_step()
+                engine.steps.keep_weights()
                 with torch.no_grad():
                     for p in model.parameters():
                         p -= 0.1 * p.grad
@@ -543,3 +542,27 @@ def test_symlog_and_fixed_ranges_for_the_parameters_streams():
             assert (part.hist["17.weight"][column] == histogram(inside, part.edges["17.weight"])).all()
     with pytest.raises(ValueError, match="scale: expected 'linear' or 'symlog'"):
         colordim.record(model, "17", optimizer=optimizer, params=True, param_scale="log").__enter__()
+
+
+def test_an_optimizer_with_a_closure_records_the_gradients_it_computed():
+    "LBFGS (and every Lightning step) computes the gradients inside step(), after its pre-hooks."
+    model = makemore_mlp()
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=2)
+    taps, data = [], names_data(batches=3)
+    with colordim.record(model, "17", optimizer=optimizer, params=True, param_grads=True, updates=True) as rec:
+        for x, y in data:
+            def closure():
+                optimizer.zero_grad()
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+            before = model[17].weight.detach().clone()
+            optimizer.step(closure)
+            taps.append((model[17].weight.grad.clone(), before, model[17].weight.detach().clone()))
+    recording = rec.recording
+    steps = np.flatnonzero(recording.params.numel["17.weight"] > 0)
+    assert len(steps) == 3  # the closure's forward passes are columns; the step lands in the last one's
+    for column, (grads, before, after) in zip(steps, taps):
+        for part, values in ((recording.param_grads, grads), (recording.params, after),
+                             (recording.updates, after - before)):
+            assert (part.hist["17.weight"][column] == histogram(values, part.edges["17.weight"])).all()

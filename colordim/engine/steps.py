@@ -3,13 +3,15 @@
 A column with a step gets them; a column without one (a validation batch, a batch that only accumulates
 gradients, a step the grad scaler skipped) gets none. A trainer's adapter calls, around the step:
 
-- `before_step()`: the gradients as the optimizer sees them (after accumulation, unscaling, clipping),
-  and a copy of the weights for the update (only the recorded parameters': their memory once more);
-- `after_step()`: the weights as the step leaves them, and the update, after minus before.
+- `keep_weights(only)` before it: a copy of the weights for the update (of the recorded parameters only:
+  their memory once more);
+- `after_step(only)` after it: the gradients the step used (nothing zeroes them before the step returns:
+  accumulated, unscaled by the grad scaler, clipped), the weights as it left them, and the update, after
+  minus the kept copy.
 
-Adapters that have no hook after the clipping and before the step (fastai's callbacks) call
-`after_step(gradients=True)` and `keep_weights()` instead: the gradients are still the step's (nothing
-zeroes them before `after_step`), and the update is against the weights kept at the previous step.
+Both after the step, not the gradients before it: an optimizer given a closure (LBFGS, and every
+Lightning step) computes the gradients inside `step()`, after its pre-hooks ran. fastai, whose events
+have no place between the clipping and the step, keeps the weights at each step's end for the next one.
 
 Each parameter is histogrammed by its own `LayerRecorder`, viewed as (1, rows, -1): its units are its
 rows (a weight's output units). A weight gradient's dead count is the number of its rows that are
@@ -70,18 +72,10 @@ class ParamSteps:
         self._fresh = set()  # the names whose kept weights are those before the coming step
         self._done = {}  # name -> the column (`columns.opened`) that has this parameter's step already
 
-    def before_step(self, only=None) -> None:
-        "The gradients, and the weights kept for the update (`only`: the parameters one optimizer steps)."
+    def after_step(self, only=None) -> None:
+        "The gradients the step used, the weights it left, the update; `only`: the ids one optimizer steps."
         for name, tensor in self._open(only):
             if "param_grad" in self.layers:
-                self._add_grad(name, tensor)
-            if "update" in self.layers:
-                self._keep(name, tensor)
-
-    def after_step(self, only=None, gradients: bool = False) -> None:
-        "The weights, the update (and, `gradients`, the gradients still held), then this step is done."
-        for name, tensor in self._open(only):
-            if gradients and "param_grad" in self.layers:
                 self._add_grad(name, tensor)
             if "param" in self.layers:
                 self._add(self.layers["param"][name], tensor)
@@ -91,11 +85,12 @@ class ParamSteps:
             self._fresh.discard(name)
             self._done[name] = self.columns.opened
 
-    def keep_weights(self) -> None:
-        "Keep the weights as they are now, for the next step's update (fastai: at a fit's start and each step)."
+    def keep_weights(self, only=None) -> None:
+        "Keep the weights as they are now for the next step's update (`only`: the ids one optimizer steps)."
         if "update" in self.layers:
             for name, tensor in self.params.items():
-                self._keep(name, tensor)
+                if only is None or id(tensor) in only:
+                    self._keep(name, tensor)
 
     def forget(self) -> None:
         "Drop the kept weights (the fit ended): their memory goes back."

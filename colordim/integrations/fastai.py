@@ -158,7 +158,7 @@ class ActivationHistogram(Callback):
             self._step_cancelled = False
         elif self._active and self.histogram_recorder.steps.layers:
             steps = self.histogram_recorder.steps
-            steps.after_step(gradients=True)
+            steps.after_step()
             steps.keep_weights()
 
     def after_cancel_batch(self):

@@ -49,7 +49,7 @@ class LoopRecorder:
             steps = self.recorder.steps
             for optimizer in self.optimizers:
                 stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
-                self._handles += [optimizer.register_step_pre_hook(lambda *_, only=stepped: steps.before_step(only)),
+                self._handles += [optimizer.register_step_pre_hook(lambda *_, only=stepped: steps.keep_weights(only)),
                                   optimizer.register_step_post_hook(lambda *_, only=stepped: steps.after_step(only))]
         return self
 
