@@ -175,3 +175,26 @@ def test_the_weights_every_rank_holds_alike_are_not_summed_across_ranks(tmp_path
         np.testing.assert_array_equal(merged.params.numel[name], expected.params.numel[name])  # not twice
         np.testing.assert_array_equal(merged.params.counts[name], expected.params.counts[name])
     np.testing.assert_array_equal(merged.counts["0"], expected.counts["0"])  # the activations: summed
+
+
+def test_a_ddp_wrapped_model_records_its_inner_modules_under_their_own_names(tmp_path):
+    "What `accelerator.prepare` or a hand-made DDP gives: `0`, not `module.0`; the step's streams too."
+    import colordim
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        inner = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3))
+        model = nn.parallel.DistributedDataParallel(inner)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, y = data()
+        with colordim.record(model, optimizer=optimizer, params=True, updates=True) as rec:
+            for batch in range(3):
+                nn.functional.cross_entropy(model(x[8 * batch:8 * batch + 8]), y[8 * batch:8 * batch + 8]).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+        recording = rec.recording
+        assert recording.layer_names == ["0", "2"]
+        assert recording.params.layer_names == ["0.weight", "0.bias", "2.weight", "2.bias"]
+        assert recording.numel["0"].tolist() == [8 * 6] * 3 and recording.params.step_columns.sum() == 3
+    finally:
+        dist.destroy_process_group()

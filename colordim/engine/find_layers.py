@@ -12,16 +12,34 @@ MODEL_NAME = "model"  # what the root module is called when it is hooked itself 
 _SHOWN = 20  # how many available names an error lists
 
 
+_WRAPPERS = (nn.parallel.DistributedDataParallel, nn.DataParallel)  # DDP (Accelerate's `prepare` too), DataParallel
+
+
 def unwrapped(model: nn.Module) -> nn.Module:
-    """The module a `torch.compile(model)` wrapper compiles (its layers have the eager names: `0.1`, not
-    `_orig_mod.0.1`), or `model` itself. Hooks on it are traced into the compiled graph."""
-    inner = getattr(model, "_orig_mod", None)
-    return inner if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module) else model
+    """The module inside a `torch.compile(model)` wrapper (its layers have the eager names: `0.1`, not
+    `_orig_mod.0.1`; hooks on it are traced into the compiled graph) or a DDP / DataParallel wrapper (`0.1`,
+    not `module.0.1`), a wrapper in a wrapper too; or `model` itself."""
+    for _ in range(4):
+        if type(model).__name__ == "OptimizedModule":
+            inner = getattr(model, "_orig_mod", None)
+        else:
+            inner = model.module if isinstance(model, _WRAPPERS) else None
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+    return model
 
 
 def compiled(model: nn.Module) -> bool:
     "Whether `model` runs a torch.compile graph: a `torch.compile(model)` wrapper, or compiled in place (`model.compile()`)."
-    return unwrapped(model) is not model or getattr(model, "_compiled_call_impl", None) is not None
+    for _ in range(4):
+        if type(model).__name__ == "OptimizedModule" or getattr(model, "_compiled_call_impl", None) is not None:
+            return True
+        inner = model.module if isinstance(model, _WRAPPERS) else None
+        if not isinstance(inner, nn.Module):
+            return False
+        model = inner
+    return False
 
 
 def root_name(model: nn.Module) -> str:

@@ -59,10 +59,11 @@ def torch_optimizers(optimizers) -> list:
     `AcceleratedOptimizer` (`.optimizer`), or torch's own; one or a list."""
     found = []
     for optimizer in optimizers if isinstance(optimizers, (list, tuple)) else [optimizers]:
-        for _ in range(4):  # a wrapper of a wrapper at most
-            if isinstance(optimizer, torch.optim.Optimizer):
+        for _ in range(4):  # a wrapper of a wrapper at most (Accelerate's subclasses Optimizer: the inner one steps)
+            inner = getattr(optimizer, "_optimizer", None) or getattr(optimizer, "optimizer", None)
+            if inner is None or inner is optimizer:
                 break
-            optimizer = getattr(optimizer, "_optimizer", None) or getattr(optimizer, "optimizer", None)
+            optimizer = inner
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer: expected a torch.optim.Optimizer (or a list of them, or a trainer's "
                             f"wrapper of one), got {type(optimizer).__name__}")

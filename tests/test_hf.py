@@ -1,0 +1,109 @@
+"""The Hugging Face Trainer: the callback on a small GPT-2 built from a config, on token ids made in code."""
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from colordim.engine.hooks import ours  # noqa: E402
+from colordim.hf import ActivationHistogram  # noqa: E402
+
+
+class Tokens(torch.utils.data.Dataset):
+    "`count` sequences of 16 token ids, made in code (a next-token rule to learn)."
+    def __init__(self, count: int, seed: int):
+        generator = torch.Generator().manual_seed(seed)
+        start = torch.randint(0, 64, (count, 1), generator=generator)
+        self.ids = (start + torch.arange(16) * 3) % 64
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        return {"input_ids": self.ids[index], "labels": self.ids[index]}
+
+
+def gpt2():
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=32,
+                                                                vocab_size=64, resid_pdrop=0, embd_pdrop=0,
+                                                                attn_pdrop=0))
+
+
+def train(tmp_path, callback, model=None, epochs=2, **arguments):
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, per_device_eval_batch_size=8,
+        gradient_accumulation_steps=2, num_train_epochs=epochs, eval_strategy="epoch", logging_strategy="no",
+        save_strategy="no", use_cpu=True, disable_tqdm=True, learning_rate=1e-3, **{"report_to": [], **arguments})
+    trainer = transformers.Trainer(model=model or gpt2(), args=args, train_dataset=Tokens(64, 0),
+                                   eval_dataset=Tokens(16, 1), callbacks=[callback])
+    trainer.train()
+    return trainer
+
+
+def test_counts_equal_a_taps_steps_are_global_steps_and_layers_have_their_hugging_face_names(tmp_path):
+    model = gpt2()
+    taps = []
+    model.transformer.h[0].mlp.c_fc.register_forward_hook(
+        lambda m, i, out: taps.append(("train" if m.training else "valid", out.detach().clone())))
+    callback = ActivationHistogram(range=(-6, 6), params=True, updates=True)
+    trainer = train(tmp_path, callback, model)
+    recording = callback.recording
+    assert recording.layer_names[:4] == ["transformer.wte", "transformer.wpe", "transformer.h.0.ln_1",
+                                         "transformer.h.0.attn.c_attn"]
+    # 8 micro-batches of 8 per epoch, then the epoch's evaluation (2 batches)
+    assert recording.phase.tolist() == (["train"] * 8 + ["valid"] * 2) * 2
+    assert recording.epoch.tolist() == [0] * 10 + [1] * 10
+    assert [phase for phase, _ in taps] == recording.phase.tolist()
+    name = "transformer.h.0.mlp.c_fc"
+    for column, (_, output) in enumerate(taps):
+        inside = output[(output >= -6) & (output <= 6)]
+        assert recording.counts[name][column].sum() == output.numel()
+        # the kernel bins in float32: a value within an ulp of an edge may fall on its other side
+        assert np.abs(recording.hist[name][column] - np.histogram(inside.numpy(), recording.edges[name])[0]).sum() <= 2
+    stepped = recording.params.step_columns  # a step every second micro-batch: the Trainer's global steps
+    assert stepped.sum() == trainer.state.global_step == 8
+    assert stepped.tolist() == ([False, True] * 4 + [False, False]) * 2
+    report = callback.recording.to_html(tmp_path / "run.html").read_text()
+    assert "transformer.h.1.mlp.c_proj" in report
+    assert all(ours(module) == [] for module in model.modules())  # off when training ended
+
+
+def test_report_to_tensorboard_gets_the_histograms(tmp_path, monkeypatch):
+    from test_tensorboard import read_histograms
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "logs"))  # the Trainer's own writer's folder
+    callback = ActivationHistogram(layers="lm_head", range=(-6, 6))
+    train(tmp_path, callback, report_to=["tensorboard"])
+    histograms = read_histograms(tmp_path / "logs")
+    recording = callback.recording
+    train_events = histograms["activation/lm_head/train"]
+    assert len(train_events) == 16 and len(histograms["activation/lm_head/valid"]) == 4
+    for event, column in zip(train_events, np.flatnonzero(recording.phase == "train")):
+        assert list(event.histogram_value.bucket) == recording.counts["lm_head"][column].tolist()
+
+
+def test_a_training_that_dies_leaves_no_hook_after_it(tmp_path):
+    class Boom(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise RuntimeError("boom")
+    model = gpt2()
+    callback = ActivationHistogram(layers="lm_head")
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8,
+                                          num_train_epochs=1, report_to=[], use_cpu=True, disable_tqdm=True,
+                                          save_strategy="no", logging_strategy="no")
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Tokens(64, 0), callbacks=[callback, Boom()])
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.train()
+    assert len(callback.recording) == 1  # the second batch's column is still open (its backward could follow)
+    model(torch.zeros(1, 16, dtype=torch.int64))  # the model's next use outside the Trainer: the hooks come off
+    assert all(ours(module) == [] for module in model.modules())
+    recording = callback.recording  # the second batch kept (it was complete), that forward pass not recorded
+    assert recording.numel["lm_head"].tolist() == [8 * 16 * 64] * 2
+
+
+def test_evaluation_batches_can_be_left_out(tmp_path):
+    callback = ActivationHistogram(layers="lm_head", valid=False)
+    train(tmp_path, callback, epochs=1)
+    assert callback.recording.phase.tolist() == ["train"] * 8
