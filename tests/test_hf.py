@@ -107,3 +107,26 @@ def test_evaluation_batches_can_be_left_out(tmp_path):
     callback = ActivationHistogram(layers="lm_head", valid=False)
     train(tmp_path, callback, epochs=1)
     assert callback.recording.phase.tolist() == ["train"] * 8
+
+
+def test_a_loop_that_accelerate_prepared_records_with_its_wrapped_optimizer():
+    from accelerate import Accelerator
+    import colordim
+    from torch import nn
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    generator = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 5, generator=generator), torch.randint(0, 3, (32,), generator=generator))
+    model, optimizer, loader = accelerator.prepare(model, optimizer, torch.utils.data.DataLoader(data, batch_size=8))
+    assert type(optimizer).__name__ == "AcceleratedOptimizer"
+    with colordim.record(model, optimizer=optimizer, params=True, param_grads=True, updates=True) as rec:
+        for xb, yb in loader:
+            accelerator.backward(nn.functional.cross_entropy(model(xb), yb))
+            optimizer.step()
+            optimizer.zero_grad()
+    recording = rec.recording
+    assert recording.layer_names == ["0", "2"] and recording.numel["0"].tolist() == [8 * 6] * 4
+    assert recording.param_grads.step_columns.tolist() == [True] * 4
+    assert np.isfinite(recording.update_ratio["0.weight"]).all()

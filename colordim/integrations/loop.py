@@ -4,11 +4,10 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 
-import torch
 from torch import nn
 
 from ..data.options import param_streams
-from .trainers import hook_steps, make_recorder
+from .trainers import hook_steps, make_recorder, torch_optimizers
 from ..engine.hooks import hook_forward, hook_forward_pre
 from ..engine.recorder import HistogramRecorder
 from ..data.recording import Recording
@@ -17,12 +16,8 @@ __all__ = ["record", "LoopRecorder"]
 
 
 def _optimizers(optimizer, streams) -> list:
-    "`optimizer=` as a list of torch optimizers, checked; gradients and updates need one."
-    optimizers = [] if optimizer is None else list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
-    for each in optimizers:
-        if not isinstance(each, torch.optim.Optimizer):
-            raise TypeError(f"optimizer: expected a torch.optim.Optimizer (or a list of them), got "
-                            f"{type(each).__name__}")
+    "`optimizer=` as a list of torch optimizers (inside Accelerate's or Lightning's wrappers), checked; gradients and updates need one."
+    optimizers = [] if optimizer is None else torch_optimizers(optimizer)
     needing = [stream for stream in streams if stream in ("param_grad", "update")]
     if needing and not optimizers:
         raise ValueError("param_grads=True and updates=True need the optimizer whose steps they follow: "
