@@ -121,5 +121,7 @@ def test_a_hugging_face_gpt2_records_its_eager_attention_softmax():
     assert recording.numel[softmax[0]][0] == 2 * 2 * 12 * 12  # (batch, heads, query, key)
     probabilities = recording.counts[softmax[0]][0]
     assert probabilities[0] == probabilities[-1] == 0  # every value in [0, 1]
+    # most of a causal attention's probabilities are near zero (half are masked): that is no finding
+    assert not [finding for finding in colordim.diagnose(recording).findings if finding.layer in softmax]
     # the tanh inside NewGELUActivation's forward is that module's own working: not recorded
     assert not any(name.endswith(":tanh") for name in recording.layer_names)

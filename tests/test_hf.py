@@ -130,3 +130,28 @@ def test_a_loop_that_accelerate_prepared_records_with_its_wrapped_optimizer():
     assert recording.layer_names == ["0", "2"] and recording.numel["0"].tolist() == [8 * 6] * 4
     assert recording.param_grads.step_columns.tolist() == [True] * 4
     assert np.isfinite(recording.update_ratio["0.weight"]).all()
+
+
+def test_two_cpu_processes_under_torchrun_give_the_one_process_histograms(tmp_path):
+    """The Trainer under `torch.distributed.run` on 2 CPU processes (gloo), lr 0: every batch's histogram sums
+    both ranks' halves (each column holds 8 sequences' values), the epoch's totals equal one process's over the
+    same 64 sequences (the Trainer shuffles each way differently), rank 0 alone saves, and the weights, alike
+    on both ranks, are not summed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    from colordim import Recording
+    worker = Path(__file__).parent / "hf_ddp_worker.py"
+    for processes in (2, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(worker)] \
+            if processes == 2 else [sys.executable, str(worker)]
+        result = subprocess.run(command + [str(tmp_path), str(processes)], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    merged, single = Recording.load(tmp_path / "run2.npz"), Recording.load(tmp_path / "run1.npz")
+    assert len(merged) == len(single) == 8
+    for name in single.layer_names:
+        assert merged.numel[name].tolist() == single.numel[name].tolist()
+        assert merged.counts[name].sum(0).tolist() == single.counts[name].sum(0).tolist()
+    assert merged.params.layer_names == single.params.layer_names
+    for name in single.params.layer_names:
+        assert merged.params.counts[name].tolist() == single.params.counts[name].tolist()

@@ -8,9 +8,10 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "nbs").glob("*.ipynb"))
 
 
-def test_there_are_three_notebooks_committed_with_their_outputs():
+def test_the_notebooks_are_committed_with_their_outputs():
     "Pictures visible on a repository page: each notebook is committed run, with its figures and no error."
-    assert [path.name for path in NOTEBOOKS] == ["01_quickstart.ipynb", "02_plain_pytorch.ipynb", "03_diagnose.ipynb"]
+    assert [path.name for path in NOTEBOOKS] == ["01_quickstart.ipynb", "02_plain_pytorch.ipynb", "03_diagnose.ipynb",
+                                                 "04_lightning.ipynb", "05_hf_trainer.ipynb"]
     for path in NOTEBOOKS:
         notebook = nbformat.read(path, as_version=4)
         code = [cell for cell in notebook.cells if cell.cell_type == "code"]

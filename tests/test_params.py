@@ -398,7 +398,7 @@ def test_a_tiny_learning_rate_updates_too_slowly_and_a_frozen_layer_is_not_a_fin
     slow = recorded_run(model, lr=1e-6, batches=5, params=["2.weight", "5.weight"], updates=True)
     findings = colordim.diagnose(slow).findings
     assert [(finding.layer, finding.check) for finding in findings] == [("5.weight", "update_small")]
-    assert findings[0].value < 1e-5 and "too low" in findings[0].advice
+    assert findings[0].value < 1e-5 and "too low" in findings[0].advice and "bias=False" in findings[0].advice
     assert slow.update_ratio["2.weight"][:5].tolist() == [0.0] * 5  # a step that left it as it was
 
 

@@ -235,7 +235,7 @@ def _findings(recording: Recording, name: str, row: dict, limits: dict) -> list:
                              f"{row['dead']:.0%} of {row['units']} output "
                              f"nothing over {tail} (healthy: below "
                              f"{limits['dead']:.0%})", "lower the learning rate or add normalisation"))
-    elif row["near_zero"] > limits["near_zero"]:
+    elif row["near_zero"] > limits["near_zero"] and row["type"] not in PROBABILITIES:
         threshold = recording.near_zero_threshold
         found.append(Finding(name, "near_zero", row["near_zero"], limits["near_zero"],
                              f"{row['near_zero']:.0%} of values within +-{threshold:g} of zero over {tail} "
@@ -255,6 +255,10 @@ def _findings(recording: Recording, name: str, row: dict, limits: dict) -> list:
                              f"{limits['jitter']:g})", "lower the learning rate, warm it up (fit_one_cycle), "
                              "or add normalisation"))
     return found
+
+
+# outputs that are probabilities (attention's): most of them near zero is what they are, not a fault
+PROBABILITIES = ("Softmax", "softmax", "Softmin", "Sigmoid", "sigmoid")
 
 
 def _outside_advice(row: dict) -> str:

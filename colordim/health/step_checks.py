@@ -54,8 +54,9 @@ def update_findings(recording: Recording, tail: float, high: float, low: float) 
                 f"each step changes these weights by {ratio:.1e} of their size (median RMS(update) / RMS(weights) "
                 f"over the last {tail:.0%} of steps; healthy: about 1e-3, between {low:g} and {high:g})",
                 "the learning rate is too high for it: lower it (or this group's), warm it up, or clip gradients"
-                if large else "the learning rate is too low for it: raise it (or this group's), or check that its "
-                "gradient reaches it"))
+                if large else "the learning rate is too low for it (raise it, or this group's), or its gradient is "
+                "almost zero: a bias just before a normalisation layer learns nothing (make it bias=False), a "
+                "path that the loss does not reach"))
     return found
 
 
