@@ -158,3 +158,32 @@ def test_ddp_on_two_gloo_processes_gives_one_process_histograms(tmp_path):
         np.testing.assert_array_equal(merged.numel[name], single.numel[name])
     for name in single.params.layer_names:  # the weights, alike on every rank: not summed
         np.testing.assert_array_equal(merged.params.counts[name], single.params.counts[name])
+
+
+class FunctionalModule(DigitsModule):
+    "A training_step that calls its model directly (not the LightningModule's forward), with an F.relu inside."
+    def __init__(self):
+        super().__init__()
+        self.model = Head(self.model)
+
+    def training_step(self, batch, index):
+        return nn.functional.cross_entropy(self.model(batch[0]), batch[1])
+
+
+class Head(nn.Module):
+    def __init__(self, body):
+        super().__init__()
+        self.body, self.out = body, nn.Linear(10, 10)
+
+    def forward(self, x):
+        return self.out(nn.functional.relu(self.body(x)))
+
+
+def test_functional_calls_are_seen_when_the_step_calls_a_submodule(tmp_path):
+    callback = ActivationHistogram(layers="model.out", functional=True)
+    fit = trainer([callback], tmp_path)
+    fit.fit(FunctionalModule(), *loaders())
+    recording = callback.recording
+    assert recording.layer_names == ["model.out", "model:relu"]
+    assert recording.numel["model:relu"].tolist() == [64 * 10] * 12  # training (self.model) and validation (self)
+    assert not torch._C._is_torch_function_mode_enabled()

@@ -79,22 +79,24 @@ class FunctionalTap(TorchFunctionMode):
                       and not type(module).__module__.startswith("torch.")}
         self.root_name = root_name(root)
         self.record, self.calls, self.active = record, {}, False
-        self._hooks = [hook_forward_pre(root, self._enter), hook_forward(root, self._leave, always=True)]
+        self._hooks = [hook_forward_pre(root, self.enter), hook_forward(root, self.leave, always=True)]
 
     def remove(self) -> None:
         "Take the hooks off the root (and leave the mode, if a forward pass is still in it)."
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        self._leave()
+        self.leave()
 
-    def _enter(self, module, inputs) -> None:
+    def enter(self, *_) -> None:
+        "Watch the calls from now on (the root's forward begins; or a trainer's batch, whose step may not call it)."
         if not self.active:
             self.calls.clear()  # a new forward pass: every call is its owner's first again
             self.active = True
             self.__enter__()
 
-    def _leave(self, *_) -> None:
+    def leave(self, *_) -> None:
+        "Stop watching (the root's forward ended, even by an exception; or the batch did)."
         if self.active:
             self.active = False
             self.__exit__(None, None, None)

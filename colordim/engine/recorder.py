@@ -171,6 +171,12 @@ class HistogramRecorder(Moves):
             self._tap = FunctionalTap(unwrapped(root), self.functions, self._add_functional)
         return self
 
+    def watch_functional(self, on: bool) -> None:
+        """Watch functional calls from now on (True) or no longer (False), beside the root's forward: for a
+        trainer whose step may call a submodule rather than the root (Lightning's `self.model(x)`)."""
+        if self._tap is not None:
+            self._tap.enter() if on else self._tap.leave()
+
     def _add_functional(self, name: str, output) -> None:
         "A functional call's output (`FunctionalTap`): a layer of its own, its slot added when first seen."
         if self.columns.row is None or backward_task() != -1:  # between batches; a recomputation in backward

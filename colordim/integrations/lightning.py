@@ -57,16 +57,20 @@ class ActivationHistogram(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.histogram_recorder.begin_column("train", epoch=trainer.current_epoch, iteration=batch_idx)
+        self.histogram_recorder.watch_functional(True)  # a training_step may call `self.model`, not the root
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.histogram_recorder.watch_functional(False)
         self.histogram_recorder.end_column()
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         if self._recording_validation(trainer):
             self.histogram_recorder.begin_column("valid", epoch=trainer.current_epoch, iteration=batch_idx)
+            self.histogram_recorder.watch_functional(True)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if self._recording_validation(trainer):
+            self.histogram_recorder.watch_functional(False)
             self.histogram_recorder.end_column()
 
     def on_train_epoch_end(self, trainer, pl_module):
