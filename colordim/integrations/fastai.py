@@ -14,6 +14,7 @@ from ..engine.ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Ledger
 from ..engine.find_layers import compiled, find_layers, unwrapped
 from ..engine.functional import check_functions
 from ..engine.steps import find_params
+from .trainers import Outputs
 from ..health.checks import diagnose
 from ..data.options import (check_bins, check_near_zero, check_range, check_sample, check_scale, check_show,
                             check_units, param_streams)
@@ -32,7 +33,7 @@ class ActivationHistogram(Callback):
     "Record a histogram of each chosen layer's output for every batch, on the model's device."
     order = -5  # after TrainEvalCallback (-10) has set `training`, before most others
     move_every, device_bytes, host_bytes = MOVE_EVERY, DEVICE_BYTES, HOST_BYTES  # callbacks pickled before them
-    show, _live, tensorboard, _board, wandb, _wandb, units = False, None, None, None, False, None, None
+    show, _live, tensorboard, wandb, units, _outputs = False, None, None, False, None, None
     params, param_grads, updates, _step_cancelled, functional = False, False, False, False, False  # pickled before
     param_range, param_scale = "auto", "linear"
 
@@ -75,7 +76,6 @@ class ActivationHistogram(Callback):
         store_attr()
         self.histogram_recorder, self._fit, self._trained, self._active = None, -1, False, False
         self._checked = False  # the first forward pass of this fit has been checked
-        self._saved = 0  # the recorder's `ended` count at the last write to `save_to`
 
     # --- fastai events -----------------------------------------------------------------------------
     def before_fit(self):
@@ -100,7 +100,7 @@ class ActivationHistogram(Callback):
                                             units=resolve_units(self.learn.model, modules, self.units),
                                             params=params, streams=streams, functional=self.functional,
                                             param_range=self.param_range, param_scale=self.param_scale)
-            self._saved = 0
+            self._out().restart()  # a new recorder counts its columns from 0
         self.histogram_recorder.attach(root=self.learn.model)  # a module called twice in one forward: two layers
         self.histogram_recorder.steps.keep_weights()  # the first step's update is against these
         recorders = _RECORDERS.setdefault(self.learn, [])
@@ -144,7 +144,7 @@ class ActivationHistogram(Callback):
             if self.show and self.show is not True and self.histogram_recorder.ended % self.show == 0 and self.learn.training:
                 self._draw()  # every N batches: a move to the host, as `move_every` makes
             if (self.tensorboard is not None or self.wandb) and self.histogram_recorder.ended % self.move_every == 0:
-                self._board_write()  # the rows were due to move to the host now anyway
+                self._out().write(self.histogram_recorder)  # the rows were due to move to the host now anyway
 
     def after_cancel_step(self):
         "A step the grad scaler skipped (MixedPrecision): no parameter streams for this batch."
@@ -169,26 +169,16 @@ class ActivationHistogram(Callback):
         "The epoch's columns go to the host: one transfer per layer per epoch (and to `save_to`)."
         if self._active:
             self.histogram_recorder.flush()
-            self._save()
+            self._out().save(self.histogram_recorder)
             if self.show:
                 self._draw()
-            if self.tensorboard is not None or self.wandb:
-                self._board_write(grid=True)
+            self._out().write(self.histogram_recorder, grid=True)
 
-    def _board_write(self, grid: bool = False):
-        "What the host received since the last write, to TensorBoard and W&B (rank 0 only)."
-        if not is_main_process():
-            return
-        if self.tensorboard is not None and self._board is None:
-            from .tensorboard import LiveBoard
-            self._board = LiveBoard(self.tensorboard)
-        if self.wandb and self._wandb is None:
-            from .wandb_log import WandbLog
-            self._wandb = WandbLog()
-        parts = self.histogram_recorder.new_parts()  # each batch once, as it came: later merges on the host change nothing sent
-        for writer in (self._board, self._wandb):
-            if writer is not None:
-                writer.write(parts, grid=self.histogram_recorder.view() if grid else None)
+    def _out(self) -> Outputs:
+        "Where the recording goes as it grows (`save_to`, TensorBoard, W&B, the report), made at first use."
+        if self.__dict__.get("_outputs") is None:
+            self.__dict__["_outputs"] = Outputs(self.save_to, self.tensorboard, self.wandb, self.report)
+        return self.__dict__["_outputs"]
 
     def _draw(self):
         "The grid, redrawn in the notebook's one output (nothing outside a notebook)."
@@ -202,19 +192,17 @@ class ActivationHistogram(Callback):
         "Sum the last columns across ranks (when distributed), remove the hooks; the recording stays."
         if self._active:
             self.histogram_recorder.flush()
-            if self.report and self._trained and is_main_process():
-                print(diagnose(self.histogram_recorder.view()))
+            self._out().finish(self.histogram_recorder, trained=self._trained)  # the report, the last save
         self._unhook()
 
     def _unhook(self):
         # the TensorBoard and W&B writers stay: the next fit's batches follow this one's (each write flushes)
-        if self._wandb is not None:
-            self._wandb.commit()  # the last row shows now, not when something else logs
+        self._out().commit()  # W&B's last row shows now, not when something else logs
         if self.histogram_recorder is not None:
             self.histogram_recorder.detach()
             self.histogram_recorder.steps.forget()
             if self._active:
-                self._save()  # what a crashed or finished fit recorded, on disk too
+                self._out().save(self.histogram_recorder)  # what a crashed or finished fit recorded, on disk too
         self._active = False
 
     @property
@@ -237,12 +225,6 @@ class ActivationHistogram(Callback):
         self.__dict__["_carrier"] = learn
         _guard(learn)
 
-    def _save(self):
-        "Write to `save_to` what is new since the last write (after_fit follows the last after_epoch)."
-        if self.save_to is not None and self.histogram_recorder.ended != self._saved and is_main_process():  # rank 0 writes
-            self.histogram_recorder.view().save(self.save_to)
-        self._saved = self.histogram_recorder.ended
-
     # --- results -----------------------------------------------------------------------------------
     @property
     def recording(self) -> Recording:
@@ -258,7 +240,7 @@ class ActivationHistogram(Callback):
         "Pickle (e.g. `learn.export()`) the settings, not the hooks or recorded buffers."
         state = dict(self.__dict__)
         exported = self.recording if self.export_recording and self.histogram_recorder is not None else None
-        state.update(histogram_recorder=None, _active=False, _exported=exported, _live=None, _board=None, _wandb=None)
+        state.update(histogram_recorder=None, _active=False, _exported=exported, _live=None, _outputs=None)
         return state
 
     def __setstate__(self, state):

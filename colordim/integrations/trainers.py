@@ -92,6 +92,10 @@ class Outputs:
         self.save_to, self.tensorboard, self.wandb, self.report = save_to, tensorboard, wandb, report
         self._board, self._wandb, self._saved = None, None, 0
 
+    def restart(self) -> None:
+        "A new recorder: its columns count from 0 again."
+        self._saved = 0
+
     def save(self, recorder: HistogramRecorder) -> None:
         "Write to `save_to` what is new since the last save."
         if self.save_to is not None and recorder.ended != self._saved and is_main_process():
@@ -119,5 +123,9 @@ class Outputs:
             from ..health.checks import diagnose
             print(diagnose(recorder.view()))
         self.save(recorder)
+        self.commit()
+
+    def commit(self) -> None:
+        "W&B's last row shown now (not when something else logs)."
         if self._wandb is not None:
             self._wandb.commit()
