@@ -155,3 +155,23 @@ def test_two_cpu_processes_under_torchrun_give_the_one_process_histograms(tmp_pa
     assert merged.params.layer_names == single.params.layer_names
     for name in single.params.layer_names:
         assert merged.params.counts[name].tolist() == single.params.counts[name].tolist()
+
+
+def test_report_to_wandb_gets_every_batch_once(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from test_wandb import history
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_PROJECT", "colordim-tests")
+    callback = ActivationHistogram(layers="lm_head", range=(-6, 6), updates=True)
+    try:
+        train(tmp_path, callback, report_to=["wandb"])  # the Trainer's WandbCallback starts the run
+    finally:
+        wandb.finish()
+    run_dir, = (tmp_path / "wandb").glob("offline-run-*")
+    rows, recording = history(str(run_dir)), callback.recording
+    logged = [row["colordim/activation/lm_head/train"]["values"] for row in rows
+              if "colordim/activation/lm_head/train" in row]
+    assert np.sum(logged, axis=0).tolist() == recording.counts["lm_head"][recording.phase == "train"].sum(0)[1:-1].tolist()
+    assert any("colordim/updates/lm_head.weight" in row or "colordim/updates/transformer.wte.weight" in row for row in rows)

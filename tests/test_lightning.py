@@ -187,3 +187,26 @@ def test_functional_calls_are_seen_when_the_step_calls_a_submodule(tmp_path):
     assert recording.layer_names == ["model.out", "model:relu"]
     assert recording.numel["model:relu"].tolist() == [64 * 10] * 12  # training (self.model) and validation (self)
     assert not torch._C._is_torch_function_mode_enabled()
+
+
+def test_the_wandb_logger_gets_every_batch_once_and_the_parameters(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from test_wandb import history
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = L.pytorch.loggers.WandbLogger(project="colordim-tests", save_dir=str(tmp_path), offline=True)
+    callback = ActivationHistogram(layers="model.4.0", range=(-8, 8), params=True)
+    fit = L.Trainer(max_epochs=2, callbacks=[callback], accelerator="cpu", enable_progress_bar=False,
+                    enable_model_summary=False, enable_checkpointing=False, logger=logger)
+    try:
+        fit.fit(DigitsModule(), *loaders())
+        run_dir = wandb.run.dir.rsplit("/files", 1)[0]
+    finally:
+        wandb.finish()
+    rows, recording = history(run_dir), callback.recording
+    keys = {key for row in rows for key in row if key.startswith("colordim/")}
+    assert {"colordim/activation/model.4.0/train", "colordim/activation/model.4.0/valid", "colordim/grid",
+            "colordim/parameters/model.4.0.weight"} <= keys
+    logged = [row["colordim/activation/model.4.0/train"]["values"] for row in rows
+              if "colordim/activation/model.4.0/train" in row]
+    assert np.sum(logged, axis=0).tolist() == recording.counts["model.4.0"][recording.phase == "train"].sum(0)[1:-1].tolist()
