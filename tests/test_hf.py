@@ -36,8 +36,8 @@ def train(tmp_path, callback, model=None, epochs=2, **arguments):
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, per_device_eval_batch_size=8,
         gradient_accumulation_steps=2, num_train_epochs=epochs, eval_strategy="epoch", logging_strategy="no",
         save_strategy="no", use_cpu=True, disable_tqdm=True, learning_rate=1e-3, **{"report_to": [], **arguments})
-    trainer = transformers.Trainer(model=model or gpt2(), args=args, train_dataset=Tokens(64, 0),
-                                   eval_dataset=Tokens(16, 1), callbacks=[callback])
+    trainer = transformers.Trainer(model=model or gpt2(), args=args, train_dataset=Tokens(64, 0), eval_dataset=Tokens(16, 1),
+                                   callbacks=callback if isinstance(callback, list) else [callback])
     trainer.train()
     return trainer
 
@@ -76,11 +76,15 @@ def test_report_to_tensorboard_gets_the_histograms(tmp_path, monkeypatch):
     callback = ActivationHistogram(layers="lm_head", range=(-6, 6))
     train(tmp_path, callback, report_to=["tensorboard"])
     histograms = read_histograms(tmp_path / "logs")
-    recording = callback.recording
-    train_events = histograms["activation/lm_head/train"]
-    assert len(train_events) == 16 and len(histograms["activation/lm_head/valid"]) == 4
-    for event, column in zip(train_events, np.flatnonzero(recording.phase == "train")):
-        assert list(event.histogram_value.bucket) == recording.counts["lm_head"][column].tolist()
+    counts, phase = callback.recording.counts["lm_head"], callback.recording.phase
+    # a histogram per optimizer step (its 2 micro-batches summed) at state.global_step, one per evaluation
+    train_events, valid_events = histograms["activation/lm_head/train"], histograms["activation/lm_head/valid"]
+    assert [event.step for event in train_events] == list(range(8))
+    for event, columns in zip(train_events, np.flatnonzero(phase == "train").reshape(-1, 2)):
+        assert list(event.histogram_value.bucket) == counts[columns].sum(0).tolist()
+    assert [event.step for event in valid_events] == [4, 8]
+    for event, columns in zip(valid_events, np.flatnonzero(phase == "valid").reshape(-1, 2)):
+        assert list(event.histogram_value.bucket) == counts[columns].sum(0).tolist()
 
 
 def test_a_training_that_dies_leaves_no_hook_after_it(tmp_path):
@@ -165,13 +169,18 @@ def test_report_to_wandb_gets_every_batch_once(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_PROJECT", "colordim-tests")
     callback = ActivationHistogram(layers="lm_head", range=(-6, 6), updates=True)
+    runs = []
+
+    class Where(transformers.TrainerCallback):  # the run the Trainer's WandbCallback started
+        def on_step_end(self, args, state, control, **kwargs):
+            runs.append(wandb.run.dir.rsplit("/files", 1)[0])
     try:
-        train(tmp_path, callback, report_to=["wandb"])  # the Trainer's WandbCallback starts the run
+        train(tmp_path, [callback, Where()], report_to=["wandb"])
     finally:
         wandb.finish()
-    run_dir, = (tmp_path / "wandb").glob("offline-run-*")
-    rows, recording = history(str(run_dir)), callback.recording
+    rows, recording = history(runs[-1]), callback.recording
     logged = [row["colordim/activation/lm_head/train"]["values"] for row in rows
               if "colordim/activation/lm_head/train" in row]
     assert np.sum(logged, axis=0).tolist() == recording.counts["lm_head"][recording.phase == "train"].sum(0)[1:-1].tolist()
+    assert [row["colordim/step"] for row in rows if "colordim/step" in row][-1] == 8  # the Trainer's global_step
     assert any("colordim/updates/lm_head.weight" in row or "colordim/updates/transformer.wte.weight" in row for row in rows)

@@ -93,18 +93,24 @@ def test_counts_equal_a_taps_and_the_steps_are_lightnings_global_steps(tmp_path)
     assert ours(module.model[1][0]) == []  # the fit's end took the hooks off
 
 
-def test_the_tensorboard_logger_gets_the_histograms(tmp_path):
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_the_tensorboard_logger_gets_the_histograms_at_the_trainers_steps(tmp_path, accumulate):
+    "A histogram per optimizer step (its batches summed), and one per validation pass, at global_step."
     from test_tensorboard import read_histograms
     callback = ActivationHistogram(layers="model.4.0", range=(-8, 8))
-    fit = trainer([callback], tmp_path)
+    fit = trainer([callback], tmp_path, accumulate_grad_batches=accumulate)
     fit.fit(DigitsModule(), *loaders())
     histograms = read_histograms(fit.logger.log_dir)
-    train = histograms["activation/model.4.0/train"]
-    recording = callback.recording
-    assert len(train) == 8
-    for event, column in zip(train, np.flatnonzero(recording.phase == "train")):
-        assert list(event.histogram_value.bucket) == recording.counts["model.4.0"][column].tolist()
-    assert len(histograms["activation/model.4.0/valid"]) == 4
+    train, valid = histograms["activation/model.4.0/train"], histograms["activation/model.4.0/valid"]
+    counts = callback.recording.counts["model.4.0"]
+    train_columns = np.flatnonzero(callback.recording.phase == "train")
+    assert [event.step for event in train] == list(range(8 // accumulate)) == list(range(fit.global_step))
+    for event, columns in zip(train, train_columns.reshape(-1, accumulate)):
+        assert list(event.histogram_value.bucket) == counts[columns].sum(0).tolist()
+    # each epoch's validation (2 batches) is one histogram, at the global_step it ran after
+    assert [event.step for event in valid] == [4 // accumulate, 8 // accumulate]
+    valid_columns = np.flatnonzero(callback.recording.phase == "valid").reshape(2, 2)
+    assert [list(event.histogram_value.bucket) for event in valid] == [counts[c].sum(0).tolist() for c in valid_columns]
 
 
 def test_a_crash_mid_fit_leaves_no_hook_and_keeps_what_was_recorded(tmp_path):

@@ -47,13 +47,20 @@ class ActivationHistogram(TrainerCallback):
         if self.histogram_recorder is None or list(self.histogram_recorder.modules.values())[0] not in \
                 list(model.modules()):
             self.histogram_recorder = make_recorder(model, self.options)
-        self._loop = _TrainerLoop(model, self.histogram_recorder, torch_optimizers(optimizer), self.valid)
-        self._loop.attach()
         if self.loggers:
             reports = args.report_to if isinstance(args.report_to, (list, tuple)) else [args.report_to]
             if "tensorboard" in reports and self.outputs.tensorboard is None:
                 self.outputs.tensorboard = _logging_dir(args)
             self.outputs.wandb = self.outputs.wandb or "wandb" in reports
+        self._loop = _TrainerLoop(model, self.histogram_recorder, torch_optimizers(optimizer), self.valid,
+                                  keep_steps=self.outputs.writing)
+        self._loop.global_step = state.global_step
+        self._loop.attach()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        "An optimizer step ended: the next columns' step in the writers."
+        if self._loop is not None:
+            self._loop.global_step = state.global_step
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self._loop is not None:
@@ -65,13 +72,13 @@ class ActivationHistogram(TrainerCallback):
             self._loop.close()
             self.histogram_recorder.flush()
             self.outputs.save(self.histogram_recorder)
-            self.outputs.write(self.histogram_recorder, grid=True)
+            self.outputs.write(self.histogram_recorder, grid=True, steps=self._loop.written())
 
     def on_train_end(self, args, state, control, **kwargs):
         "The hooks come off (the last columns summed across ranks); report, save; the recording stays."
         if self._loop is not None and self._loop.attached:
             self._loop.detach(reduce=True)
-            self.outputs.write(self.histogram_recorder)
+            self.outputs.write(self.histogram_recorder, steps=self._loop.written())
             self.outputs.finish(self.histogram_recorder)
 
     @property
@@ -83,10 +90,22 @@ class ActivationHistogram(TrainerCallback):
 
 
 class _TrainerLoop(LoopRecorder):
-    "`LoopRecorder` for the Trainer: its epochs, evaluation batches only if asked, off outside the Trainer."
-    def __init__(self, model, recorder, optimizers, valid: bool):
+    """`LoopRecorder` for the Trainer: its epochs, evaluation batches only if asked, off outside the Trainer, and
+    (`keep_steps`) each kept column's `state.global_step` (the steps done before it) for the writers."""
+    def __init__(self, model, recorder, optimizers, valid: bool, keep_steps: bool = False):
         super().__init__(model, recorder, optimizers)
-        self.valid = valid
+        self.valid, self.keep_steps = valid, keep_steps
+        self.global_step, self._open_step, self._steps = 0, 0, []
+
+    def written(self) -> list:
+        "The steps of the columns kept since the last call (and forgotten here)."
+        steps, self._steps = self._steps, []
+        return steps
+
+    def _close(self) -> None:
+        if self._finished and self.keep_steps:
+            self._steps.append(self._open_step)
+        super()._close()
 
     @property
     def attached(self) -> bool:
@@ -110,6 +129,7 @@ class _TrainerLoop(LoopRecorder):
             self._close()
             return
         super()._begin(module, inputs)
+        self._open_step = self.global_step
 
     def _end(self, module, inputs, output):
         if self.model.training or self.valid:

@@ -37,6 +37,7 @@ class ActivationHistogram(Callback):
         self.valid, self.loggers = valid, loggers
         self.outputs = Outputs(save_to=save_to, report=report)
         self.histogram_recorder, self._handles, self._recording = None, [], None
+        self._step, self._steps = 0, []  # the open column's `trainer.global_step`; the ended ones' not yet written
 
     # --- Lightning's events ----------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module):
@@ -56,33 +57,29 @@ class ActivationHistogram(Callback):
         self.histogram_recorder.reserve(batches if isinstance(batches, int) else 0)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.histogram_recorder.begin_column("train", epoch=trainer.current_epoch, iteration=batch_idx)
-        self.histogram_recorder.watch_functional(True)  # a training_step may call `self.model`, not the root
+        self._begin("train", trainer, batch_idx)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.histogram_recorder.watch_functional(False)
-        self.histogram_recorder.end_column()
+        self._end()
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         if self._recording_validation(trainer):
-            self.histogram_recorder.begin_column("valid", epoch=trainer.current_epoch, iteration=batch_idx)
-            self.histogram_recorder.watch_functional(True)
+            self._begin("valid", trainer, batch_idx)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if self._recording_validation(trainer):
-            self.histogram_recorder.watch_functional(False)
-            self.histogram_recorder.end_column()
+            self._end()
 
     def on_train_epoch_end(self, trainer, pl_module):
         "The epoch's columns to the host (every rank: a collective under DDP), to `save_to` and the loggers."
         self.histogram_recorder.flush()
         self.outputs.save(self.histogram_recorder)
-        self.outputs.write(self.histogram_recorder, grid=True)
+        self.outputs.write(self.histogram_recorder, grid=True, steps=self._written())
 
     def on_fit_end(self, trainer, pl_module):
         "Sum the last columns across ranks, report, save; the hooks come off, the recording stays."
         self.histogram_recorder.flush()
-        self.outputs.write(self.histogram_recorder)
+        self.outputs.write(self.histogram_recorder, steps=self._written())
         self.outputs.finish(self.histogram_recorder)
         self._unhook()
 
@@ -97,6 +94,23 @@ class ActivationHistogram(Callback):
             self._unhook()
 
     # --- the rest ------------------------------------------------------------------------------------
+    def _begin(self, phase: str, trainer, batch_idx: int) -> None:
+        "Open a column; its step in the loggers is the trainer's `global_step` (the steps done before it)."
+        self.histogram_recorder.begin_column(phase, epoch=trainer.current_epoch, iteration=batch_idx)
+        self.histogram_recorder.watch_functional(True)  # a training_step may call `self.model`, not the root
+        self._step = trainer.global_step
+
+    def _end(self) -> None:
+        self.histogram_recorder.watch_functional(False)
+        self.histogram_recorder.end_column()
+        if self.outputs.writing:
+            self._steps.append(self._step)
+
+    def _written(self) -> list:
+        "The steps of the columns ended since the last write, handed to the writers (and forgotten here)."
+        steps, self._steps = self._steps, []
+        return steps
+
     def _recording_validation(self, trainer) -> bool:
         "Validation batches are columns unless asked not to, or in the sanity check, or outside a fit."
         return self.valid and not trainer.sanity_checking and self.histogram_recorder is not None \

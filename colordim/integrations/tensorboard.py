@@ -62,10 +62,16 @@ class LiveBoard:
         self.trained = 0  # training batches written so far, over every fit: where the next ones' steps start
         self.last = {}    # tag -> the last step written to it
 
-    def write(self, parts: list, grid: Recording = None) -> None:
-        "Each part's columns (as `HistogramRecorder.new_parts` gives them), and `grid`'s image at the last step."
-        for part in parts:
-            steps = training_steps(part) + self.trained
+    def write(self, parts: list, grid: Recording = None, steps: list = None) -> None:
+        """Each part's columns (as `HistogramRecorder.new_parts` gives them), and `grid`'s image at the last step.
+        `steps`: per part, each column's step in the trainer's count (Lightning's `global_step`): the columns of
+        one step and phase (the micro-batches of an accumulated step, an evaluation's batches) are summed into
+        one histogram at that step."""
+        for index, part in enumerate(parts):
+            if steps is None:
+                at = training_steps(part) + self.trained
+            else:
+                at, part = _per_step(part, np.asarray(steps[index], dtype=np.int64))
             for kind in part.kinds:
                 source = part.kind(kind)
                 for name in source.layer_names:
@@ -73,12 +79,13 @@ class LiveBoard:
                         if not source.numel[name][column]:  # nothing in it (a gradient in validation, no step)
                             continue
                         tag = f"{kind}/{name}/{source.phase[column]}"
-                        _write_column(self.writer, tag, source, name, column, step=self._step(tag, int(steps[column])))
+                        _write_column(self.writer, tag, source, name, column, step=self._step(tag, int(at[column])))
             self.trained += int(part.batches[part.phase == "train"].sum())
         if grid is not None and len(grid) and (grid.phase == "train").any():
             from ..views.plot import grid_image
+            last = self.trained - 1 if steps is None or not len(steps) or not len(steps[-1]) else int(steps[-1][-1])
             self.writer.add_image("colordim/grid", grid_image(grid),
-                                  global_step=self._step("colordim/grid", self.trained - 1), dataformats="HWC")
+                                  global_step=self._step("colordim/grid", last), dataformats="HWC")
         self.writer.flush()  # the writer stays open for the next fit's batches
 
     def _step(self, tag: str, step: int) -> int:
@@ -86,6 +93,15 @@ class LiveBoard:
         step = max(step, self.last.get(tag, -1) + 1)
         self.last[tag] = step
         return step
+
+
+def _per_step(part: Recording, steps: np.ndarray):
+    "The part with the neighbouring columns of one step and phase summed, and each merged column's step."
+    keyed = part.select()  # a copy whose `iteration` is the step, every kind's: `coarsen` merges equal neighbours
+    for kind in keyed.kinds:
+        keyed.kind(kind).iteration = steps
+    merged = keyed.coarsen(1)
+    return merged.iteration, merged
 
 
 def _write_column(writer, tag: str, source: Recording, name: str, column: int, step: int = None) -> None:

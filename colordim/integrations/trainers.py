@@ -4,6 +4,7 @@ grows (`save_to`, TensorBoard, W&B, the report). The adapters only map their tra
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -102,9 +103,15 @@ class Outputs:
             recorder.view().save(self.save_to)
         self._saved = recorder.ended
 
-    def write(self, recorder: HistogramRecorder, grid: bool = False, step=None) -> None:
-        "What the host received since the last write, to TensorBoard and W&B; `grid`: the colour-dim grid too."
-        if not (self.tensorboard is not None or self.wandb) or not is_main_process():
+    @property
+    def writing(self) -> bool:
+        "Whether anything goes to TensorBoard or W&B."
+        return self.tensorboard is not None or bool(self.wandb)
+
+    def write(self, recorder: HistogramRecorder, grid: bool = False, steps: list = None) -> None:
+        """What the host received since the last write, to TensorBoard and W&B; `grid`: the colour-dim grid too.
+        `steps`: the trainer's step of every column ended since the last write, in order (None: batches count)."""
+        if not self.writing or not is_main_process():
             return
         if self.tensorboard is not None and self._board is None:
             from .tensorboard import LiveBoard
@@ -113,9 +120,14 @@ class Outputs:
             from .wandb_log import WandbLog
             self._wandb = WandbLog()
         parts = recorder.new_parts()  # each batch once, as it came
+        if steps is not None and len(steps) != sum(len(part) for part in parts):
+            steps = None  # columns the adapter did not see end (none should be): count batches instead
+        if steps is not None:  # each part's share of them, in order
+            bounds = np.cumsum([0] + [len(part) for part in parts])
+            steps = [np.asarray(steps[start:stop]) for start, stop in zip(bounds[:-1], bounds[1:])]
         for writer in (self._board, self._wandb):
             if writer is not None:
-                writer.write(parts, grid=recorder.view() if grid else None)
+                writer.write(parts, grid=recorder.view() if grid else None, steps=steps)
 
     def finish(self, recorder: HistogramRecorder, trained: bool = True) -> None:
         "A fit's end: the report (when asked, after training), the last save, W&B's last row shown."

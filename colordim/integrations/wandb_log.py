@@ -42,17 +42,19 @@ class WandbLog:
         self._run = None      # the run our metrics were defined in
         self._pending = None  # our last row while nobody has committed it: (its W&B step, its histograms)
 
-    def write(self, parts: list, grid: Recording = None) -> None:
-        "One row per part (as `HistogramRecorder.new_parts` gives them); `grid`'s image with the last."
+    def write(self, parts: list, grid: Recording = None, steps: list = None) -> None:
+        """One row per part (as `HistogramRecorder.new_parts` gives them); `grid`'s image with the last. `steps`:
+        per part, each column's step in the trainer's count: a row's `colordim/step` is its last column's."""
         rows = [self._histograms(part) for part in parts]
+        at = [int(max(part_steps)) if len(part_steps) else None for part_steps in steps or ()]
         if grid is not None and len(grid) and (grid.phase == "train").any():
             from ..views.plot import grid_image
             if not rows:
                 rows.append({})
             rows[-1]["colordim/grid"] = self.wandb.Image(grid_image(grid))
-        for row in rows:
+        for index, row in enumerate(rows):
             if row:
-                self._log(row)
+                self._log(row, at[index] if index < len(at) else None)
 
     def _histograms(self, part: Recording) -> dict:
         "A part's batches summed per kind, layer and phase: key -> (counts of the bins, edges)."
@@ -67,7 +69,7 @@ class WandbLog:
         self.trained += int(part.batches[part.phase == "train"].sum())
         return row
 
-    def _log(self, row: dict) -> None:
+    def _log(self, row: dict, step: int = None) -> None:
         """Log `row` uncommitted, joining the user's next row. If our last row is still uncommitted: commit it
         first while nobody else logs (a row of its own each), else add `row` into it (the user's steps stay)."""
         run = self.wandb.run
@@ -84,7 +86,7 @@ class WandbLog:
                 row = _joined(self._pending[1], row)
         histograms = {key: self.wandb.Histogram(np_histogram=value) if isinstance(value, tuple) else value
                       for key, value in row.items()}
-        run.log({**histograms, STEP: self.trained}, commit=False)
+        run.log({**histograms, STEP: self.trained if step is None else step}, commit=False)
         self._pending = run.step, row
 
     def commit(self) -> None:
