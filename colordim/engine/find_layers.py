@@ -15,31 +15,30 @@ _SHOWN = 20  # how many available names an error lists
 _WRAPPERS = (nn.parallel.DistributedDataParallel, nn.DataParallel)  # DDP (Accelerate's `prepare` too), DataParallel
 
 
+def _wrapped(model: nn.Module):
+    "`model`, then each module it wraps: a `torch.compile` wrapper's, a DDP's or DataParallel's (4 deep at most)."
+    for _ in range(4):
+        yield model
+        inner = getattr(model, "_orig_mod", None) if type(model).__name__ == "OptimizedModule" else \
+            model.module if isinstance(model, _WRAPPERS) else None
+        if not isinstance(inner, nn.Module):
+            return
+        model = inner
+    yield model
+
+
 def unwrapped(model: nn.Module) -> nn.Module:
     """The module inside a `torch.compile(model)` wrapper (its layers have the eager names: `0.1`, not
     `_orig_mod.0.1`; hooks on it are traced into the compiled graph) or a DDP / DataParallel wrapper (`0.1`,
     not `module.0.1`), a wrapper in a wrapper too; or `model` itself."""
-    for _ in range(4):
-        if type(model).__name__ == "OptimizedModule":
-            inner = getattr(model, "_orig_mod", None)
-        else:
-            inner = model.module if isinstance(model, _WRAPPERS) else None
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-    return model
+    *_, inner = _wrapped(model)
+    return inner
 
 
 def compiled(model: nn.Module) -> bool:
     "Whether `model` runs a torch.compile graph: a `torch.compile(model)` wrapper, or compiled in place (`model.compile()`)."
-    for _ in range(4):
-        if type(model).__name__ == "OptimizedModule" or getattr(model, "_compiled_call_impl", None) is not None:
-            return True
-        inner = model.module if isinstance(model, _WRAPPERS) else None
-        if not isinstance(inner, nn.Module):
-            return False
-        model = inner
-    return False
+    return any(type(module).__name__ == "OptimizedModule" or getattr(module, "_compiled_call_impl", None) is not None
+               for module in _wrapped(model))
 
 
 def root_name(model: nn.Module) -> str:

@@ -68,7 +68,8 @@ def check_not_compiled(compiled: bool) -> None:
 
 class FunctionalTap(TorchFunctionMode):
     """The mode that records the chosen activation functions' outputs while the root's forward runs.
-    `record(name, output)`: the recorder's, called with the call's name (`layer1.0:relu#2`) and output."""
+    `record(layer, function, output)`: the recorder's, called with the call's layer name (`layer1.0:relu#2`),
+    the function's (`relu`) and its output."""
     def __init__(self, root: nn.Module, functions: tuple, record):
         super().__init__()
         self.specs = functions  # (module pattern, function) pairs, as `check_functions` gives them
@@ -111,7 +112,7 @@ class FunctionalTap(TorchFunctionMode):
                 key = f"{owner}:{name}"
                 call = self.calls.get(key, 0)
                 self.calls[key] = call + 1
-                self.record(key if not call else f"{key}#{call + 1}", output)
+                self.record(key if not call else f"{key}#{call + 1}", name, output)
         return output
 
     def _owner(self):

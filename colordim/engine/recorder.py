@@ -177,13 +177,13 @@ class HistogramRecorder(Moves):
         if self._tap is not None:
             self._tap.enter() if on else self._tap.leave()
 
-    def _add_functional(self, name: str, output) -> None:
+    def _add_functional(self, name: str, function: str, output) -> None:
         "A functional call's output (`FunctionalTap`): a layer of its own, its slot added when first seen."
         if self.columns.row is None or backward_task() != -1:  # between batches; a recomputation in backward
             return
         slot = self._functional.get(name)
         if slot is None:  # a pseudo-module of its own: its type is the function, its units by the output's shape
-            self._types.append(name.split(":")[-1].split("#")[0])
+            self._types.append(function)
             self._units.append(CHANNELS if output.dim() >= 4 else FEATURES)
             slot = self._functional[name] = self._add_slot(name, len(self._types) - 1)
         self.layers["activation"][slot].add(output)

@@ -22,7 +22,7 @@ import numpy as np
 from ..data.recording import Recording
 from .report import Finding
 
-__all__ = ["update_findings", "saturation", "saturation_findings", "grad_dead_findings", "BOUNDED"]
+__all__ = ["median_update_ratios", "update_findings", "saturation", "saturation_findings", "grad_dead_findings", "BOUNDED"]
 
 # the class names of bounded activations, and their flat ends: values below `low` or above `high`
 BOUNDED = {"Tanh": (-0.97, 0.97), "Hardtanh": (-0.97, 0.97), "Sigmoid": (0.015, 0.985), "Hardsigmoid": (0.015, 0.985),
@@ -36,17 +36,25 @@ def _tail_steps(part: Recording, tail: float) -> np.ndarray:
     return steps[len(steps) - max(1, math.ceil(tail * len(steps))):] if len(steps) else steps
 
 
-def update_findings(recording: Recording, tail: float, high: float, low: float) -> list:
-    "Parameters whose updates are too large or too small for their weights (needs updates=True)."
+def median_update_ratios(recording: Recording, tail: float) -> dict:
+    """{parameter: its median RMS(update) / RMS(weights) over the last `tail` of its training steps}: NaN with no
+    step, 0 for a parameter that did not move (frozen); {} without updates=True. What the verdict reads."""
     if recording.updates is None or recording.params is None:
-        return []
-    columns, ratios, found = _tail_steps(recording.updates, tail), recording.update_ratio, []
+        return {}
+    columns, ratios, medians = _tail_steps(recording.updates, tail), recording.update_ratio, {}
     for name in recording.updates.layer_names:
         values = ratios[name][columns]
         values = values[np.isfinite(values)]
-        if not len(values) or not values.any():  # no step, or a frozen parameter
+        medians[name] = float(np.median(values)) if len(values) else math.nan
+    return medians
+
+
+def update_findings(recording: Recording, tail: float, high: float, low: float) -> list:
+    "Parameters whose updates are too large or too small for their weights (needs updates=True)."
+    found = []
+    for name, ratio in median_update_ratios(recording, tail).items():
+        if math.isnan(ratio) or ratio == 0:  # no step, or a frozen parameter
             continue
-        ratio = float(np.median(values))
         if ratio > high or ratio < low:
             large = ratio > high
             found.append(Finding(

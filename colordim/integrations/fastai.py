@@ -10,17 +10,12 @@ from fastcore.basics import patch, store_attr
 
 from ..views import plot
 from ..engine.distributed import is_main_process
-from ..engine.ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Ledger
-from ..engine.find_layers import compiled, find_layers, unwrapped
-from ..engine.functional import check_functions
-from ..engine.steps import find_params
-from .trainers import Outputs
+from ..engine.ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY
+from ..engine.find_layers import compiled, find_layers
+from .trainers import OPTIONS, Outputs, check_options, make_recorder, recorded_params
 from ..health.checks import diagnose
-from ..data.options import (check_bins, check_near_zero, check_range, check_sample, check_scale, check_show,
-                            check_units, param_streams)
-from ..engine.recorder import HistogramRecorder
+from ..data.options import check_show
 from ..data.recording import Recording
-from ..engine.units import resolve_units
 
 __all__ = ["ActivationHistogram"]
 
@@ -69,11 +64,8 @@ class ActivationHistogram(Callback):
         param_scale: str = "linear",  # or "symlog" (with `linthresh`)
         functional=False,  # True (or function names): also record F.relu, torch.tanh ... called in modules' forward
     ):
-        check_bins(bins), check_range(range), check_scale(scale, linthresh)  # fail now, not at the first batch
-        check_range(grad_range), check_scale(grad_scale, linthresh), check_range(param_range), check_scale(param_scale, linthresh)
-        check_near_zero(near_zero), check_sample(sample), Ledger(max_columns, move_every, device_bytes, host_bytes)
-        check_show(show), check_units(units), param_streams(params, param_grads, updates), check_functions(functional)
         store_attr()
+        check_options(self._options()), check_show(show)  # fail now, not at the first batch
         self.histogram_recorder, self._fit, self._trained, self._active = None, -1, False, False
         self._checked = False  # the first forward pass of this fit has been checked
 
@@ -85,21 +77,12 @@ class ActivationHistogram(Callback):
         if self._active and self.wandb:  # but the hooks are on (no column opens: they return at once), so that
             from .wandb_log import _wandb  # a model torch.compile compiles in the sweep carries them into fit
             _wandb()  # no run to log into: say so now, not at the first epoch's end
+        options = self._options()
         modules = find_layers(self.learn.model, self.layers)
-        streams = param_streams(self.params, self.param_grads, self.updates)
-        params = find_params(unwrapped(self.learn.model), modules, True if isinstance(self.params, bool) else
-                             self.params) if streams else {}
+        params = recorded_params(self.learn.model, modules, options)
         if self.histogram_recorder is None or list(modules.values()) != list(self.histogram_recorder.modules.values()) \
                 or [id(p) for p, _ in params.values()] != [id(p) for p in self.histogram_recorder.steps.params.values()]:
-            self.histogram_recorder = HistogramRecorder(modules, bins=self.bins, range=self.range, scale=self.scale,
-                                            linthresh=self.linthresh, stats=self.stats, near_zero=self.near_zero,
-                                            sample=self.sample, max_columns=self.max_columns, grads=self.grads,
-                                            move_every=self.move_every, device_bytes=self.device_bytes,
-                                            host_bytes=self.host_bytes,
-                                            grad_range=self.grad_range, grad_scale=self.grad_scale,
-                                            units=resolve_units(self.learn.model, modules, self.units),
-                                            params=params, streams=streams, functional=self.functional,
-                                            param_range=self.param_range, param_scale=self.param_scale)
+            self.histogram_recorder = make_recorder(self.learn.model, options, modules, params)
             self._out().restart()  # a new recorder counts its columns from 0
         self.histogram_recorder.attach(root=self.learn.model)  # a module called twice in one forward: two layers
         self.histogram_recorder.steps.keep_weights()  # the first step's update is against these
@@ -173,6 +156,10 @@ class ActivationHistogram(Callback):
             if self.show:
                 self._draw()
             self._out().write(self.histogram_recorder, grid=True)
+
+    def _options(self) -> dict:
+        "The recorder's options, as this callback holds them (OPTIONS' names, shared with the other trainers)."
+        return {name: getattr(self, name) for name in OPTIONS}
 
     def _out(self) -> Outputs:
         "Where the recording goes as it grows (`save_to`, TensorBoard, W&B, the report), made at first use."

@@ -30,11 +30,13 @@ def to_tensorboard(recording: Recording, log_dir, kinds=None) -> list[str]:
             source = recording.kind(kind)
             for name in source.layer_names:
                 for phase in sorted(set(source.phase.tolist())):
-                    columns = np.flatnonzero((source.phase == phase) & (source.numel[name] > 0))
-                    if kind in STREAMS and not len(columns):  # no step in this phase (validation)
-                        continue
+                    columns = np.flatnonzero(source.phase == phase)
+                    if kind in STREAMS:  # a parameter's kinds: the columns of steps only, none in validation
+                        columns = columns[source.numel[name][columns] > 0]
+                        if not len(columns):
+                            continue
                     tags.append(f"{kind}/{name}/{phase}")
-                    for column in columns if kind in STREAMS else np.flatnonzero(source.phase == phase):
+                    for column in columns:
                         _write_column(writer, tags[-1], source, name, int(column))
     return tags
 

@@ -18,7 +18,7 @@ from ..engine.recorder import HistogramRecorder
 from ..engine.steps import find_params
 from ..engine.units import resolve_units
 
-__all__ = ["OPTIONS", "check_options", "make_recorder", "torch_optimizers", "hook_steps", "Outputs"]
+__all__ = ["OPTIONS", "check_options", "recorded_params", "make_recorder", "torch_optimizers", "hook_steps", "Outputs"]
 
 # The recorder's options every adapter takes, with their defaults (the fastai callback's, by name)
 OPTIONS = dict(layers=None, bins=100, range=(-10, 10), scale="linear", linthresh=1.0, stats=True, near_zero=0.05,
@@ -43,15 +43,23 @@ def check_options(options: dict) -> dict:
     return options
 
 
-def make_recorder(model: nn.Module, options: dict) -> HistogramRecorder:
-    "A recorder of `model`'s layers (as `options['layers']` says) with `options` (OPTIONS' names)."
+def recorded_params(model: nn.Module, modules: dict, options: dict) -> dict:
+    "The {name: (parameter, type)} whose step streams `options` ask for, of `model` recording `modules`; {} for none."
     o = {**OPTIONS, **options}
-    modules = find_layers(model, o.pop("layers"))
-    params, param_grads, updates = o.pop("params"), o.pop("param_grads"), o.pop("updates")
-    streams = param_streams(params, param_grads, updates)
-    chosen = find_params(unwrapped(model), modules, params if not isinstance(params, bool) else True) \
-        if streams else {}
-    o.update(units=resolve_units(model, modules, o["units"]), params=chosen, streams=streams)
+    if not param_streams(o["params"], o["param_grads"], o["updates"]):
+        return {}
+    return find_params(unwrapped(model), modules, o["params"] if not isinstance(o["params"], bool) else True)
+
+
+def make_recorder(model: nn.Module, options: dict, modules: dict = None, params: dict = None) -> HistogramRecorder:
+    """A recorder of `model`'s layers with `options` (OPTIONS' names): `modules` ({name: module}) and `params`
+    (as `recorded_params` gives them) when the caller found them already, else as the options say."""
+    o = {**OPTIONS, **options}
+    layers = o.pop("layers")
+    modules = find_layers(model, layers) if modules is None else modules
+    params = recorded_params(model, modules, o) if params is None else params
+    streams = param_streams(o.pop("params"), o.pop("param_grads"), o.pop("updates"))
+    o.update(units=resolve_units(model, modules, o["units"]), params=params, streams=streams)
     return HistogramRecorder(modules, **o)
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import base64
 import datetime
 import html
+import math
 from pathlib import Path
-
-import numpy as np
 
 from ..health.checks import diagnose
 from ..health.report import layer_anchor
+from ..health.step_checks import median_update_ratios
 from ..data.options import STREAMS
 from ..data.recording import KIND_NAMES, Recording
 from ..data.saved import write_atomically
@@ -83,7 +83,7 @@ def _findings_table(report) -> str:
             f"{report.findings_html('none: every figure is within its threshold', links=True)}")
 
 
-def _steps_section(recording: Recording) -> list:
+def _steps_section(recording: Recording, tail: float) -> list:
     """The parameters' streams, per optimizer step: a table (each row the target of its findings' links), the
     update-to-weight ratio chart, and the colour-dim images of each kind recorded."""
     from . import plot
@@ -91,16 +91,15 @@ def _steps_section(recording: Recording) -> list:
     if not kinds or not recording.kind(kinds[0]).step_columns.any():
         return []
     first = recording.kind(kinds[0])
-    ratios = recording.update_ratio if "update" in kinds else {}
+    ratios = median_update_ratios(recording, tail)  # as the verdict reads them ({}: no updates)
     rows = []
     for name in first.layer_names:
-        stepped = ratios[name][first.step_columns] if name in ratios else np.array([])
-        tail = stepped[len(stepped) - max(1, len(stepped) // 10):]  # as diagnose reads it
-        ratio = f"{np.nanmedian(tail):.1e}" if np.isfinite(tail).any() else "-"
+        ratio = ratios.get(name, math.nan)
         cells = [f"<code>{html.escape(name)}</code>", html.escape(first.types.get(name, "")),
-                 "x".join(map(str, first.shapes.get(name, ()))) or "-", ratio]
+                 "x".join(map(str, first.shapes.get(name, ()))) or "-", "-" if math.isnan(ratio) else f"{ratio:.1e}"]
         rows.append(f'<tr id="{layer_anchor(name)}">' + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
-    head = "".join(f"<th>{title}</th>" for title in ("parameter", "type", "shape", "update / weights (last 10% of steps)"))
+    head = "".join(f"<th>{title}</th>" for title in ("parameter", "type", "shape",
+                                                             f"update / weights (median, last {tail:.0%} of steps)"))
     parts = ["<h2>Parameters, per optimizer step</h2>",
              f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>']
     if "update" in kinds:
@@ -134,7 +133,7 @@ def report_html(recording: Recording, title: str = "colordim report", **threshol
             grads_phase = "train" if (recording.grads.phase == "train").any() else "valid"
             figure, _ = plot.color_dims(recording, phase=grads_phase, kind="grad")
             parts += ["<h2>Gradients</h2>", _png(figure, "colour-dim images of every layer's output gradient")]
-        parts += _steps_section(recording)
+        parts += _steps_section(recording, report.thresholds["tail"])
         for name in recording.layer_names:
             parts.append(f'<h2 id="{layer_anchor(name)}">Layer <code>{html.escape(name)}</code></h2>')
             axes = plot.color_dim(recording, name, phase=phase, overlay="mean")
