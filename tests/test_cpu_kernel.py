@@ -88,9 +88,11 @@ def test_the_kernel_counts_and_summarises_like_torch(name, monkeypatch):
 
 @pytest.mark.parametrize("options", [dict(scale="symlog", linthresh=0.5, range=(-1e6, 1e6)), dict(stats=False),
                                      dict(sample=100), dict(sample=100, stats=False), dict(near_zero=1.0),
-                                     dict(sample=40), dict(sample=40, scale="symlog")])
+                                     dict(sample=40), dict(sample=40, scale="symlog"), dict(bins=300, range=(-5, 5)),
+                                     dict(bins=300, range=(-5, 5), sample=100), dict(bins=253), dict(bins=254)])
 def test_the_kernel_follows_every_option_like_torch(options, monkeypatch):
-    "sample=100: in lines (outputs of at most 6,400 values here); sample=40: independent positions too."
+    """sample=100: in lines (outputs of at most 6,400 values here); sample=40: independent positions too;
+    bins above 253 take int32 bin keys, up to it bytes."""
     for name in ("normal", "nan and inf", "(batch, features)", "huge", "(batch, 48 features)", "2x2 maps"):
         output = outputs()[name]
         fast, slow = recorded("fused", monkeypatch, output, **options), recorded("torch", monkeypatch, output, **options)
@@ -163,14 +165,15 @@ def test_a_kernel_that_fails_to_compile_falls_back_to_torch_with_a_warning(monke
 def test_kernel_calls_take_arrays_and_refuse_sizes_their_loops_would_overrun():
     "The kernels run without bounds checks: each call checks the sizes first, and a plan its positions, once."
     counts, moments = np.zeros((2, 6), np.int64), np.zeros((2, 6))
-    values, floats, ints = np.ones(8, np.float32), np.zeros(4, np.float32), np.zeros(fused.LANES * 7 + 4, np.int64)
+    # 4 bins: lanes of 7 counters, then 8 keys (both rows at once), a byte each: one int64 word
+    values, floats, ints = np.ones(8, np.float32), np.zeros(4, np.float32), np.zeros(fused.LANES * 7 + 1, np.int64)
     fixed = fused.params((-1.0, 1.0), 0.0, 0.05, True, batch=2, units=4)  # (2, 4) output: 4 units, 4 values a row
     fused.run_exact(values, counts, moments, 1, fixed, floats, ints)
     assert counts[1].tolist() == [0, 0, 0, 0, 8, 0] and moments[1, :2].tolist() == [8.0, 8.0]
     with pytest.raises(ValueError, match="row, params or scratch of the wrong size"):
         fused.run_exact(values, counts, moments, 2, fixed, floats, ints)         # no row 2
     with pytest.raises(ValueError, match="row, params or scratch of the wrong size"):
-        fused.run_exact(values, counts, moments, 0, fixed, floats, ints[:-1])    # 4 keys a row needed
+        fused.run_exact(values, counts, moments, 0, fixed, floats, ints[:-1])    # no room for the keys
     with pytest.raises(ValueError, match="an output of the wrong size"):
         fused.run_exact(values[:6], counts, moments, 0, fixed, floats, ints)     # 6 values are not (2, 4)
     sampled = fused.params((-1.0, 1.0), 0.0, 0.05, True, units=1, count=2)
@@ -216,7 +219,7 @@ def test_plans_sharing_scratch_take_it_again_when_it_grows():
     plans["small"](small, rows["small"], 0)       # scratch sized for `small`
     keys = shared.arrays["ints"]
     plans["big"](big, rows["big"], 0)             # grows it: `small` takes it again at its next call
-    assert shared.arrays["ints"].size == fused.LANES * 13 + 8 * 5 * 5 > keys.size
+    assert shared.arrays["ints"].size == fused.LANES * 13 + fused.key_words(4 * 8 * 5 * 5, 10) > keys.size
     assert plans["small"]._generation != shared.generation == plans["big"]._generation
     plans["small"](small, rows["small"], 1)
     for name, x in (("small", small), ("big", big)):

@@ -134,7 +134,8 @@ class FusedPlan:
         self.split = None  # a big whole output: rows in parts, one per thread (`colordim.engine.cpu_threads`)
         if sample is None:
             self._run, self._index, count, unsampled = cpu_kernel.run_exact, (), 0, 0
-            self._scratch = cpu_kernel.scratch_sizes(bins, self.units, self.numel // batch)
+            width = self.numel // batch
+            self._scratch = cpu_kernel.scratch_sizes(bins, self.units, int(cpu_kernel.rows_at_once(batch, width)) * width)
             if batch >= 2 and self.numel >= cpu_kernel.PARALLEL_FROM and cpu_threads.threads() >= 2:
                 self.split = Split(batch, self.numel // batch, bins, self.units, self._scratch[1])
         elif sample[2] is not None and self.numel < 2 ** 31:

@@ -7,7 +7,6 @@ import math
 import torch
 
 from ..data.layout import EXTREMES, SUMS
-from .cpu_kernel import LANES  # the CPU path's interleaved histograms: the torch path counts the same way
 
 __all__ = ["CHUNK", "Scratch", "histogram_counts", "add_moments", "channel_count", "symlog_", "finite_extremes"]
 
@@ -16,6 +15,7 @@ CHUNK = 2 ** 24
 
 
 SMALL = 1 << 15  # below this many values, histc's 5 ops cost less than the bincount path's 16
+LANES = 4  # the bincount path's interleaved histograms: neighbours (ReLU zeros) rarely land on one counter
 
 
 class Scratch:
