@@ -1,7 +1,7 @@
 """What recording costs: time per batch with no callback, fastai's ActivationStats(with_hist=True),
 colordim exact and colordim sampled, and the floor (a forward hook that reads each output once), on the
-same model, data and hooked modules; then the demo CNN compiled with `fullgraph=True`, with and without
-colordim. Run: `make bench`.
+same model, data and hooked modules; then the demo CNN compiled with `fullgraph=True` without colordim, with
+its hooks idle and with colordim exact, in plain PyTorch steps taking turns. Run: `make bench`.
 
 A shared machine's speed drifts by 10-20% over seconds, more than the overheads measured. So the
 variants take turns batch by batch in the same fit: each turn is five training batches, one per
@@ -226,53 +226,64 @@ def run(name, make_model_and_dls, device, repeats, sample):
     return median, ratio
 
 
-def batch_timer(device):
-    "A callback that keeps the time of every training batch."
-    from fastai.callback.core import Callback
+def compiled_step(device, mode):
+    """One training step of the demo CNN compiled with `fullgraph=True`, a model of its own: `mode` "none" (no
+    colordim), "idle" (colordim's hooks in the graph, no column open: what the graph's ops cost alone) or
+    "exact" (recording every batch, moved to the host as a fit does)."""
+    from colordim.demos.cnn import seed_cnn
+    from colordim.engine.find_layers import find_layers
+    from colordim.engine.recorder import HistogramRecorder
+    torch.manual_seed(0)
+    model = seed_cnn(batch_norm=True).to(device)
+    recorder = None
+    if mode != "none":
+        names = [name for name, module in model.named_modules() if module in hooked(model)]
+        recorder = HistogramRecorder(find_layers(model, names), bins=100, range=(-10, 10)).attach(root=model)
+        recorder.reserve(64)
+    model.compile(fullgraph=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1, 28, 28, generator=generator).to(device)
+    y = torch.randint(0, 10, (64,), generator=generator).to(device)
 
-    class BatchTimer(Callback):
-        order = -1000
-
-        def before_fit(self):
-            self.times = []
-
-        def before_batch(self):
-            self.started = time.perf_counter() if self.training else None
-
-        def after_batch(self):
-            if self.started is not None:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                self.times.append(time.perf_counter() - self.started)
-    return BatchTimer()
+    def step():
+        if mode == "exact":
+            recorder.begin_column()  # moves the full rows to the host first, every 256 steps
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if mode == "exact":
+            recorder.end_column()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return step
 
 
-def run_compiled(device, repeats):
-    """The demo CNN compiled with `fullgraph=True`, with and without colordim exact on the same modules:
-    one epoch each in turn (hooks cannot take turns per batch here: new hooks are a new graph), the
-    first round to compile. Each fit with colordim compiles once more (its hooks are new)."""
+def run_compiled(device, steps):
+    """The demo CNN compiled with `fullgraph=True`, without colordim, with its hooks idle and with colordim exact
+    on the same modules: three compiled models, a training step of each in turn (a new random order each
+    turn), so that the machine's drift falls on all three alike; plain PyTorch steps on fixed batches, after
+    5 steps of each to compile and warm up."""
+    import random
     import torch._dynamo
-    from colordim import ActivationHistogram
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * repeats + 4)
-    runs = {}
-    for key in ("a none", "c exact"):
-        torch.manual_seed(0)
-        model, dls = demo_workload(device, 64)
-        model.to(device).compile(fullgraph=True)
-        timer = batch_timer(device)
-        cbs = [ActivationHistogram(layers=hooked(model))] if key == "c exact" else []
-        runs[key] = learner(model, dls, cbs + [timer]), timer, []
-    for round in range(repeats + 1):
-        for key, (learn, timer, times) in runs.items():
-            learn.fit(1, 1e-3)
-            times += timer.times[1:] if round else []  # the first batch of a fit may compile
-    median = {key: statistics.median(times) for key, (_, _, times) in runs.items()}
-    ratio = median["c exact"] / median["a none"]
-    print(f"\ndemo CNN compiled (fullgraph=True) on {device}, median of {len(runs['a none'][2])} batches each "
-          f"in {repeats} rounds:")
-    print(f"  a none     {1000 * median['a none']:8.2f} ms/batch")
-    print(f"  c exact    {1000 * median['c exact']:8.2f} ms/batch   overhead {100 * (ratio - 1):6.1f}%   "
-          f"ratio {ratio:.3f}")
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8)
+    modes = ("none", "idle", "exact")
+    run = {mode: compiled_step(device, mode) for mode in modes}
+    for step in run.values():
+        for _ in range(5):
+            step()
+    times, rng = {mode: [] for mode in modes}, random.Random(0)
+    for _ in range(steps):
+        for mode in rng.sample(modes, len(modes)):
+            started = time.perf_counter()
+            run[mode]()
+            times[mode].append(time.perf_counter() - started)
+    median = {mode: statistics.median(times[mode]) for mode in modes}
+    ratio = {mode: statistics.median(a / b for a, b in zip(times[mode], times["none"])) for mode in modes}
+    print(f"\ndemo CNN compiled (fullgraph=True) on {device}, plain steps, median of {steps} turns:")
+    print(f"  a none     {1000 * median['none']:8.2f} ms/step")
+    print(f"  idle hooks {1000 * median['idle']:8.2f} ms/step   ratio {ratio['idle']:.3f} (the graph's ops, nothing recorded)")
+    print(f"  c exact    {1000 * median['exact']:8.2f} ms/step   ratio {ratio['exact']:.3f} (target <= 1.15)")
     return median, ratio
 
 
@@ -345,7 +356,7 @@ def main(argv=None):
         bs = args.resnet_batch_size or (256 if device.type == "cuda" else 64)
         run(f"resnet18, 64x64, bs {bs}", lambda: resnet_workload(device, bs), device, args.repeats, args.sample)
     if args.only in (None, "compiled"):
-        run_compiled(device, min(args.repeats, 4))
+        run_compiled(device, 60 * args.repeats)
     if args.only in (None, "ops"):
         counted = cuda_ops_per_output()
         print("\noperators that compute per hooked CUDA output (fake CUDA tensors; target <= 3): "
