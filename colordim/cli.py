@@ -142,6 +142,8 @@ def _plot_run(args) -> None:
     from .data.recording import Recording
     recording = Recording.load(args.run)
     names = [recording.layer_name(_layer(recording, spec)) for spec in args.layers or recording.layer_names]
+    if args.epoch is not None:
+        recording.select(epoch=args.epoch)  # an epoch not recorded fails here, before a folder is made
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = []

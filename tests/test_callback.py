@@ -123,9 +123,10 @@ def test_callback_passed_to_fit_and_get_preds_records_nothing_extra():
     assert hook_counts(learn.model) == [0] * len(hook_counts(learn.model))
 
 
-def test_lr_find_is_not_recorded():
+def test_lr_find_is_not_recorded(tmp_path):
     import fastai.callback.schedule  # noqa: F401
     learn = make_learner(cbs=ActivationHistogram(layers=[0]))
+    learn.path = tmp_path  # lr_find saves the model into its models/ folder: not the working directory
     learn.lr_find(num_it=5, show_plot=False)
     with pytest.raises(ValueError, match="recorded nothing yet"):
         learn.activation_histogram.recording

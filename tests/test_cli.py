@@ -68,8 +68,9 @@ def test_missing_bad_and_wrong_requests_exit_nonzero_with_one_line(tmp_path):
     saved_run(tmp_path / "a.npz")
     result = run("plot", tmp_path / "a.npz", "--layers", "conv9")
     assert result.returncode == 1 and "'conv9' was not recorded; recorded layers: ['0', '1', '2']" in result.stderr
-    result = run("plot", tmp_path / "a.npz", "--epoch", "7")
-    assert result.returncode == 1 and "recorded epochs: [0, 1]" in result.stderr
+    result = run("plot", tmp_path / "a.npz", "--epoch", "7", "-o", tmp_path / "png")
+    assert result.returncode == 1 and "epoch: 7 was not recorded; recorded: [0, 1]" in result.stderr
+    assert not (tmp_path / "png").exists()  # a request that fails writes nothing, not even the folder
 
 
 def test_help_documents_every_option():

@@ -260,13 +260,14 @@ def test_outputs_stored_channels_last_are_read_in_place_with_the_counts_of_logic
 # torch.compile's guards skip module hooks by default (torch._dynamo.config.skip_nnmodule_hook_guards): a
 # model that ran compiled with no hook on it keeps its hookless graph when hooks are added later.
 
-def test_lr_find_before_fit_keeps_the_hooks_in_the_compiled_graph():
+def test_lr_find_before_fit_keeps_the_hooks_in_the_compiled_graph(tmp_path):
     "lr_find compiles the model; the callback's hooks are on (recording nothing) so that the fit records."
     from conftest import make_learner, tiny_cnn
     from fastai.callback.schedule import lr_find  # noqa: F401  (Learner.lr_find)
     torch._dynamo.reset()
     callback = colordim.ActivationHistogram(layers=[0], valid=False)
     learn = make_learner(cbs=callback, model=tiny_cnn())
+    learn.path = tmp_path  # lr_find saves the model into its models/ folder: not the working directory
     learn.model = torch.compile(learn.model)
     learn.lr_find(num_it=4, show_plot=False)
     learn.fit(1)
