@@ -123,6 +123,8 @@ def test_adams_update_is_the_weights_after_minus_before():
     taps = Taps(model, optimizer, ["2.weight"])
     with colordim.record(model, "2", optimizer=optimizer, updates=True) as rec:
         train(model, optimizer, names_data(batches=4), valid=False)
+        assert set(rec.recorder.steps._before) == {"2.weight"}  # kept for the next step's update (no bias here)
+    assert rec.recorder.steps._before == {}  # the block ended: the kept copy's memory goes back
     recording = rec.recording
     assert recording.kinds == ["activation", "param", "update"]  # updates=True records the weights too
     for column, (_, before, after) in enumerate(taps.steps):

@@ -191,7 +191,8 @@ class HistogramRecorder(Moves):
             output.register_hook(self.layers["grad"][slot].add_gradient)
 
     def detach(self) -> None:
-        "Remove our hooks, drop an unfinished column, keep every finished one. Safe to call twice."
+        """Remove our hooks, drop an unfinished column and the weights kept for the next update (their memory
+        goes back; a step after the next `attach` keeps them afresh), keep every finished column. Safe to call twice."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
@@ -200,6 +201,7 @@ class HistogramRecorder(Moves):
             self._tap = None
         self.abandon_column()
         self.flush(reduce=False)  # no collective here: detach also runs on one crashing rank alone
+        self.steps.forget()
 
     @property
     def attached(self) -> bool:

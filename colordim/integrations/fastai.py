@@ -187,7 +187,6 @@ class ActivationHistogram(Callback):
         self._out().commit()  # W&B's last row shows now, not when something else logs
         if self.histogram_recorder is not None:
             self.histogram_recorder.detach()
-            self.histogram_recorder.steps.forget()
             if self._active:
                 self._out().save(self.histogram_recorder)  # what a crashed or finished fit recorded, on disk too
         self._active = False

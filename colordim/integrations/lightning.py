@@ -133,7 +133,6 @@ class ActivationHistogram(Callback):
             handle.remove()
         self._handles = []
         self.histogram_recorder.detach()
-        self.histogram_recorder.steps.forget()
 
     @property
     def recording(self) -> Recording:

@@ -50,7 +50,6 @@ class LoopRecorder:
         if reduce:  # the block ended normally: every rank is here, the last epoch is summed across them
             self.recorder.flush()
         self.recorder.detach()
-        self.recorder.steps.forget()
 
     def epoch(self) -> None:
         "Mark an epoch boundary: the next forward passes belong to the next epoch (optional)."
