@@ -2,7 +2,7 @@
 
 On the CPU there is no device to overlap with, so every eager op is paid in full: the torch path
 (`torch_kernels.py`) runs ~25 of them per output, each a pass over memory plus ~5 us of dispatch. These
-kernels read each value once or twice while it is in cache, at ~1.2 ns a value, and cost one call.
+kernels read each value once or twice while it is in cache, at ~0.7 ns a value, and cost one call.
 Same results as the torch path: same float32 bin arithmetic, same NaN rules (`tests/test_cpu_kernel.py`).
 Without numba, `available()` is False and the torch path runs.
 

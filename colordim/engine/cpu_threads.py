@@ -2,7 +2,7 @@
 where torch's own threads leave the cores free.
 
 A hook runs on the thread that runs the model, between torch's ops. For an output of a few hundred
-thousand values and more, the compiled kernel's pass (about 1 ns a value on one core) is worth
+thousand values and more, the compiled kernel's pass (about 0.7 ns a value on one core) is worth
 splitting: each part runs the same kernel, releasing the GIL, on a thread of this small pool, and the
 caller adds the parts up (`colordim.engine.cpu_kernel.run_exact_part`, `merge_parts`). Measured on 2 cores, alone:
 1 M values 1012 -> 516 us; at 100 k values handing a part over costs what it saves, so plans split only
