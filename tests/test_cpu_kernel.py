@@ -194,7 +194,8 @@ def test_kernel_calls_take_arrays_and_refuse_sizes_their_loops_would_overrun():
 def test_a_growing_range_call_adds_nothing_when_finite_values_fall_outside():
     "range='auto': the kernel says so instead of counting; infinities go to the edge bins and never grow it."
     counts, moments = np.zeros((1, 6), np.int64), np.zeros((1, 6))
-    floats, ints = np.zeros(4, np.float32), np.zeros(fused.LANES * 7 + 4, np.int64)
+    # one unit's maximum, then each of the row's 4 positions' maxima (`table_size`)
+    floats, ints = np.zeros(1 + 4, np.float32), np.zeros(fused.LANES * 7 + 4, np.int64)
     growing = fused.params((-1.0, 1.0), 0.0, 0.05, True, batch=1, units=1, grow=True)
     outside = np.array([0.5, 3.0, -0.5, 0.0], np.float32)
     assert fused.run_exact(outside, counts, moments, 0, growing, floats, ints) == 1

@@ -135,7 +135,8 @@ class FusedPlan:
         if sample is None:
             self._run, self._index, count, unsampled = cpu_kernel.run_exact, (), 0, 0
             width = self.numel // batch
-            self._scratch = cpu_kernel.scratch_sizes(bins, self.units, int(cpu_kernel.rows_at_once(batch, width)) * width)
+            self._scratch = cpu_kernel.scratch_sizes(bins, self.units, int(cpu_kernel.rows_at_once(batch, width)) * width,
+                                                     int(cpu_kernel.table_size(self.units, width, stored_last)))
             if batch >= 2 and self.numel >= cpu_kernel.PARALLEL_FROM and cpu_threads.threads() >= 2:
                 self.split = Split(batch, self.numel // batch, bins, self.units, self._scratch[1])
         elif sample[2] is not None and self.numel < 2 ** 31:
