@@ -274,12 +274,6 @@ def _nan_max(a, b):
 
 
 @_jit
-def _nan_min(a, b):
-    "min that returns NaN when either is NaN, like torch.minimum."
-    return a if a != a or a < b else b
-
-
-@_jit
 def _symlog(value, linthresh):
     "sign(x) log1p(|x| / linthresh) in float32: the bins of scale=\"symlog\"."
     return np.float32(math.copysign(math.log1p(abs(value) / linthresh), value))
@@ -474,7 +468,7 @@ def summarise(flat, batch, units, low, high, bins, linthresh, near, stats, count
     low32, high32, near32 = np.float32(low), np.float32(high), np.float32(near)
     scale, linthresh32 = np.float32(bins / (high - low)), np.float32(linthresh)
     across = units_last or width == units  # rows read across the units: channels_last, a Linear's (units, 1)
-    tabled = not across and width <= TABLE and width < TABLE_INNER * units and table.shape[0] >= width
+    tabled = table_size(units, width, units_last) > 0 and table.shape[0] >= width  # none given: read per unit
     short = not tabled and not units_last and units < width < SHORT * units  # units of a few values: float maxima
     unit_high = unit_max.view(np.int32)  # else each unit's maximum, ordered (`_ordered`) until the end
     if short:

@@ -138,7 +138,7 @@ class FusedPlan:
             self._scratch = cpu_kernel.scratch_sizes(bins, self.units, int(cpu_kernel.rows_at_once(batch, width)) * width,
                                                      int(cpu_kernel.table_size(self.units, width, stored_last)))
             if batch >= 2 and self.numel >= cpu_kernel.PARALLEL_FROM and cpu_threads.threads() >= 2:
-                self.split = Split(batch, self.numel // batch, bins, self.units, self._scratch[1])
+                self.split = Split(batch, width, bins, self.units, self._scratch[1])
         elif sample[2] is not None and self.numel < 2 ** 31:
             index, count, unsampled = self._lines(shape, sample)
             self._run, self._index = cpu_kernel.run_lines, (index,)
