@@ -69,6 +69,17 @@ def hooked(model):
     return [module for module in model.modules() if isinstance(module, (nn.Conv2d, nn.ReLU))]
 
 
+def hooked_names(model):
+    "The names of `hooked(model)`, as colordim's `layers=` takes them."
+    modules = hooked(model)
+    return [name for name, module in model.named_modules() if module in modules]
+
+
+def read_once(module, inputs, output) -> None:  # returns None: a hook's result would replace the output
+    "The floor's forward hook: reads each output once."
+    output.detach().sum()
+
+
 VARIANTS = ("a none", "b fastai", "c exact", "d sampled", "e floor")
 TAPPED = ("c exact", "d sampled", "e floor")  # recorders whose torch hooks take turns (fastai's: its own way)
 
@@ -78,9 +89,6 @@ def floor_recorder(modules):
     (`output.detach().sum()`), as a callback whose hooks take turns like colordim's."""
     from types import SimpleNamespace
     from fastai.callback.core import Callback
-
-    def read_once(module, inputs, output) -> None:  # returns None: a hook's result would replace the output
-        output.detach().sum()
 
     class Floor(Callback):
         def before_fit(self):
@@ -238,8 +246,7 @@ def plain_turns(model, x, y, device, steps, sample, seed=0):
     import random
     from colordim.engine.find_layers import find_layers
     from colordim.engine.recorder import HistogramRecorder
-    modules = hooked(model)
-    names = [name for name, module in model.named_modules() if module in modules]
+    names = hooked_names(model)
     inside = {variant: 0.0 for variant in PLAIN}
 
     def timed(variant, function):
@@ -249,18 +256,16 @@ def plain_turns(model, x, y, device, steps, sample, seed=0):
             inside[variant] += time.perf_counter() - started
         return hook
 
-    def read_once(module, inputs, output):
-        output.detach().sum()
+    def taken_off(variant, handles):
+        "Each hook out of its module's dict, timed, to be put back on `variant`'s turns only."
+        return [(handle.hooks_dict_ref(), handle.id, timed(variant, handle.hooks_dict_ref().pop(handle.id)))
+                for handle in handles]
     recorders = {"exact": HistogramRecorder(find_layers(model, names), bins=100, range=(-10, 10)),
                  "sampled": HistogramRecorder(find_layers(model, names), bins=100, range=(-10, 10), sample=sample)}
-    hooks = {"none": [], "floor": [(module._forward_hooks, -1 - index, timed("floor", read_once))
-                                   for index, module in enumerate(modules)]}
+    hooks = {"none": [], "floor": taken_off("floor", [module.register_forward_hook(read_once) for module in hooked(model)])}
     for variant, recorder in recorders.items():
         recorder.attach().reserve(64)
-        hooks[variant] = []
-        for hook in recorder._hooks:  # taken off, and put back on its turns only
-            table = hook.handle.hooks_dict_ref()
-            hooks[variant].append((table, hook.handle.id, timed(variant, table.pop(hook.handle.id))))
+        hooks[variant] = taken_off(variant, [hook.handle for hook in recorder._hooks])
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     times, spent, rng = {v: [] for v in PLAIN}, {v: [] for v in PLAIN}, random.Random(seed)
     for turn in range(steps + 3):  # the first 3 turns warm up
@@ -329,8 +334,8 @@ def compiled_step(device, mode):
     model = seed_cnn(batch_norm=True).to(device)
     recorder = None
     if mode != "none":
-        names = [name for name, module in model.named_modules() if module in hooked(model)]
-        recorder = HistogramRecorder(find_layers(model, names), bins=100, range=(-10, 10)).attach(root=model)
+        recorder = HistogramRecorder(find_layers(model, hooked_names(model)), bins=100, range=(-10, 10))
+        recorder.attach(root=model)
         recorder.reserve(64)
     model.compile(fullgraph=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
