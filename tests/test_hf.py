@@ -169,7 +169,6 @@ def test_report_to_wandb_gets_every_batch_once(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_PROJECT", "colordim-tests")
     monkeypatch.chdir(tmp_path)  # the Trainer's WandbCallback writes its run folder in the working directory
-    wandb.teardown()  # W&B keeps the folder it set up with first in this process: an earlier test's, or the checkout
     callback = ActivationHistogram(layers="lm_head", range=(-6, 6), updates=True)
     runs = []
 
