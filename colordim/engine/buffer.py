@@ -18,6 +18,7 @@ class LayerBuffer:
     @torch.inference_mode(False)
     def __init__(self, rows: int, bins: int, device):
         moments_dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64  # MPS has no float64
+        self.rows = rows  # fixed: a buffer grows into a new one (`grown`)
         self.counts = torch.zeros(rows, bins + 2, dtype=torch.int64, device=device)
         self.moments = torch.empty(rows, len(MOMENTS), dtype=moments_dtype, device=device)
         # Distributed runs only: each unit's largest value per row, so that ranks can merge dead units
@@ -27,7 +28,7 @@ class LayerBuffer:
         # on the CPU, numpy views of the same memory for the compiled kernels (`colordim.engine.cpu_kernel`)
         self.host = (self.counts.numpy(), self.moments.numpy()) if self.counts.device.type == "cpu" else None
 
-    def __len__(self): return self.counts.shape[0]
+    def __len__(self): return self.rows
 
     @property
     def device(self) -> torch.device:

@@ -52,15 +52,17 @@ class LayerRecorder:
     def add(self, output) -> None:
         "Summarise `output` into the open column (the caller checked that one is open)."
         plan = self.last
-        if plan is None or not plan.fits(output):
-            plan = self._plan(output)
+        if plan is not None and plan.fits(output):
+            call = plan.record  # the output is as the plan reads it: no check again
+        else:
+            plan = call = self._plan(output)  # the checked call: it takes other float dtypes too
             if plan is None:
                 return
         columns = self.settings.columns
         buffer = self.buffer
-        if buffer is None or len(buffer) < columns.capacity:
+        if buffer is None or buffer.rows < columns.capacity:
             buffer = self.grown(output.device)
-        if plan(output, buffer, columns.row):  # an auto range that does not hold it (CPU only): nothing added
+        if call(output, buffer, columns.row):  # an auto range that does not hold it (CPU only): nothing added
             self._widen_for(output, plan, buffer)
         if self.settings.unit_maxima:
             buffer.keep_unit_max(columns.row, plan.unit_max)

@@ -100,6 +100,8 @@ class TorchPlan:
         self.unit_max = add_moments(values if units is None else counted, near_zero, rows.moments[row], units, scratch)
         return False
 
+    record = __call__  # what `LayerRecorder.add` calls once `fits` took the output
+
 
 class SharedArrays:
     """numpy scratch that every `FusedPlan` of one recorder writes and reads within its call: the lanes
@@ -206,26 +208,31 @@ class FusedPlan:
         if values.shape != self.shape or not values.is_cpu:
             raise TypeError(f"a plan for CPU outputs of shape {tuple(self.shape)} got {tuple(values.shape)} "
                             f"on {values.device}")
-        values = values.detach()  # numpy views of tensors that require grad are refused
         if values.dtype is not torch.float32:  # bf16/fp16 are counted in float32, as on the torch path
-            values = values.float()
+            values = values.detach().float()
+        return self.record(values, rows, row, grow)
+
+    def record(self, values: torch.Tensor, rows, row: int, grow: bool = True) -> bool:
+        "`__call__` of an output `fits` took (float32, on the CPU, this shape): the hot path, no check again."
         if self.stored_last:  # (batch, ..., units): a contiguous view
             values = values.movedim(1, -1)
         elif not values.is_contiguous():  # a copy in logical order (transposed)
             values = values.contiguous()
+        flat = values.numpy(force=True).reshape(-1)  # out of autograd: one call, not detach() then numpy()
         if self._generation != self.shared.generation:  # the shared scratch grew since the last call
             self._take_scratch()
         counts, moments = rows.host
-        parts = min(self.split.most, cpu_threads.threads()) if self.split is not None else 1
-        if parts >= 2:
-            return self._in_parts(values.numpy().reshape(-1), counts, moments, row, parts, grow)
+        if self.split is not None:
+            parts = min(self.split.most, cpu_threads.threads())
+            if parts >= 2:
+                return self._in_parts(flat, counts, moments, row, parts, grow)
         self.unit_max = self._unit_scratch  # numpy: `LayerBuffer.keep_unit_max` takes it as it is
         if not grow:  # the last try: what is still outside goes to the edge bins
             params, self.params[cpu_kernel.GROW] = self.params[cpu_kernel.GROW], 0.0
-            self._run(values.numpy().reshape(-1), counts, moments, row, *self._arguments)
+            self._run(flat, counts, moments, row, *self._arguments)
             self.params[cpu_kernel.GROW] = params
             return False
-        return bool(self._run(values.numpy().reshape(-1), counts, moments, row, *self._arguments))  # numpy's reshape
+        return bool(self._run(flat, counts, moments, row, *self._arguments))
 
     def _in_parts(self, flat: np.ndarray, counts, moments, row: int, parts: int, grow: bool) -> bool:
         "`__call__` of a big output in `parts` parts at once, then added up into `row`."
@@ -312,6 +319,8 @@ class TritonPlan:
                              self.limits, self.options, self.layout)
         return False
 
+    record = __call__
+
 
 def _triton_for(values: torch.Tensor) -> bool:
     "Whether a plan for `values` runs the Triton kernel: CUDA, Triton there, and it passed its check on the device."
@@ -357,6 +366,9 @@ class UnitsLast:
 
     def __call__(self, values: torch.Tensor, rows, row: int, grow: bool = True) -> bool:
         return self.plan(self.view(values), rows, row, grow)
+
+    def record(self, values: torch.Tensor, rows, row: int, grow: bool = True) -> bool:
+        return self.plan.record(self.view(values), rows, row, grow)
 
     @property
     def unit_max(self):
