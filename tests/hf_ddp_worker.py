@@ -18,6 +18,9 @@ def main(folder: str, processes: int):
         learning_rate=0.0, report_to=[], logging_strategy="no", save_strategy="no", use_cpu=True, disable_tqdm=True,
         ddp_backend="gloo" if processes > 1 else None)
     transformers.Trainer(model=gpt2(), args=args, train_dataset=Tokens(64, 0), callbacks=[callback]).train()
+    print("colordim worker: trained", flush=True)
+    if torch.distributed.is_initialized():  # the Trainer leaves the group to interpreter exit: end it here
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

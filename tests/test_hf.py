@@ -150,7 +150,13 @@ def test_two_cpu_processes_under_torchrun_give_the_one_process_histograms(tmp_pa
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(worker)] \
             if processes == 2 else [sys.executable, str(worker)]
         result = subprocess.run(command + [str(tmp_path), str(processes)], capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
+        # As in test_lightning's ddp test: now and then a rank aborts as it exits, after training ("terminate
+        # called without an active exception", a C++ thread at interpreter exit). Rank 0 has saved by then,
+        # and the comparisons below check the data; any other failure fails here.
+        exit_abort = "terminate called without an active exception" in result.stderr \
+            and result.stdout.count("colordim worker: trained") == processes
+        assert result.returncode == 0 or (exit_abort and (tmp_path / f"run{processes}.npz").exists()), \
+            result.stderr[-3000:]
     merged, single = Recording.load(tmp_path / "run2.npz"), Recording.load(tmp_path / "run1.npz")
     assert len(merged) == len(single) == 8
     for name in single.layer_names:

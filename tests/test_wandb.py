@@ -16,8 +16,12 @@ wandb = pytest.importorskip("wandb")
 
 def history(run_dir):
     "The history rows of an offline run's .wandb file, read once W&B's writer has finished it (its exit record)."
+    from google.protobuf.message import DecodeError
     for _ in range(300):  # wandb.finish() may return before its writer process has written everything
-        records = _records(open(glob.glob(f"{run_dir}/run-*.wandb")[0], "rb").read())
+        try:  # read while it writes: a record may be cut short (seen: "Wire format was corrupt")
+            records = _records(open(glob.glob(f"{run_dir}/run-*.wandb")[0], "rb").read())
+        except DecodeError:
+            records = []
         if any(record.WhichOneof("record_type") == "exit" for record in records):
             break
         time.sleep(0.1)
@@ -47,6 +51,8 @@ def _records(raw: bytes) -> list:
             pos += block - pos % block
             continue
         _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        if pos + 7 + length > len(raw):  # a record still being written (the writer polled mid-write): not yet
+            break
         chunk, pos = raw[pos + 7:pos + 7 + length], pos + 7 + length
         if kind == 0:  # padding to the block's end
             pos += block - pos % block if length == 0 else 0
