@@ -96,6 +96,25 @@ def test_fastai_tensor_gradients_survive_a_later_in_place_op():
     assert recording.kind("grad").numel["1"].tolist() == [4 * 4 * 4 * 4] * 2
 
 
+def test_on_the_torch_path_a_gpu_runs_fastai_tensors_cost_no_call_of_their_methods(torch_path):
+    "The torch ops a GPU runs (a dozen and more a hooked output) run on the plain tensor too: the same recording."
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,))
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    plain = two_steps(model, x, y, grads=True, sample=100, layers=[0, 1, 2, 4])
+    model.load_state_dict(state)
+    Counted.calls.clear()
+    bare = two_steps_bare(model, x.as_subclass(Counted), y)
+    model.load_state_dict(state)
+    Counted.calls.clear()
+    counted = two_steps(model, x.as_subclass(Counted), y, grads=True, sample=100, layers=[0, 1, 2, 4])
+    assert Counted.calls == bare
+    assert plain.layer_names == counted.layer_names == ["0", "1", "2", "4"]
+    assert_same(stats(plain), stats(counted))
+    assert_same(stats(plain.kind("grad").select(layers=["0", "4"])), stats(counted.kind("grad").select(layers=["0", "4"])))
+
+
 def two_steps_bare(model, x, y):
     "The Python-method calls of two training steps without colordim."
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
