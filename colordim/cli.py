@@ -142,8 +142,7 @@ def _plot_run(args) -> None:
     from .data.recording import Recording
     recording = Recording.load(args.run)
     names = [recording.layer_name(_layer(recording, spec)) for spec in args.layers or recording.layer_names]
-    if args.epoch is not None:
-        recording.select(epoch=args.epoch)  # an epoch not recorded fails here, before a folder is made
+    selected = recording.select(epoch=args.epoch)  # an epoch not recorded fails here, before a folder is made
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -151,12 +150,12 @@ def _plot_run(args) -> None:
         written.append(out / f"{_file_name(name)}.png")
         plot.color_dim(recording, name, epoch=args.epoch, phase=args.phase, overlay="mean", fname=written[-1])
         written.append(out / f"stats_{_file_name(name)}.png")
-        plot.plot_layer_stats(recording.select(epoch=args.epoch), name, phase=args.phase, fname=written[-1])
+        plot.plot_layer_stats(selected, name, phase=args.phase, fname=written[-1])
         plt.close("all")
     written.append(out / "grid.png")
     plot.color_dims(recording, names, epoch=args.epoch, phase=args.phase, fname=written[-1])
     written.append(out / "dead_chart.png")
-    plot.dead_chart(recording.select(epoch=args.epoch), names, phase=args.phase, fname=written[-1])
+    plot.dead_chart(selected, names, phase=args.phase, fname=written[-1])
     plt.close("all")
     for path in written:
         print(f"wrote {path}")

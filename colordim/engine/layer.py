@@ -16,7 +16,6 @@ from .buffer import LayerBuffer
 from .ledger import Ledger
 from ..data.layout import Binning
 from . import ranges
-from .plain import reading
 from .plans import SharedArrays, layout, make_plan
 from .ranges import remap
 from .torch_kernels import Scratch, finite_extremes
@@ -71,11 +70,7 @@ class LayerRecorder:
     def add_gradient(self, gradient) -> None:
         "A tensor hook: the output's gradient, while its column is still open (a late backward is ignored)."
         if self.settings.columns.row is not None:
-            if type(gradient) is torch.Tensor:
-                self.add(gradient)
-            else:
-                with reading(gradient):
-                    self.add(gradient)
+            self.add(gradient)
 
     def _plan(self, output):
         "The plan for an output like this one, made when its shape is first seen; None: it is not recorded."
